@@ -1,0 +1,41 @@
+# DataGate: `make run` starts the server on the embedded default, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The PostgreSQL run of the storage tests (required in CI, skipped elsewhere when unreachable).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+.PHONY: run test check lint typecheck bench clean
+
+$(VENV)/.installed: pyproject.toml sdk/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "DataGate needs Python 3.11 or newer")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]" -e ./sdk
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) manage.py migrate --no-input
+	$(PY) manage.py datagate_bootstrap --host $(HOST) --port $(PORT)
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) datagate_site.asgi:application
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) DATAGATE_TEST_BACKEND=postgres $(PY) -m pytest -m storage
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy .
+
+check: lint typecheck test
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""Every access decision in DataGate, in one place.
+
+Each `access_*` function answers one question with a bool, one condition a line. Callers (the
+sync consumer, the topics consumer, the console, the HTTP API) turn a False into their own
+error code. A collection the user may not read must look exactly like one that does not exist,
+so callers report both as "collection not found".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accounts.models import Membership, Role, Tenant
+
+
+def membership_role(*, user: Any, tenant: Tenant) -> str | None:
+    """The user's role in the tenant, or None."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return None
+    if user.is_superuser:
+        return Role.ADMIN
+    return (
+        Membership.objects.filter(user=user, tenant=tenant).values_list("role", flat=True).first()
+    )
+
+
+def access_tenant_read(*, user: Any, tenant: Tenant) -> bool:
+    return membership_role(user=user, tenant=tenant) is not None
+
+
+def access_tenant_admin(*, user: Any, tenant: Tenant) -> bool:
+    return membership_role(user=user, tenant=tenant) == Role.ADMIN
+
+
+def access_collection_create(*, user: Any, tenant: Tenant) -> bool:
+    role = membership_role(user=user, tenant=tenant)
+    return role in (Role.ADMIN, Role.WRITER)
+
+
+def access_collection_read(*, user: Any, tenant: Tenant, collection_name: str) -> bool:
+    return membership_role(user=user, tenant=tenant) is not None
+
+
+def access_collection_write(*, user: Any, tenant: Tenant, collection_name: str) -> bool:
+    role = membership_role(user=user, tenant=tenant)
+    return role in (Role.ADMIN, Role.WRITER)
+
+
+def access_document_read(*, user: Any, tenant: Tenant, collection_name: str, doc_id: str) -> bool:
+    return access_collection_read(user=user, tenant=tenant, collection_name=collection_name)
+
+
+def access_document_write(*, user: Any, tenant: Tenant, collection_name: str, doc_id: str) -> bool:
+    return access_collection_write(user=user, tenant=tenant, collection_name=collection_name)
+
+
+def access_document_delete(*, user: Any, tenant: Tenant, collection_name: str, doc_id: str) -> bool:
+    return access_collection_write(user=user, tenant=tenant, collection_name=collection_name)

@@ -1,0 +1,21 @@
+"""The ASGI application daphne serves: HTTP (Django) and the websocket protocols."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "datagate_site.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
+from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(URLRouter(replication_routes + topics_routes)),
+    }
+)

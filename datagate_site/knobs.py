@@ -1,0 +1,74 @@
+"""The DataGate knobs: every tunable of the sync server, with its default and documentation.
+
+`settings.DATAGATE` is built from this table. Each knob can be overridden by an environment
+variable named `DATAGATE_<NAME>`; `datagate_site.checks` validates the result at start-up.
+The README's configuration table is this table.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    default: Any
+    kind: type
+    doc: str
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("CHUNK_SIZE", 500, int, "Largest number of changes the server sends in one pull chunk."),
+    Knob("MAX_FRAME_BYTES", 1024 * 1024, int, "Largest websocket frame accepted (close 1009)."),
+    Knob("MAX_CLOCK_SKEW_MS", 5 * 60 * 1000, int, "How far in the future `_modified` may be."),
+    Knob("TOMBSTONE_TTL_DAYS", 30, int, "Days a tombstone is kept before garbage collection."),
+    Knob("CONNECT_TIMEOUT", 10.0, float, "Seconds a socket may stay open without a Connect."),
+    Knob("FEED_WINDOW", 64, int, "Unacknowledged live feeds in flight per replica."),
+    Knob("FEED_ACK_TIMEOUT", 60.0, float, "Seconds without a feed.ack before close 4429."),
+    Knob("PULL_CHUNKS_IN_FLIGHT", 4, int, "Pull chunks sent ahead of the client's acks."),
+    Knob(
+        "AUTO_CREATE_COLLECTIONS", True, bool, "Writers and admins create a collection on connect."
+    ),
+    Knob("SERVER_ID", socket.gethostname(), str, "This server's `origin` in message headers."),
+    Knob("MAINTENANCE_INTERVAL", 0.0, float, "Seconds between in-server GC runs; 0 turns it off."),
+    Knob(
+        "JOURNAL_RETENTION_DAYS",
+        30,
+        int,
+        "Days journal entries are kept (live replicas' needs win).",
+    ),
+    Knob("ACCESS_TOKEN_TTL", 3600, int, "Lifetime in seconds of issued OAuth2 access tokens."),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(knob: Knob, raw: str) -> Any:
+    if knob.kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"DATAGATE_{knob.name}={raw!r} is not a boolean (use true or false)")
+    try:
+        return knob.kind(raw)
+    except ValueError as exc:
+        raise ValueError(
+            f"DATAGATE_{knob.name}={raw!r} is not a valid {knob.kind.__name__}"
+        ) from exc
+
+
+def knobs_from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build the DATAGATE settings dict: defaults, overridden by `DATAGATE_<NAME>` variables."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for knob in KNOBS:
+        raw = env.get(f"DATAGATE_{knob.name}")
+        values[knob.name] = knob.default if raw is None else _parse(knob, raw)
+    return values

@@ -1,0 +1,109 @@
+from django.contrib import admin
+
+from replication.models import Collection, Document, ErrorEvent, JournalEntry, Replica, Tombstone
+
+
+@admin.register(Collection)
+class CollectionAdmin(admin.ModelAdmin):
+    list_display = ["name", "tenant", "last_seq", "purge_seq", "tombstone_ttl_days", "created_at"]
+    list_filter = ["tenant"]
+    search_fields = ["name", "tenant__slug"]
+    list_select_related = ["tenant"]
+    readonly_fields = ["last_seq", "purge_seq", "created_at"]
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = ["doc_id", "collection", "revision", "modified", "origin", "seq"]
+    list_filter = ["collection__tenant", "collection"]
+    search_fields = ["doc_id"]
+    list_select_related = ["collection__tenant"]
+    readonly_fields = ["collection", "doc_id", "revision", "modified", "origin", "seq"]
+
+    def save_model(self, request, obj, form, change):
+        # Admin edits replicate like any other change: through the service, never .save().
+        from replication.services import document_put
+
+        document_put(
+            collection_id=obj.collection_id,
+            doc_id=obj.doc_id,
+            body=obj.body,
+            origin="server:admin",
+            user_id=request.user.pk,
+        )
+
+    def delete_model(self, request, obj):
+        from replication.services import document_delete
+
+        document_delete(
+            collection_id=obj.collection_id,
+            doc_id=obj.doc_id,
+            origin="server:admin",
+            user_id=request.user.pk,
+        )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and super().has_delete_permission(request, obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # bulk delete would skip the journal
+        return actions
+
+
+@admin.register(Tombstone)
+class TombstoneAdmin(admin.ModelAdmin):
+    list_display = ["doc_id", "collection", "deleted_at", "revision", "origin", "seq"]
+    list_filter = ["collection__tenant", "collection"]
+    search_fields = ["doc_id"]
+    list_select_related = ["collection__tenant"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(JournalEntry)
+class JournalEntryAdmin(admin.ModelAdmin):
+    list_display = ["seq", "collection", "operation", "doc_id", "revision", "origin", "created_at"]
+    list_filter = ["operation", "collection__tenant", "collection"]
+    search_fields = ["doc_id", "origin", "message_id"]
+    list_select_related = ["collection__tenant"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Replica)
+class ReplicaAdmin(admin.ModelAdmin):
+    list_display = [
+        "replica_id",
+        "user",
+        "collection",
+        "online",
+        "last_seen",
+        "last_pushed_seq",
+        "last_acked_seq",
+        "pushed_count",
+        "pulled_count",
+    ]
+    list_filter = ["online", "collection__tenant", "collection"]
+    search_fields = ["replica_id", "name", "user__username"]
+    list_select_related = ["user", "collection__tenant"]
+
+
+@admin.register(ErrorEvent)
+class ErrorEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "code", "text", "fatal", "user", "tenant", "collection"]
+    list_filter = ["code", "fatal", "tenant"]
+    search_fields = ["text", "code", "collection"]
+    list_select_related = ["user"]
+    date_hierarchy = "created_at"

@@ -1,0 +1,172 @@
+"""Turning a wire `feed` into validated versions, and versions back into wire documents.
+
+Pure functions, no Django. A bad change is rejected on its own with its error code; the rest
+of the feed goes on (PROTOCOL.md section 5, docs/errors.md 4xxx).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from replication.conflicts import DELETE, WRITE, VersionKey, version_key
+from replication.protocol.errors import DataGateError, ErrorCode
+
+ID_MAX_LENGTH = 128
+META_FIELDS = ("_id", "_revision", "_modified", "_origin")
+MAX_INT = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of one document: a write (with body) or a delete (body None)."""
+
+    doc_id: str
+    kind: int
+    modified: int
+    revision: int
+    origin: str
+    body: dict[str, Any] | None = None
+
+    def key(self) -> VersionKey:
+        return version_key(
+            kind=self.kind, modified=self.modified, revision=self.revision, origin=self.origin
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    doc_id: str
+    error: DataGateError
+
+    def to_wire(self) -> dict[str, str]:
+        return {"id": self.doc_id, "code": self.error.code, "error": self.error.text}
+
+
+@dataclass
+class ParsedFeed:
+    versions: list[Version] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _display_id(raw: object) -> str:
+    return raw[:ID_MAX_LENGTH] if isinstance(raw, str) else ""
+
+
+def _check_id(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise DataGateError(ErrorCode.BAD_DOCUMENT_ID, detail=f"got {type(raw).__name__}")
+    if not raw:
+        raise DataGateError(ErrorCode.BAD_DOCUMENT_ID, detail="empty")
+    if len(raw) > ID_MAX_LENGTH:
+        raise DataGateError(ErrorCode.BAD_DOCUMENT_ID, detail=f"{len(raw)} characters")
+    return raw
+
+
+def _check_skew(doc_id: str, stamp: int, now_ms: int, max_skew_ms: int) -> None:
+    ahead = stamp - now_ms
+    if ahead > max_skew_ms:
+        raise DataGateError(
+            ErrorCode.CLOCK_SKEW, doc_id=doc_id, ahead_ms=ahead, limit_ms=max_skew_ms
+        )
+
+
+def parse_document(
+    raw: object, *, index: int, default_origin: str, now_ms: int, max_skew_ms: int
+) -> Version:
+    """Validate one wire document; raise DataGateError with the change's own code."""
+    if not isinstance(raw, Mapping):
+        raise DataGateError(ErrorCode.DOCUMENT_NOT_OBJECT, index=index)
+    doc_id = _check_id(raw.get("_id"))
+    revision = raw.get("_revision")
+    if not _is_int(revision) or not 1 <= revision <= MAX_INT:  # type: ignore[operator]
+        raise DataGateError(ErrorCode.BAD_REVISION, doc_id=doc_id, value=revision)
+    modified = raw.get("_modified")
+    if not _is_int(modified) or not 0 <= modified <= MAX_INT:  # type: ignore[operator]
+        raise DataGateError(ErrorCode.BAD_MODIFIED, doc_id=doc_id, value=modified)
+    origin = raw.get("_origin", default_origin)
+    if origin is None:
+        origin = default_origin
+    if not isinstance(origin, str) or len(origin) > ID_MAX_LENGTH:
+        raise DataGateError(ErrorCode.BAD_ORIGIN, doc_id=doc_id)
+    body: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in META_FIELDS:
+            continue
+        if not isinstance(name, str) or name.startswith("_"):
+            raise DataGateError(ErrorCode.RESERVED_FIELD, doc_id=doc_id, field=name)
+        body[name] = value
+    _check_skew(doc_id, modified, now_ms, max_skew_ms)  # type: ignore[arg-type]
+    return Version(doc_id, WRITE, modified, revision, origin, body)  # type: ignore[arg-type]
+
+
+def parse_tombstone(
+    raw_id: object, raw_time: object, *, origin: str, now_ms: int, max_skew_ms: int
+) -> Version:
+    doc_id = _check_id(raw_id)
+    if not _is_int(raw_time) or not 0 <= raw_time <= MAX_INT:  # type: ignore[operator]
+        raise DataGateError(ErrorCode.BAD_TOMBSTONE, doc_id=doc_id, value=raw_time)
+    _check_skew(doc_id, raw_time, now_ms, max_skew_ms)  # type: ignore[arg-type]
+    return Version(doc_id, DELETE, raw_time, 0, origin, None)  # type: ignore[arg-type]
+
+
+def parse_feed(
+    feed: Mapping[str, Any], *, origin: str, now_ms: int, max_skew_ms: int
+) -> ParsedFeed:
+    """Validate every change of a feed. A feed that is not the right shape raises DG-2004."""
+    change_set = feed.get("changeSet") or []
+    tombstone_map = feed.get("tombstoneMap") or {}
+    if not isinstance(change_set, list):
+        raise DataGateError(
+            ErrorCode.INVALID_MESSAGE, message_type="feed", detail="changeSet must be a list"
+        )
+    if not isinstance(tombstone_map, Mapping):
+        raise DataGateError(
+            ErrorCode.INVALID_MESSAGE, message_type="feed", detail="tombstoneMap must be an object"
+        )
+    parsed = ParsedFeed()
+    for index, raw in enumerate(change_set):
+        try:
+            parsed.versions.append(
+                parse_document(
+                    raw, index=index, default_origin=origin, now_ms=now_ms, max_skew_ms=max_skew_ms
+                )
+            )
+        except DataGateError as error:
+            raw_id = raw.get("_id") if isinstance(raw, Mapping) else None
+            parsed.rejections.append(Rejection(_display_id(raw_id), error))
+    for raw_id, raw_time in tombstone_map.items():
+        try:
+            parsed.versions.append(
+                parse_tombstone(
+                    raw_id, raw_time, origin=origin, now_ms=now_ms, max_skew_ms=max_skew_ms
+                )
+            )
+        except DataGateError as error:
+            parsed.rejections.append(Rejection(_display_id(raw_id), error))
+    return parsed
+
+
+def newest_per_id(versions: Iterable[Version]) -> dict[str, Version]:
+    """The winning version of each id among `versions` (the rule is associative)."""
+    best: dict[str, Version] = {}
+    for version in versions:
+        held = best.get(version.doc_id)
+        if held is None or version.key() > held.key():
+            best[version.doc_id] = version
+    return best
+
+
+def version_to_wire(version: Version) -> dict[str, Any]:
+    """A write version as a wire document (the user's fields plus the meta fields)."""
+    doc: dict[str, Any] = dict(version.body or {})
+    doc["_id"] = version.doc_id
+    doc["_revision"] = version.revision
+    doc["_modified"] = version.modified
+    doc["_origin"] = version.origin
+    return doc

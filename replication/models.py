@@ -1,0 +1,192 @@
+"""The storage engine's tables: collections, documents, tombstones, the journal, replicas.
+
+A collection's `last_seq` is the counter every change draws its sequence number from, inside
+the transaction that writes the change (services.batch_apply), so sequence numbers become
+visible in order and without gaps. A document id lives either in `Document` or in
+`Tombstone`, never both; each row carries the seq of the id's latest change, which is what a
+pull reads (docs/protocol.md, "Pull").
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from accounts.models import SLUG_VALIDATOR, Tenant
+
+ID_MAX_LENGTH = 128
+
+
+class Collection(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="collections")
+    name = models.CharField(max_length=64, validators=[SLUG_VALIDATOR])
+    last_seq = models.BigIntegerField(
+        default=0, help_text="The sequence counter: seq of the latest change."
+    )
+    purge_seq = models.BigIntegerField(
+        default=0,
+        help_text="Purge horizon: tombstones with a seq at or below it may have been collected.",
+    )
+    tombstone_ttl_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Overrides DATAGATE TOMBSTONE_TTL_DAYS when set."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="collection_tenant_name")
+        ]
+        ordering = ["tenant__slug", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.name}"
+
+    @property
+    def effective_tombstone_ttl_days(self) -> int:
+        if self.tombstone_ttl_days is not None:
+            return self.tombstone_ttl_days
+        return int(settings.DATAGATE["TOMBSTONE_TTL_DAYS"])
+
+
+class Document(models.Model):
+    """The current version of a live document. `body` holds the user's fields only."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
+    doc_id = models.CharField(max_length=ID_MAX_LENGTH)
+    body = models.JSONField(default=dict)
+    revision = models.PositiveIntegerField()
+    modified = models.BigIntegerField(help_text="_modified, epoch milliseconds")
+    origin = models.CharField(max_length=ID_MAX_LENGTH, blank=True)
+    seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "doc_id"], name="document_collection_id")
+        ]
+        indexes = [models.Index(fields=["collection", "seq"], name="document_collection_seq")]
+
+    def __str__(self) -> str:
+        return self.doc_id
+
+
+class Tombstone(models.Model):
+    """A deleted document: kept so a late, older write cannot bring it back."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="tombstones")
+    doc_id = models.CharField(max_length=ID_MAX_LENGTH)
+    deleted_at = models.BigIntegerField(help_text="delete time, epoch milliseconds")
+    revision = models.PositiveIntegerField()
+    origin = models.CharField(max_length=ID_MAX_LENGTH, blank=True)
+    seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "doc_id"], name="tombstone_collection_id")
+        ]
+        indexes = [models.Index(fields=["collection", "seq"], name="tombstone_collection_seq")]
+
+    def __str__(self) -> str:
+        return self.doc_id
+
+
+class Operation(models.TextChoices):
+    PUT = "put", "put"
+    DELETE = "delete", "delete"
+
+
+class JournalEntry(models.Model):
+    """The append-only change journal: one row per applied change, in seq order."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="journal")
+    seq = models.BigIntegerField()
+    operation = models.CharField(max_length=8, choices=Operation.choices)
+    doc_id = models.CharField(max_length=ID_MAX_LENGTH)
+    revision = models.PositiveIntegerField()
+    modified = models.BigIntegerField()
+    origin = models.CharField(max_length=ID_MAX_LENGTH, blank=True)
+    replica = models.ForeignKey(
+        "Replica", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    message_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "seq"], name="journal_collection_seq")
+        ]
+        indexes = [
+            models.Index(fields=["collection", "doc_id"], name="journal_collection_doc"),
+            models.Index(fields=["created_at"], name="journal_created"),
+        ]
+        verbose_name_plural = "journal entries"
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.operation} {self.doc_id}"
+
+
+class Replica(models.Model):
+    """A replica (a device's local database) known to a collection, and how far it got."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="replicas")
+    replica_id = models.CharField(max_length=ID_MAX_LENGTH, help_text="the client's `origin`")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="replicas"
+    )
+    name = models.CharField(max_length=200, blank=True)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(auto_now=True)
+    online = models.BooleanField(default=False)
+    last_pushed_seq = models.BigIntegerField(
+        default=0, help_text="server seq of the last change this replica pushed"
+    )
+    last_acked_seq = models.BigIntegerField(
+        default=0, help_text="server marker this replica last acknowledged"
+    )
+    pushed_count = models.BigIntegerField(default=0)
+    pulled_count = models.BigIntegerField(default=0)
+    rejected_count = models.BigIntegerField(default=0)
+    sessions_count = models.BigIntegerField(default=0)
+    client_version = models.CharField(max_length=100, blank=True)
+    address = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["collection", "user", "replica_id"], name="replica_collection_user_id"
+            )
+        ]
+        indexes = [models.Index(fields=["online", "last_seen"], name="replica_online_seen")]
+
+    def __str__(self) -> str:
+        return f"{self.replica_id} ({self.user})"
+
+
+class ErrorEvent(models.Model):
+    """Every error DataGate reported to someone, for the console and for operators."""
+
+    code = models.CharField(max_length=8)
+    text = models.CharField(max_length=200)
+    fatal = models.BooleanField(default=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    replica = models.ForeignKey(
+        Replica, null=True, blank=True, on_delete=models.SET_NULL, related_name="errors"
+    )
+    tenant = models.CharField(max_length=64, blank=True)
+    collection = models.CharField(max_length=64, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["created_at"], name="errorevent_created"),
+            models.Index(fields=["code", "created_at"], name="errorevent_code_created"),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.text

@@ -1,0 +1,228 @@
+"""The one catalogue of DataGate error codes (docs/errors.md explains each one).
+
+Every error a client, an operator or an HTTP caller can see has a code `DG-NNNN`, a websocket
+close code (used when the error is fatal), an HTTP status (used by the HTTP API) and a message
+template. The text sent on the wire starts with the code and is at most 123 characters, the
+longest reason a websocket close frame can carry.
+
+Ranges: 1xxx authentication, 2xxx framing and protocol, 3xxx access, 4xxx documents and
+conflicts, 5xxx flow control and server, 6xxx topics, 7xxx maintenance and operator tools,
+8xxx HTTP API. `tests/test_errors_catalogue.py` checks every code is unique and documented.
+
+Exception tree:
+    DataGateError          any error with a catalogue code
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Any
+
+MAX_ERROR_TEXT = 123
+
+
+class CloseCode(IntEnum):
+    """Websocket close codes (PROTOCOL.md section 6)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    FRAME_TOO_LARGE = 1009
+    INTERNAL = 1011
+    MALFORMED = 4400
+    NOT_AUTHENTICATED = 4401
+    FORBIDDEN = 4403
+    CONNECT_TIMEOUT = 4408
+    PROTOCOL_VIOLATION = 4409
+    TOO_SLOW = 4429
+    SERVER_ERROR = 4500
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    code: str
+    close_code: CloseCode
+    http_status: int
+    template: str
+
+
+def _spec(code: str, close: CloseCode, http: int, template: str) -> ErrorSpec:
+    return ErrorSpec(code, close, http, template)
+
+
+class ErrorCode(Enum):
+    """Every DataGate error. The member value is its `ErrorSpec`."""
+
+    # --- 1xxx authentication ---------------------------------------------------------------
+    TOKEN_INVALID = _spec(
+        "DG-1001", CloseCode.NOT_AUTHENTICATED, 401, "failed to validate token: {reason}"
+    )
+    TOKEN_SCOPE = _spec("DG-1002", CloseCode.FORBIDDEN, 403, "token lacks scope {scope!r}")
+    USER_MISMATCH = _spec(
+        "DG-1003",
+        CloseCode.FORBIDDEN,
+        403,
+        "user {user!r} in the URL or header is not the token's user",
+    )
+
+    # --- 2xxx framing and protocol ---------------------------------------------------------
+    NOT_JSON = _spec("DG-2001", CloseCode.MALFORMED, 400, "frame is not JSON: {detail}")
+    MISSING_HEADER = _spec("DG-2002", CloseCode.MALFORMED, 400, "message has no header object")
+    UNKNOWN_MESSAGE_TYPE = _spec(
+        "DG-2003", CloseCode.MALFORMED, 400, "unknown messageType {message_type!r}"
+    )
+    INVALID_MESSAGE = _spec("DG-2004", CloseCode.MALFORMED, 400, "invalid {message_type}: {detail}")
+    HEADER_MISMATCH = _spec(
+        "DG-2005",
+        CloseCode.PROTOCOL_VIOLATION,
+        400,
+        "header {field} {got!r} does not match the session's {expected!r}",
+    )
+    WRONG_STATE = _spec(
+        "DG-2006",
+        CloseCode.PROTOCOL_VIOLATION,
+        409,
+        "{message_type} is not allowed in state {state}",
+    )
+    FRAME_TOO_LARGE = _spec(
+        "DG-2007",
+        CloseCode.FRAME_TOO_LARGE,
+        413,
+        "frame of {size} bytes exceeds the limit of {limit} bytes",
+    )
+    CONNECT_TIMEOUT = _spec(
+        "DG-2008", CloseCode.CONNECT_TIMEOUT, 408, "no connect within {seconds} s"
+    )
+
+    # --- 3xxx access -----------------------------------------------------------------------
+    COLLECTION_NOT_FOUND = _spec(
+        "DG-3001", CloseCode.FORBIDDEN, 404, "collection not found: {tenant}/{collection}"
+    )
+    READ_ONLY = _spec(
+        "DG-3002", CloseCode.FORBIDDEN, 403, "user {user!r} may not write to this collection"
+    )
+    KEY_WRITE_DENIED = _spec(
+        "DG-3003", CloseCode.FORBIDDEN, 403, "a key rule denies writing {doc_id!r}"
+    )
+    KEY_DELETE_DENIED = _spec(
+        "DG-3004", CloseCode.FORBIDDEN, 403, "a key rule denies deleting {doc_id!r}"
+    )
+
+    # --- 4xxx documents and conflicts ------------------------------------------------------
+    DOCUMENT_NOT_OBJECT = _spec(
+        "DG-4001", CloseCode.MALFORMED, 400, "change #{index} is not a JSON object"
+    )
+    BAD_DOCUMENT_ID = _spec(
+        "DG-4002",
+        CloseCode.MALFORMED,
+        400,
+        "_id must be a non-empty string of at most 128 characters: {detail}",
+    )
+    BAD_REVISION = _spec(
+        "DG-4003",
+        CloseCode.MALFORMED,
+        400,
+        "_revision of {doc_id!r} must be an integer >= 1, got {value!r}",
+    )
+    BAD_MODIFIED = _spec(
+        "DG-4004",
+        CloseCode.MALFORMED,
+        400,
+        "_modified of {doc_id!r} must be an integer epoch in ms, got {value!r}",
+    )
+    RESERVED_FIELD = _spec(
+        "DG-4005", CloseCode.MALFORMED, 400, "{doc_id!r} uses reserved field {field!r}"
+    )
+    CLOCK_SKEW = _spec(
+        "DG-4006",
+        CloseCode.MALFORMED,
+        400,
+        "{doc_id!r} is stamped {ahead_ms} ms in the future (limit {limit_ms} ms)",
+    )
+    BAD_TOMBSTONE = _spec(
+        "DG-4007",
+        CloseCode.MALFORMED,
+        400,
+        "tombstone {doc_id!r} needs an integer delete time in ms, got {value!r}",
+    )
+    BAD_ORIGIN = _spec(
+        "DG-4008",
+        CloseCode.MALFORMED,
+        400,
+        "_origin of {doc_id!r} must be a string of at most 128 characters",
+    )
+    REVISION_CONFLICT = _spec(
+        "DG-4009",
+        CloseCode.PROTOCOL_VIOLATION,
+        409,
+        "{doc_id!r} is at revision {actual}, not the expected {expected}",
+    )
+
+    # --- 5xxx flow control and server ------------------------------------------------------
+    FEED_ACK_TIMEOUT = _spec(
+        "DG-5001",
+        CloseCode.TOO_SLOW,
+        429,
+        "no feed.ack for {seconds} s with {outstanding} feeds outstanding",
+    )
+    RATE_LIMITED = _spec("DG-5002", CloseCode.TOO_SLOW, 429, "rate limited: {detail}")
+    INTERNAL = _spec("DG-5003", CloseCode.SERVER_ERROR, 500, "internal error ({reference})")
+    SHUTTING_DOWN = _spec("DG-5004", CloseCode.GOING_AWAY, 503, "server is shutting down")
+
+    # --- 6xxx topics -----------------------------------------------------------------------
+
+    # --- 7xxx maintenance and operator tools -----------------------------------------------
+
+    # --- 8xxx HTTP API ---------------------------------------------------------------------
+
+    @property
+    def code(self) -> str:
+        return self.value.code
+
+    @property
+    def close_code(self) -> CloseCode:
+        return self.value.close_code
+
+    @property
+    def http_status(self) -> int:
+        return self.value.http_status
+
+    def text(self, **params: Any) -> str:
+        """The wire text: the code, then the filled template, cut to 123 characters."""
+        try:
+            body = self.value.template.format(**params)
+        except (KeyError, IndexError):
+            body = self.value.template
+        full = f"{self.code} {body}"
+        if len(full) > MAX_ERROR_TEXT:
+            full = full[: MAX_ERROR_TEXT - 1] + "…"
+        return full
+
+
+class DataGateError(Exception):
+    """An error with a catalogue code. `fatal` errors close the websocket with `close_code`."""
+
+    def __init__(self, error: ErrorCode, *, fatal: bool = False, **params: Any) -> None:
+        self.error = error
+        self.fatal = fatal
+        self.params = params
+        super().__init__(error.text(**params))
+
+    @property
+    def code(self) -> str:
+        return self.error.code
+
+    @property
+    def close_code(self) -> CloseCode:
+        return self.error.close_code
+
+    @property
+    def text(self) -> str:
+        return str(self)
+
+
+def error_by_code(code: str) -> ErrorCode:
+    for member in ErrorCode:
+        if member.code == code:
+            return member
+    raise KeyError(code)

@@ -1,0 +1,3 @@
+"""Websocket routes of the sync protocol (docs/protocol.md)."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,413 @@
+"""Every write to the storage engine. Plain synchronous functions with keyword-only arguments.
+
+Consumers, the HTTP API, the console and management commands all write through here, so every
+change gets a sequence number, lands in the journal and rings the doorbell the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Tenant
+from replication.changes import (
+    ParsedFeed,
+    Rejection,
+    Version,
+    newest_per_id,
+    parse_feed,
+)
+from replication.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
+from replication.doorbell import ring_on_commit
+from replication.models import (
+    Collection,
+    Document,
+    ErrorEvent,
+    JournalEntry,
+    Operation,
+    Replica,
+    Tombstone,
+)
+from replication.protocol.errors import DataGateError, ErrorCode
+
+# An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
+LOOKUP_BATCH = 500
+
+# Decides whether a change may be made: returns None to allow, or the error to reject it with.
+ChangeGuard = Callable[[Version], DataGateError | None]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ApplyResult:
+    """What a chunk did: the receipt to send back and the seqs it used."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    applied: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+    def receipt(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "rejected": [r.to_wire() for r in self.rejected],
+        }
+
+
+def collection_get_or_create(*, tenant: Tenant, name: str) -> tuple[Collection, bool]:
+    collection = Collection.objects.filter(tenant=tenant, name=name).first()
+    if collection is not None:
+        return collection, False
+    collection = Collection(tenant=tenant, name=name)
+    collection.full_clean()
+    with transaction.atomic():
+        collection, created = Collection.objects.get_or_create(tenant=tenant, name=name)
+    return collection, created
+
+
+def _in_batches(ids: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(ids), LOOKUP_BATCH):
+        yield ids[start : start + LOOKUP_BATCH]
+
+
+def _stored_state(
+    collection_id: int, ids: list[str]
+) -> tuple[dict[str, Document], dict[str, Tombstone]]:
+    documents: dict[str, Document] = {}
+    tombstones: dict[str, Tombstone] = {}
+    for batch in _in_batches(ids):
+        for doc in Document.objects.filter(collection_id=collection_id, doc_id__in=batch):
+            documents[doc.doc_id] = doc
+        for tomb in Tombstone.objects.filter(collection_id=collection_id, doc_id__in=batch):
+            tombstones[tomb.doc_id] = tomb
+    return documents, tombstones
+
+
+def _stored_key(doc: Document | None, tomb: Tombstone | None) -> VersionKey | None:
+    if doc is not None:
+        return version_key(
+            kind=WRITE, modified=doc.modified, revision=doc.revision, origin=doc.origin
+        )
+    if tomb is not None:
+        return version_key(
+            kind=DELETE, modified=tomb.deleted_at, revision=tomb.revision, origin=tomb.origin
+        )
+    return None
+
+
+def batch_apply(
+    *,
+    collection_id: int,
+    feed: Mapping[str, Any],
+    origin: str,
+    user_id: int | None = None,
+    replica_pk: int | None = None,
+    message_id: str = "",
+    guard: ChangeGuard | None = None,
+    at_ms: int | None = None,
+) -> ApplyResult:
+    """Apply one chunk of changes atomically and idempotently (PROTOCOL.md sections 4 and 5).
+
+    Each change is validated on its own; a bad one is rejected with its code and the rest
+    apply. A change that loses to the stored version (or is the stored version) changes
+    nothing but is still listed as processed, so the sender can drop it from its journal.
+    """
+    parsed: ParsedFeed = parse_feed(
+        feed,
+        origin=origin,
+        now_ms=now_ms() if at_ms is None else at_ms,
+        max_skew_ms=int(settings.DATAGATE["MAX_CLOCK_SKEW_MS"]),
+    )
+    result = ApplyResult(rejected=list(parsed.rejections))
+    allowed: list[Version] = []
+    for version in parsed.versions:
+        refusal = guard(version) if guard is not None else None
+        if refusal is not None:
+            result.rejected.append(Rejection(version.doc_id, refusal))
+        else:
+            allowed.append(version)
+    winners = newest_per_id(allowed)
+    seen: set[str] = set()
+    for version in allowed:
+        if version.doc_id in seen:
+            continue
+        seen.add(version.doc_id)
+        (result.added if version.kind == WRITE else result.removed).append(version.doc_id)
+    if not winners:
+        return result
+
+    with transaction.atomic():
+        # The row lock serialises writers of one collection, so seqs commit in order.
+        collection = (
+            Collection.objects.select_for_update().only("id", "last_seq").get(pk=collection_id)
+        )
+        documents, tombstones = _stored_state(collection_id, list(winners))
+        seq = collection.last_seq
+        doc_rows: list[Document] = []
+        tomb_rows: list[Tombstone] = []
+        drop_docs: list[str] = []
+        drop_tombs: list[str] = []
+        journal: list[JournalEntry] = []
+        for doc_id, version in winners.items():
+            stored_doc, stored_tomb = documents.get(doc_id), tombstones.get(doc_id)
+            if not incoming_wins(version.key(), _stored_key(stored_doc, stored_tomb)):
+                continue
+            seq += 1
+            if version.kind == WRITE:
+                revision = version.revision
+                doc_rows.append(
+                    Document(
+                        collection_id=collection_id,
+                        doc_id=doc_id,
+                        body=version.body or {},
+                        revision=revision,
+                        modified=version.modified,
+                        origin=version.origin,
+                        seq=seq,
+                    )
+                )
+                if stored_tomb is not None:
+                    drop_tombs.append(doc_id)
+            else:
+                held = stored_doc or stored_tomb
+                revision = (held.revision + 1) if held is not None else 1
+                tomb_rows.append(
+                    Tombstone(
+                        collection_id=collection_id,
+                        doc_id=doc_id,
+                        deleted_at=version.modified,
+                        revision=revision,
+                        origin=version.origin,
+                        seq=seq,
+                    )
+                )
+                if stored_doc is not None:
+                    drop_docs.append(doc_id)
+            journal.append(
+                JournalEntry(
+                    collection_id=collection_id,
+                    seq=seq,
+                    operation=Operation.PUT if version.kind == WRITE else Operation.DELETE,
+                    doc_id=doc_id,
+                    revision=revision,
+                    modified=version.modified,
+                    origin=version.origin,
+                    replica_id=replica_pk,
+                    user_id=user_id,
+                    message_id=message_id[:64],
+                )
+            )
+        if not journal:
+            return result
+        for batch in _in_batches(drop_docs):
+            Document.objects.filter(collection_id=collection_id, doc_id__in=batch).delete()
+        for batch in _in_batches(drop_tombs):
+            Tombstone.objects.filter(collection_id=collection_id, doc_id__in=batch).delete()
+        if doc_rows:
+            Document.objects.bulk_create(
+                doc_rows,
+                update_conflicts=True,
+                unique_fields=["collection", "doc_id"],
+                update_fields=["body", "revision", "modified", "origin", "seq"],
+            )
+        if tomb_rows:
+            Tombstone.objects.bulk_create(
+                tomb_rows,
+                update_conflicts=True,
+                unique_fields=["collection", "doc_id"],
+                update_fields=["deleted_at", "revision", "origin", "seq"],
+            )
+        JournalEntry.objects.bulk_create(journal)
+        Collection.objects.filter(pk=collection_id).update(last_seq=seq)
+        ring_on_commit(collection_id=collection_id, seq=seq)
+    result.applied = len(journal)
+    result.first_seq = journal[0].seq
+    result.last_seq = seq
+    return result
+
+
+def _next_stamp(current_modified: int | None) -> int:
+    """A `_modified` that orders after what is stored, even if this clock is behind."""
+    stamp = now_ms()
+    if current_modified is not None and stamp <= current_modified:
+        stamp = current_modified + 1
+    return stamp
+
+
+def document_put(
+    *,
+    collection_id: int,
+    doc_id: str,
+    body: Mapping[str, Any],
+    origin: str,
+    user_id: int | None = None,
+    expected_revision: int | None = None,
+    guard: ChangeGuard | None = None,
+) -> ApplyResult:
+    """Write one document as the server (console, HTTP API, commands): next revision, now.
+
+    With `expected_revision`, the write only happens if the stored revision is that one
+    (0 means "must not exist"); otherwise DG-4009 is raised.
+    """
+    with transaction.atomic():
+        Collection.objects.select_for_update().only("id").get(pk=collection_id)
+        current = Document.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
+        tomb = Tombstone.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
+        held_revision = current.revision if current else 0
+        if expected_revision is not None and expected_revision != held_revision:
+            raise DataGateError(
+                ErrorCode.REVISION_CONFLICT,
+                doc_id=doc_id,
+                expected=expected_revision,
+                actual=held_revision,
+            )
+        revision = max(held_revision, tomb.revision if tomb else 0) + 1
+        last = max(current.modified if current else 0, tomb.deleted_at if tomb else 0) or None
+        doc = dict(body)
+        doc.update(
+            {
+                "_id": doc_id,
+                "_revision": revision,
+                "_modified": _next_stamp(last),
+                "_origin": origin,
+            }
+        )
+        result = batch_apply(
+            collection_id=collection_id,
+            feed={"changeSet": [doc]},
+            origin=origin,
+            user_id=user_id,
+            guard=guard,
+        )
+    if result.rejected:
+        raise result.rejected[0].error
+    return result
+
+
+def document_delete(
+    *,
+    collection_id: int,
+    doc_id: str,
+    origin: str,
+    user_id: int | None = None,
+    expected_revision: int | None = None,
+    guard: ChangeGuard | None = None,
+) -> ApplyResult:
+    """Delete one document as the server; a missing document is not an error."""
+    with transaction.atomic():
+        Collection.objects.select_for_update().only("id").get(pk=collection_id)
+        current = Document.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
+        held_revision = current.revision if current else 0
+        if expected_revision is not None and expected_revision != held_revision:
+            raise DataGateError(
+                ErrorCode.REVISION_CONFLICT,
+                doc_id=doc_id,
+                expected=expected_revision,
+                actual=held_revision,
+            )
+        if current is None:
+            return ApplyResult(removed=[doc_id])
+        stamp = _next_stamp(current.modified)
+        result = batch_apply(
+            collection_id=collection_id,
+            feed={"tombstoneMap": {doc_id: stamp}},
+            origin=origin,
+            user_id=user_id,
+            guard=guard,
+        )
+    if result.rejected:
+        raise result.rejected[0].error
+    return result
+
+
+# --- replica bookkeeping ------------------------------------------------------------------
+
+
+def replica_connected(
+    *,
+    collection_id: int,
+    replica_id: str,
+    user_id: int,
+    name: str = "",
+    client_version: str = "",
+    address: str = "",
+) -> Replica:
+    replica, _ = Replica.objects.get_or_create(
+        collection_id=collection_id,
+        user_id=user_id,
+        replica_id=replica_id,
+    )
+    Replica.objects.filter(pk=replica.pk).update(
+        online=True,
+        name=name[:200] or replica.name,
+        client_version=client_version[:100],
+        address=address[:100],
+        sessions_count=F("sessions_count") + 1,
+    )
+    replica.refresh_from_db()
+    return replica
+
+
+def replica_pushed(*, replica_pk: int, applied: int, rejected: int, last_seq: int | None) -> None:
+    updates: dict[str, Any] = {
+        "pushed_count": F("pushed_count") + applied,
+        "rejected_count": F("rejected_count") + rejected,
+        "last_seen": _now(),
+    }
+    if last_seq is not None:
+        updates["last_pushed_seq"] = last_seq
+    Replica.objects.filter(pk=replica_pk).update(**updates)
+
+
+def replica_acked(*, replica_pk: int, seq: int, pulled: int = 0) -> None:
+    """Record the server marker a replica acknowledged; it never moves backwards."""
+    Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=seq).update(last_acked_seq=seq)
+    Replica.objects.filter(pk=replica_pk).update(
+        pulled_count=F("pulled_count") + pulled, last_seen=_now()
+    )
+
+
+def replica_disconnected(*, replica_pk: int) -> None:
+    Replica.objects.filter(pk=replica_pk).update(online=False, last_seen=_now())
+
+
+def _now() -> datetime:
+    return timezone.now()
+
+
+# --- error events -------------------------------------------------------------------------
+
+
+def error_event_record(
+    *,
+    error: DataGateError,
+    user_id: int | None = None,
+    replica_pk: int | None = None,
+    tenant: str = "",
+    collection: str = "",
+    context: Mapping[str, Any] | None = None,
+) -> ErrorEvent:
+    return ErrorEvent.objects.create(
+        code=error.code,
+        text=error.text[:200],
+        fatal=error.fatal,
+        user_id=user_id,
+        replica_id=replica_pk,
+        tenant=tenant[:64],
+        collection=collection[:64],
+        context=dict(context or {}),
+    )

@@ -1,0 +1,47 @@
+"""Where the external services (PostgreSQL, Redis) are, and the rule for when they are missing.
+
+In CI (`CI=true`) a missing service is a failure; elsewhere the tests that need it skip with a
+clear reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=2
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, url: str, default_port: int) -> str:
+    """Return the URL, or fail (CI) / skip (elsewhere) when the service is not reachable."""
+    if reachable(url, default_port):
+        return url
+    message = f"{name} is not reachable at {url}"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+    pytest.skip(f"{message} (required only in CI)")
+    raise AssertionError("unreachable")
+
+
+def require_postgres() -> str:
+    return require_service("PostgreSQL", TEST_DATABASE_URL, 5432)
+
+
+def require_redis() -> str:
+    return require_service("Redis", TEST_REDIS_URL, 6379)

@@ -1,0 +1,301 @@
+"""The storage engine's services: apply chunks, conflicts, validation, reading changes.
+
+Marked `storage`: `make test` runs these once on SQLite and again on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replication.changes import Version, newest_per_id
+from replication.conflicts import DELETE, WRITE
+from replication.models import Collection, Document, JournalEntry, Tombstone
+from replication.protocol.errors import DataGateError, ErrorCode
+from replication.selectors import changes_since, collection_state, feed_from_changes
+from replication.services import (
+    batch_apply,
+    collection_get_or_create,
+    document_delete,
+    document_put,
+    now_ms,
+)
+
+pytestmark = [pytest.mark.storage, pytest.mark.django_db]
+
+T0 = 1_700_000_000_000
+
+
+def doc(doc_id: str, revision: int = 1, modified: int = T0, **fields: Any) -> dict[str, Any]:
+    return {"_id": doc_id, "_revision": revision, "_modified": modified, **fields}
+
+
+def apply(collection: Collection, **feed: Any) -> Any:
+    return batch_apply(collection_id=collection.pk, feed=feed, origin="replica-1")
+
+
+def codes(result: Any) -> dict[str, str]:
+    return {r["id"]: r["code"] for r in result.receipt()["rejected"]}
+
+
+def test_a_chunk_is_applied_with_one_seq_per_change_and_journalled(collection: Collection) -> None:
+    result = apply(collection, changeSet=[doc("a", title="A"), doc("b")], tombstoneMap={"c": T0})
+    assert result.receipt() == {"added": ["a", "b"], "removed": ["c"], "rejected": []}
+    assert (result.first_seq, result.last_seq) == (1, 3)
+    collection.refresh_from_db()
+    assert collection.last_seq == 3
+    assert Document.objects.get(doc_id="a").body == {"title": "A"}
+    assert Tombstone.objects.get(doc_id="c").deleted_at == T0
+    assert list(JournalEntry.objects.order_by("seq").values_list("seq", "operation", "doc_id")) == [
+        (1, "put", "a"),
+        (2, "put", "b"),
+        (3, "delete", "c"),
+    ]
+
+
+def test_applying_the_same_chunk_twice_changes_nothing(collection: Collection) -> None:
+    feed = {"changeSet": [doc("a", x=1)], "tombstoneMap": {"b": T0}}
+    first = apply(collection, **feed)
+    state = collection_state(collection_id=collection.pk)
+    second = apply(collection, **feed)
+    assert second.receipt() == first.receipt()
+    assert second.applied == 0
+    assert collection_state(collection_id=collection.pk) == state
+    assert JournalEntry.objects.count() == 2
+
+
+def test_an_older_version_is_processed_but_does_not_replace_the_newer(
+    collection: Collection,
+) -> None:
+    apply(collection, changeSet=[doc("a", revision=2, modified=T0 + 10, v="new")])
+    result = apply(collection, changeSet=[doc("a", revision=1, modified=T0, v="old")])
+    assert result.receipt()["added"] == ["a"]
+    assert result.applied == 0
+    assert Document.objects.get(doc_id="a").body == {"v": "new"}
+
+
+def test_a_delete_moves_the_id_to_tombstones_and_an_older_write_cannot_revive_it(
+    collection: Collection,
+) -> None:
+    apply(collection, changeSet=[doc("a", modified=T0)])
+    apply(collection, tombstoneMap={"a": T0 + 5})
+    assert not Document.objects.filter(doc_id="a").exists()
+    tomb = Tombstone.objects.get(doc_id="a")
+    assert (tomb.revision, tomb.seq) == (2, 2)
+    apply(collection, changeSet=[doc("a", revision=9, modified=T0 + 4)])
+    assert not Document.objects.filter(doc_id="a").exists()
+    apply(collection, changeSet=[doc("a", revision=1, modified=T0 + 6, back=True)])
+    assert Document.objects.get(doc_id="a").body == {"back": True}
+    assert not Tombstone.objects.filter(doc_id="a").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ("not a document", ErrorCode.DOCUMENT_NOT_OBJECT),
+        ({"_revision": 1, "_modified": T0}, ErrorCode.BAD_DOCUMENT_ID),
+        (doc(""), ErrorCode.BAD_DOCUMENT_ID),
+        (doc("x" * 129), ErrorCode.BAD_DOCUMENT_ID),
+        ({"_id": 7, "_revision": 1, "_modified": T0}, ErrorCode.BAD_DOCUMENT_ID),
+        (doc("bad-rev", revision=0), ErrorCode.BAD_REVISION),
+        ({"_id": "bad-rev2", "_revision": "1", "_modified": T0}, ErrorCode.BAD_REVISION),
+        ({"_id": "bool-rev", "_revision": True, "_modified": T0}, ErrorCode.BAD_REVISION),
+        ({"_id": "bad-mod", "_revision": 1, "_modified": 1.5}, ErrorCode.BAD_MODIFIED),
+        ({"_id": "no-mod", "_revision": 1}, ErrorCode.BAD_MODIFIED),
+        (doc("reserved", _secret=1), ErrorCode.RESERVED_FIELD),
+        (doc("origin", _origin=5), ErrorCode.BAD_ORIGIN),
+        (doc("future", modified=now_ms() + 3_600_000), ErrorCode.CLOCK_SKEW),
+    ],
+)
+def test_a_bad_change_is_rejected_with_its_code_and_the_rest_of_the_chunk_applies(
+    collection: Collection, change: Any, code: ErrorCode
+) -> None:
+    result = apply(collection, changeSet=[doc("good-1"), change, doc("good-2")])
+    assert result.receipt()["added"] == ["good-1", "good-2"]
+    assert [r["code"] for r in result.receipt()["rejected"]] == [code.code]
+    assert all(r["error"].startswith(code.code) for r in result.receipt()["rejected"])
+    assert set(Document.objects.values_list("doc_id", flat=True)) == {"good-1", "good-2"}
+
+
+@pytest.mark.parametrize("when", ["soon", 1.5, None, -1])
+def test_a_bad_tombstone_is_rejected_with_its_code(collection: Collection, when: Any) -> None:
+    result = apply(collection, changeSet=[doc("keep")], tombstoneMap={"gone": when})
+    assert codes(result) == {"gone": ErrorCode.BAD_TOMBSTONE.code}
+    assert result.receipt()["added"] == ["keep"]
+
+
+def test_a_tombstone_from_the_future_is_refused(collection: Collection) -> None:
+    result = apply(collection, tombstoneMap={"gone": now_ms() + 3_600_000})
+    assert codes(result) == {"gone": ErrorCode.CLOCK_SKEW.code}
+
+
+def test_a_feed_of_the_wrong_shape_is_refused_whole(collection: Collection) -> None:
+    with pytest.raises(DataGateError) as caught:
+        apply(collection, changeSet={"not": "a list"})
+    assert caught.value.error is ErrorCode.INVALID_MESSAGE
+
+
+def test_a_guard_rejects_changes_with_its_own_code(collection: Collection) -> None:
+    def guard(version: Version) -> DataGateError | None:
+        if version.doc_id.startswith("private/"):
+            return DataGateError(ErrorCode.KEY_WRITE_DENIED, doc_id=version.doc_id)
+        return None
+
+    result = batch_apply(
+        collection_id=collection.pk,
+        origin="r",
+        feed={"changeSet": [doc("private/x"), doc("public/y")]},
+        guard=guard,
+    )
+    assert codes(result) == {"private/x": ErrorCode.KEY_WRITE_DENIED.code}
+    assert list(Document.objects.values_list("doc_id", flat=True)) == ["public/y"]
+
+
+def test_origin_defaults_to_the_senders_and_meta_fields_are_not_stored(
+    collection: Collection,
+) -> None:
+    apply(collection, changeSet=[doc("a", title="t")])
+    stored = Document.objects.get(doc_id="a")
+    assert stored.origin == "replica-1"
+    assert stored.body == {"title": "t"}
+
+
+def test_changes_since_pages_in_seq_order_with_documents_and_tombstones(
+    collection: Collection,
+) -> None:
+    for i in range(10):
+        apply(collection, changeSet=[doc(f"d{i}", modified=T0 + i)])
+    apply(collection, tombstoneMap={"d3": T0 + 100})
+    apply(collection, changeSet=[doc("d5", revision=2, modified=T0 + 101)])
+    seen: list[int] = []
+    marker = 0
+    while page := changes_since(collection_id=collection.pk, after_seq=marker, limit=3):
+        seen.extend(c.seq for c in page)
+        marker = page[-1].seq
+    # d3 and d5 appear once, at their latest change.
+    assert seen == [1, 2, 3, 5, 7, 8, 9, 10, 11, 12]
+    tail = changes_since(collection_id=collection.pk, after_seq=10, limit=100)
+    feed = feed_from_changes(tail)
+    assert feed["tombstoneMap"] == {"d3": T0 + 100}
+    assert [d["_id"] for d in feed["changeSet"]] == ["d5"]
+    assert feed["changeSet"][0]["_revision"] == 2
+    bounded = changes_since(collection_id=collection.pk, after_seq=0, limit=100, up_to_seq=5)
+    assert [c.seq for c in bounded] == [1, 2, 3, 5]
+
+
+def test_server_writes_stamp_the_next_revision_and_check_expected_revisions(
+    collection: Collection,
+) -> None:
+    first = document_put(collection_id=collection.pk, doc_id="a", body={"n": 1}, origin="server")
+    assert first.applied == 1
+    document_put(
+        collection_id=collection.pk, doc_id="a", body={"n": 2}, origin="server", expected_revision=1
+    )
+    stored = Document.objects.get(doc_id="a")
+    assert (stored.revision, stored.body) == (2, {"n": 2})
+    with pytest.raises(DataGateError) as caught:
+        document_put(
+            collection_id=collection.pk,
+            doc_id="a",
+            body={"n": 3},
+            origin="server",
+            expected_revision=1,
+        )
+    assert caught.value.error is ErrorCode.REVISION_CONFLICT
+    document_delete(collection_id=collection.pk, doc_id="a", origin="server")
+    assert Tombstone.objects.get(doc_id="a").revision == 3
+    document_put(collection_id=collection.pk, doc_id="a", body={"n": 4}, origin="server")
+    assert Document.objects.get(doc_id="a").revision == 4
+
+
+def test_a_server_write_orders_after_a_version_stamped_ahead_of_its_clock(
+    collection: Collection,
+) -> None:
+    ahead = now_ms() + 60_000
+    apply(collection, changeSet=[doc("a", modified=ahead, v="replica")])
+    document_put(collection_id=collection.pk, doc_id="a", body={"v": "server"}, origin="server")
+    stored = Document.objects.get(doc_id="a")
+    assert stored.body == {"v": "server"}
+    assert stored.modified == ahead + 1
+
+
+def test_collections_are_created_once(tenant: Any) -> None:
+    first, created = collection_get_or_create(tenant=tenant, name="things")
+    again, created_again = collection_get_or_create(tenant=tenant, name="things")
+    assert (created, created_again, first.pk) == (True, False, again.pk)
+
+
+# --- property: any order, any chunking, converges to the same state -------------------------
+
+version_strategy = st.builds(
+    Version,
+    doc_id=st.sampled_from(["a", "b", "c", "d"]),
+    kind=st.sampled_from([WRITE, WRITE, DELETE]),
+    modified=st.integers(T0, T0 + 4),
+    revision=st.integers(1, 3),
+    origin=st.sampled_from(["r1", "r2", "r3"]),
+    body=st.fixed_dictionaries({"v": st.integers(0, 3)}),
+)
+
+
+def as_feed(versions: list[Version]) -> dict[str, Any]:
+    change_set = []
+    tombstones: dict[str, int] = {}
+    for v in versions:
+        if v.kind == DELETE:
+            # A tombstoneMap holds one time per id: keep the latest, as a replica would.
+            tombstones[v.doc_id] = max(v.modified, tombstones.get(v.doc_id, 0))
+        else:
+            change_set.append(
+                {
+                    "_id": v.doc_id,
+                    "_revision": v.revision,
+                    "_modified": v.modified,
+                    "_origin": v.origin,
+                    **(v.body or {}),
+                }
+            )
+    return {"changeSet": change_set, "tombstoneMap": tombstones}
+
+
+def expected_state(versions: list[Version]) -> dict[str, Any]:
+    winners = newest_per_id(versions)
+    return {
+        "documents": {
+            i: {"body": v.body, "revision": v.revision, "modified": v.modified}
+            for i, v in winners.items()
+            if v.kind == WRITE
+        },
+        "tombstones": {i: v.modified for i, v in winners.items() if v.kind == DELETE},
+    }
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    versions=st.lists(version_strategy, min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_any_order_and_chunking_converges_and_reapplying_changes_nothing(
+    tenant: Any, versions: list[Version], data: st.DataObject
+) -> None:
+    order = data.draw(st.permutations(versions))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(order) - 1)), max_size=4)))
+    chunks = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
+    collection = Collection.objects.create(tenant=tenant, name=f"p{Collection.objects.count()}")
+    for chunk in chunks:
+        batch_apply(collection_id=collection.pk, feed=as_feed(chunk), origin="r0")
+    state = collection_state(collection_id=collection.pk)
+    assert state == expected_state(list(order))
+    for chunk in chunks:
+        assert (
+            batch_apply(collection_id=collection.pk, feed=as_feed(chunk), origin="r0").applied == 0
+        )
+    assert collection_state(collection_id=collection.pk) == state
+    collection.refresh_from_db()
+    seqs = list(JournalEntry.objects.filter(collection=collection).values_list("seq", flat=True))
+    assert sorted(seqs) == list(range(1, collection.last_seq + 1))

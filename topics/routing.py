@@ -1,0 +1,3 @@
+"""Websocket routes of the topics protocol (docs/protocol.md, "Topics")."""
+
+websocket_urlpatterns: list = []
