@@ -8,6 +8,7 @@ so callers report both as "collection not found".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from accounts.models import Membership, Role, Tenant
@@ -56,3 +57,14 @@ def access_document_write(*, user: Any, tenant: Tenant, collection_name: str, do
 
 def access_document_delete(*, user: Any, tenant: Tenant, collection_name: str, doc_id: str) -> bool:
     return access_collection_write(user=user, tenant=tenant, collection_name=collection_name)
+
+
+def document_read_filter(
+    *, user: Any, tenant: Tenant, collection_name: str
+) -> Callable[[str], bool] | None:
+    """A predicate on document ids the user may read, decided once per session or request.
+
+    None means "every document of the collection": the fast path, with no per-id check.
+    Callers that send documents (pull, live feeds, HTTP reads) apply it to every id.
+    """
+    return None

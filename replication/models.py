@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import models
 
 from accounts.models import SLUG_VALIDATOR, Tenant
+from replication.markers import new_epoch
 
 ID_MAX_LENGTH = 128
 
@@ -26,6 +27,10 @@ class Collection(models.Model):
     purge_seq = models.BigIntegerField(
         default=0,
         help_text="Purge horizon: tombstones with a seq at or below it may have been collected.",
+    )
+    epoch = models.BigIntegerField(
+        default=new_epoch,
+        help_text="The collection's timeline; drawn again when restored from an export.",
     )
     tombstone_ttl_days = models.PositiveIntegerField(
         null=True, blank=True, help_text="Overrides DATAGATE TOMBSTONE_TTL_DAYS when set."
