@@ -64,3 +64,24 @@ def member(make_user: Any, tenant: Any) -> Any:
         return user
 
     return make
+
+
+@pytest.fixture
+def daphne(transactional_db: Any, tmp_path: Any) -> Any:
+    """A real daphne process on the test database (in-memory channel layer). Stopped after."""
+    from tests.live_server import DaphneServer
+
+    server = DaphneServer.start(tmp_path=tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def issue_token(db: Any) -> Any:
+    """Issue an access token: issue_token(user, "read write") -> raw token."""
+    from accounts.services import access_token_issue
+
+    def issue(user: Any, scopes: str = "read write", expires_in: int | None = None) -> str:
+        return access_token_issue(user=user, scopes=scopes.split(), expires_in=expires_in)
+
+    return issue
