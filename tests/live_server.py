@@ -83,7 +83,7 @@ class DaphneServer:
 
     def launch(self) -> None:
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own server binary
+        self.process = subprocess.Popen(
             [
                 str(DAPHNE),
                 "-b",
