@@ -25,6 +25,16 @@ def membership_role(*, user: Any, tenant: Tenant) -> str | None:
     )
 
 
+def tenant_roles(*, user: Any) -> dict[Tenant, str]:
+    """Every tenant the user may read, with the user's role in each (one query)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return {}
+    if user.is_superuser:
+        return {tenant: Role.ADMIN for tenant in Tenant.objects.all()}
+    memberships = Membership.objects.filter(user=user).select_related("tenant")
+    return {m.tenant: m.role for m in memberships.order_by("tenant__slug")}
+
+
 def access_tenant_read(*, user: Any, tenant: Tenant) -> bool:
     return membership_role(user=user, tenant=tenant) is not None
 

@@ -9,7 +9,11 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from oauth2_provider.models import get_access_token_model, get_application_model
+from oauth2_provider.models import (
+    get_access_token_model,
+    get_application_model,
+    get_refresh_token_model,
+)
 
 from accounts.models import Membership, Role, Tenant
 
@@ -67,3 +71,22 @@ def access_token_issue(*, user: Any, scopes: list[str], expires_in: int | None =
             scope=" ".join(scopes),
         )
     return raw
+
+
+def access_tokens_revoke(*, user: Any, application_id: int | None = None) -> int:
+    """Revoke the user's access and refresh tokens (of one OAuth2 application, or all).
+
+    Returns how many access tokens were revoked. Refresh tokens are revoked too, so the app
+    cannot quietly mint a new access token; sessions already open are not closed by this.
+    """
+    access_model = get_access_token_model()
+    refresh_model = get_refresh_token_model()
+    access = access_model.objects.filter(user=user)
+    refresh = refresh_model.objects.filter(user=user, revoked__isnull=True)
+    if application_id is not None:
+        access = access.filter(application_id=application_id)
+        refresh = refresh.filter(application_id=application_id)
+    with transaction.atomic():
+        refresh.update(revoked=timezone.now())
+        _, deleted = access.delete()
+    return int(deleted.get(access_model._meta.label, 0))

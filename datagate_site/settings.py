@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "accounts",
     "replication",
     "topics",
+    "console",
 ]
 
 MIDDLEWARE = [

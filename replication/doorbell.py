@@ -42,3 +42,33 @@ def _ring(collection_id: int, seq: int) -> None:
 def ring_on_commit(*, collection_id: int, seq: int) -> None:
     """Ring the collection's bell once the current transaction commits."""
     transaction.on_commit(partial(_ring, collection_id, seq))
+
+
+# --- operator requests to one replica's session ----------------------------------------------
+
+REPLICA_DISCONNECT = "replica.disconnect"
+
+
+def replica_group(replica_pk: int) -> str:
+    """The group a replica's consumer joins while connected (one member per live session)."""
+    return f"dg.replica.{replica_pk}"
+
+
+def replica_disconnect_request(*, replica_pk: int, reason: str = "") -> bool:
+    """Ask the consumer serving this replica, on whatever process, to end its session.
+
+    The consumer sends Disconnect and closes 1000 (docs/protocol.md). Like every layer message
+    this is at most once: False means the layer refused it; True only that it was handed over.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        async_to_sync(layer.group_send)(
+            replica_group(replica_pk),
+            {"type": REPLICA_DISCONNECT, "replica": replica_pk, "reason": reason[:100]},
+        )
+    except Exception:
+        logger.warning("disconnect request for replica %s not delivered", replica_pk, exc_info=True)
+        return False
+    return True

@@ -195,3 +195,46 @@ class ErrorEvent(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class ReplicaSession(models.Model):
+    """One connection of a replica, from Connect to its end: the console's session history."""
+
+    replica = models.ForeignKey(Replica, on_delete=models.CASCADE, related_name="sessions")
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    address = models.CharField(max_length=100, blank=True)
+    client_version = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["replica", "-started_at"], name="replicasession_replica")]
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.replica_id} session at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class FeedLatencyMinute(models.Model):
+    """Feed latency (feed sent to feed.ack received) per collection and minute, for the console.
+
+    One row per collection and minute, so recording is one small upsert however many replicas
+    ack, and the console's last-hour chart reads at most 60 rows per collection.
+    """
+
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="feed_latency"
+    )
+    minute = models.DateTimeField()
+    acks = models.BigIntegerField(default=0)
+    total_ms = models.BigIntegerField(default=0)
+    max_ms = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["collection", "minute"], name="feedlatency_collection_minute"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.collection_id} {self.minute:%H:%M}: {self.acks} acks"

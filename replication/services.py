@@ -14,7 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -31,9 +32,11 @@ from replication.models import (
     Collection,
     Document,
     ErrorEvent,
+    FeedLatencyMinute,
     JournalEntry,
     Operation,
     Replica,
+    ReplicaSession,
     Tombstone,
 )
 from replication.protocol.errors import DataGateError, ErrorCode
@@ -358,6 +361,11 @@ def replica_connected(
         address=address[:100],
         sessions_count=F("sessions_count") + 1,
     )
+    # A replica has one session at a time: a session left open by a crash ends here.
+    ReplicaSession.objects.filter(replica=replica, ended_at__isnull=True).update(ended_at=_now())
+    ReplicaSession.objects.create(
+        replica=replica, address=address[:100], client_version=client_version[:100]
+    )
     replica.refresh_from_db()
     return replica
 
@@ -373,16 +381,52 @@ def replica_pushed(*, replica_pk: int, applied: int, rejected: int, last_seq: in
     Replica.objects.filter(pk=replica_pk).update(**updates)
 
 
-def replica_acked(*, replica_pk: int, seq: int, pulled: int = 0) -> None:
-    """Record the server marker a replica acknowledged; it never moves backwards."""
+def replica_acked(
+    *, replica_pk: int, seq: int, pulled: int = 0, latency_ms: int | None = None
+) -> None:
+    """Record the server marker a replica acknowledged; it never moves backwards.
+
+    `latency_ms` (a live feed's time from sent to acked, measured by the consumer) goes into
+    the collection's per-minute feed latency that the console charts.
+    """
     Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=seq).update(last_acked_seq=seq)
     Replica.objects.filter(pk=replica_pk).update(
         pulled_count=F("pulled_count") + pulled, last_seen=_now()
     )
+    if latency_ms is not None:
+        collection_id = Replica.objects.filter(pk=replica_pk).values_list(
+            "collection_id", flat=True
+        )[0]
+        feed_latency_record(collection_id=collection_id, latency_ms=latency_ms)
+
+
+def feed_latency_record(*, collection_id: int, latency_ms: int, acks: int = 1) -> None:
+    """Add `acks` feed acks with `latency_ms` (their largest latency) to this minute's row."""
+    latency_ms = max(0, int(latency_ms))
+    minute = _now().replace(second=0, microsecond=0)
+    row = FeedLatencyMinute.objects.filter(collection_id=collection_id, minute=minute)
+    updated = row.update(
+        acks=F("acks") + acks,
+        total_ms=F("total_ms") + latency_ms * acks,
+        max_ms=Greatest(F("max_ms"), Value(latency_ms)),
+    )
+    if updated:
+        return
+    with transaction.atomic():
+        _, created = FeedLatencyMinute.objects.get_or_create(
+            collection_id=collection_id,
+            minute=minute,
+            defaults={"acks": acks, "total_ms": latency_ms * acks, "max_ms": latency_ms},
+        )
+    if not created:  # another process created the row between the update and the insert
+        feed_latency_record(collection_id=collection_id, latency_ms=latency_ms, acks=acks)
 
 
 def replica_disconnected(*, replica_pk: int) -> None:
     Replica.objects.filter(pk=replica_pk).update(online=False, last_seen=_now())
+    ReplicaSession.objects.filter(replica_id=replica_pk, ended_at__isnull=True).update(
+        ended_at=_now()
+    )
 
 
 def _now() -> datetime:

@@ -1,0 +1,457 @@
+"""The console's pages: thin views over `console.selectors`, `replication.services` and
+`accounts.access`.
+
+Who sees what (every decision is an `access_*` call):
+- a tenant the user has no role in does not exist for them (404, like the sync protocol);
+- readers see everything of their tenants and can do nothing (no buttons; POST answers 403);
+- writers may also create, edit and delete documents;
+- admins may also disconnect replicas and revoke their tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.access import (
+    access_collection_write,
+    access_tenant_admin,
+    access_tenant_read,
+    tenant_roles,
+)
+from accounts.models import Tenant
+from accounts.services import access_tokens_revoke
+from console import selectors
+from console.dashboard import dashboard_data
+from console.errorsdoc import errors_doc_html
+from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm, ReplicaFilterForm
+from replication.doorbell import replica_disconnect_request
+from replication.models import Collection
+from replication.protocol.errors import DataGateError
+from replication.services import document_delete, document_put, error_event_record
+
+LOGIN_URL = "console:login"
+PAGE_SIZE = 50
+
+console_login_required = login_required(login_url=LOGIN_URL)
+
+
+@dataclass(frozen=True)
+class TenantAccess:
+    tenant: Tenant
+    can_admin: bool
+    can_write: bool
+
+
+def _tenant_access(request: HttpRequest, slug: str) -> TenantAccess:
+    """The tenant if the user may read it; otherwise it does not exist for them (404)."""
+    tenant = Tenant.objects.filter(slug=slug).first()
+    if tenant is None or not access_tenant_read(user=request.user, tenant=tenant):
+        raise Http404("No such tenant.")
+    return TenantAccess(
+        tenant=tenant,
+        can_admin=access_tenant_admin(user=request.user, tenant=tenant),
+        can_write=access_collection_write(user=request.user, tenant=tenant, collection_name=""),
+    )
+
+
+def _collection(access: TenantAccess, name: str) -> Collection:
+    collection = Collection.objects.filter(tenant=access.tenant, name=name).first()
+    if collection is None:
+        raise Http404("No such collection.")
+    return collection
+
+
+def _page(request: HttpRequest, items: Any) -> Page:
+    return Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+def _render(
+    request: HttpRequest, template: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    context.setdefault("nav_tenants", tenant_roles(user=request.user))
+    return render(request, template, context, status=status)
+
+
+def _origin(request: HttpRequest) -> str:
+    return f"console:{request.user.get_username()}"[:128]
+
+
+# --- home and dashboards ------------------------------------------------------------------
+
+
+@require_GET
+def root(request: HttpRequest) -> HttpResponse:
+    return redirect("console:index")
+
+
+@console_login_required
+@require_GET
+def index(request: HttpRequest) -> HttpResponse:
+    roles = tenant_roles(user=request.user)
+    if len(roles) == 1:
+        return redirect("console:dashboard", tenant=next(iter(roles)).slug)
+    return _render(request, "console/index.html", {"nav_tenants": roles})
+
+
+@console_login_required
+@require_GET
+def dashboard(request: HttpRequest, tenant: str, collection: str | None = None) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    if collection is not None:
+        _collection(access, collection)
+    live_path = f"/ws/console/{access.tenant.slug}/" + (f"{collection}/" if collection else "")
+    context = dashboard_data(tenant=access.tenant, collection_name=collection)
+    context.update({"access": access, "live_path": live_path, "section": "dashboard"})
+    return _render(request, "console/dashboard.html", context)
+
+
+# --- replicas -----------------------------------------------------------------------------
+
+
+@console_login_required
+@require_GET
+def replicas(request: HttpRequest, tenant: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    form = ReplicaFilterForm(request.GET or None)
+    data = form.cleaned_data if form.is_valid() else {}
+    filters = selectors.ReplicaFilters(
+        q=data.get("q") or "",
+        collection=data.get("collection") or "",
+        user=data.get("user") or "",
+        online=data.get("online") or "",
+        behind=bool(data.get("behind")),
+        sort=data.get("sort") or "-last_seen",
+    )
+    page = _page(request, selectors.replica_list(tenant=access.tenant, filters=filters))
+    next_sort = {
+        key: (f"-{key}" if filters.sort == key else key) for key in selectors.REPLICA_SORTS
+    }
+    return _render(
+        request,
+        "console/replicas.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "form": form if form.is_bound else ReplicaFilterForm(),
+            "page": page,
+            "sort": filters.sort,
+            "next_sort": next_sort,
+            "section": "replicas",
+        },
+    )
+
+
+def _replica_or_404(access: TenantAccess, pk: int) -> Any:
+    replica = selectors.replica_get(tenant=access.tenant, replica_pk=pk)
+    if replica is None:
+        raise Http404("No such replica.")
+    return replica
+
+
+@console_login_required
+@require_GET
+def replica_detail(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    replica = _replica_or_404(access, pk)
+    errors = selectors.error_event_list(
+        tenant=access.tenant, filters=selectors.ErrorFilters(replica=replica.pk)
+    )[:50]
+    return _render(
+        request,
+        "console/replica.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "replica": replica,
+            "sessions": selectors.replica_sessions(replica=replica),
+            "errors": list(errors),
+            "applications": selectors.user_applications_with_tokens(user=replica.user)
+            if access.can_admin
+            else [],
+            "section": "replicas",
+        },
+    )
+
+
+@console_login_required
+@require_POST
+def replica_disconnect(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    if not access.can_admin:
+        raise PermissionDenied("Only tenant admins may disconnect replicas.")
+    replica = _replica_or_404(access, pk)
+    if replica_disconnect_request(replica_pk=replica.pk, reason="disconnected from the console"):
+        messages.success(request, f"Asked replica {replica.replica_id} to disconnect.")
+    else:
+        messages.error(request, "The channel layer refused the request; try again.")
+    return redirect("console:replica", tenant=access.tenant.slug, pk=replica.pk)
+
+
+@console_login_required
+@require_POST
+def replica_revoke(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    if not access.can_admin:
+        raise PermissionDenied("Only tenant admins may revoke tokens.")
+    replica = _replica_or_404(access, pk)
+    raw_app = request.POST.get("application", "")
+    application_id = int(raw_app) if raw_app.isdigit() else None
+    revoked = access_tokens_revoke(user=replica.user, application_id=application_id)
+    replica_disconnect_request(replica_pk=replica.pk, reason="token revoked from the console")
+    messages.success(
+        request,
+        f"Revoked {revoked} access token(s) of {replica.user.get_username()} "
+        "and asked the replica to disconnect.",
+    )
+    return redirect("console:replica", tenant=access.tenant.slug, pk=replica.pk)
+
+
+# --- documents ----------------------------------------------------------------------------
+
+
+@console_login_required
+@require_GET
+def documents(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    coll = _collection(access, collection)
+    form = DocumentSearchForm(request.GET or None)
+    data = form.cleaned_data if form.is_valid() else {}
+    search_error = ""
+    try:
+        found = selectors.document_search(
+            collection=coll,
+            id_contains=data.get("id") or "",
+            field=(data.get("field") or "").strip(),
+            value=data.get("value") or "",
+        )
+        page = _page(request, found)
+    except selectors.BadSearch as exc:
+        search_error = str(exc)
+        page = _page(request, [])
+    return _render(
+        request,
+        "console/documents.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "collection": coll,
+            "form": form if form.is_bound else DocumentSearchForm(),
+            "page": page,
+            "search_error": search_error,
+            "section": "documents",
+        },
+    )
+
+
+def _document_url(view: str, access: TenantAccess, coll: Collection, doc_id: str) -> str:
+    url = reverse(view, kwargs={"tenant": access.tenant.slug, "collection": coll.name})
+    return f"{url}?{urlencode({'id': doc_id})}"
+
+
+@console_login_required
+@require_GET
+def document_detail(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    coll = _collection(access, collection)
+    doc_id = request.GET.get("id", "")
+    document = selectors.document_get(collection=coll, doc_id=doc_id)
+    tombstone = None if document else selectors.tombstone_get(collection=coll, doc_id=doc_id)
+    history = selectors.document_history(collection=coll, doc_id=doc_id)
+    if document is None and tombstone is None and not history:
+        raise Http404("No such document.")
+    return _render(
+        request,
+        "console/document.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "collection": coll,
+            "doc_id": doc_id,
+            "document": document,
+            "tombstone": tombstone,
+            "history": history,
+            "edit_url": _document_url("console:document_edit", access, coll, doc_id),
+            "section": "documents",
+        },
+    )
+
+
+def _save_document(
+    request: HttpRequest, access: TenantAccess, coll: Collection, form: DocumentForm
+) -> HttpResponse | None:
+    """Write the form's document through the service; None (and a form error) on refusal."""
+    doc_id = form.cleaned_data["doc_id"]
+    try:
+        document_put(
+            collection_id=coll.pk,
+            doc_id=doc_id,
+            body=form.cleaned_data["body"],
+            origin=_origin(request),
+            user_id=request.user.pk,
+            expected_revision=form.cleaned_data.get("expected_revision"),
+        )
+    except DataGateError as exc:
+        error_event_record(
+            error=exc,
+            user_id=request.user.pk,
+            tenant=access.tenant.slug,
+            collection=coll.name,
+            context={"via": "console", "doc_id": doc_id[:128]},
+        )
+        form.add_error(None, exc.text)
+        return None
+    messages.success(request, f"Saved {doc_id}; it replicates to every live replica.")
+    return redirect(_document_url("console:document", access, coll, doc_id))
+
+
+@console_login_required
+@require_http_methods(["GET", "POST"])
+def document_new(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    coll = _collection(access, collection)
+    if not access.can_write:
+        raise PermissionDenied("Readers cannot create documents.")
+    form = DocumentForm(request.POST or None, initial={"expected_revision": 0})
+    if request.method == "POST" and form.is_valid():
+        response = _save_document(request, access, coll, form)
+        if response is not None:
+            return response
+    return _render(
+        request,
+        "console/document_form.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "collection": coll,
+            "form": form,
+            "creating": True,
+            "section": "documents",
+        },
+    )
+
+
+@console_login_required
+@require_http_methods(["GET", "POST"])
+def document_edit(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    coll = _collection(access, collection)
+    if not access.can_write:
+        raise PermissionDenied("Readers cannot edit documents.")
+    doc_id = request.GET.get("id", "")
+    document = selectors.document_get(collection=coll, doc_id=doc_id)
+    if document is None:
+        raise Http404("No such document.")
+    if request.method == "POST":
+        data = request.POST.copy()
+        data["doc_id"] = doc_id  # the id is not editable; the URL names the document
+        form = DocumentForm(data)
+        if form.is_valid():
+            response = _save_document(request, access, coll, form)
+            if response is not None:
+                return response
+    else:
+        form = DocumentForm(
+            initial={
+                "doc_id": doc_id,
+                "body": json.dumps(document.body, indent=2, ensure_ascii=False, sort_keys=True),
+                "expected_revision": document.revision,
+            }
+        )
+    form.fields["doc_id"].disabled = True
+    return _render(
+        request,
+        "console/document_form.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "collection": coll,
+            "form": form,
+            "document": document,
+            "creating": False,
+            "section": "documents",
+        },
+    )
+
+
+@console_login_required
+@require_POST
+def document_remove(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    coll = _collection(access, collection)
+    if not access.can_write:
+        raise PermissionDenied("Readers cannot delete documents.")
+    doc_id = request.POST.get("id", "")
+    raw_revision = request.POST.get("expected_revision", "")
+    try:
+        document_delete(
+            collection_id=coll.pk,
+            doc_id=doc_id,
+            origin=_origin(request),
+            user_id=request.user.pk,
+            expected_revision=int(raw_revision) if raw_revision.isdigit() else None,
+        )
+    except DataGateError as exc:
+        error_event_record(
+            error=exc,
+            user_id=request.user.pk,
+            tenant=access.tenant.slug,
+            collection=coll.name,
+            context={"via": "console", "doc_id": doc_id[:128]},
+        )
+        messages.error(request, exc.text)
+        return redirect(_document_url("console:document", access, coll, doc_id))
+    messages.success(request, f"Deleted {doc_id}; the delete replicates to every live replica.")
+    return redirect("console:documents", tenant=access.tenant.slug, collection=coll.name)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+@console_login_required
+@require_GET
+def errors(request: HttpRequest, tenant: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    form = ErrorFilterForm(request.GET or None)
+    data = form.cleaned_data if form.is_valid() else {}
+    filters = selectors.ErrorFilters(
+        code=(data.get("code") or "").strip().upper(),
+        replica=data.get("replica"),
+        user=data.get("user") or "",
+        collection=data.get("collection") or "",
+        since=data.get("since"),
+        until=data.get("until"),
+    )
+    return _render(
+        request,
+        "console/errors.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "form": form if form.is_bound else ErrorFilterForm(),
+            "page": _page(
+                request, selectors.error_event_list(tenant=access.tenant, filters=filters)
+            ),
+            "codes": selectors.error_codes_seen(tenant=access.tenant),
+            "section": "errors",
+        },
+    )
+
+
+@console_login_required
+@require_GET
+def error_codes(request: HttpRequest) -> HttpResponse:
+    return _render(
+        request, "console/error_codes.html", {"doc_html": errors_doc_html(), "section": "codes"}
+    )
