@@ -7,7 +7,7 @@ PORT ?= 8000
 # The PostgreSQL run of the storage tests (required in CI, skipped elsewhere when unreachable).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: run test check lint typecheck bench clean
+.PHONY: run test check lint typecheck bench clean chromium
 
 $(VENV)/.installed: pyproject.toml sdk/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "DataGate needs Python 3.11 or newer")'
@@ -21,7 +21,14 @@ run: $(VENV)/.installed
 	$(PY) manage.py datagate_bootstrap --host $(HOST) --port $(PORT)
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) datagate_site.asgi:application
 
-test: $(VENV)/.installed
+# The console's browser tests drive Debian's Chromium (Playwright never downloads a browser).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = "0" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest
 	DATABASE_URL=$(TEST_DATABASE_URL) DATAGATE_TEST_BACKEND=postgres $(PY) -m pytest -m storage
 

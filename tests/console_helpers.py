@@ -53,7 +53,14 @@ def connect_replica(*, collection: Any, user: Any, replica_id: str = "phone-1") 
 def record_error(
     *, collection: Any, user: Any, replica: Replica | None = None, code: ErrorCode
 ) -> ErrorEvent:
-    error = DataGateError(code, tenant=collection.tenant.slug, collection=collection.name)
+    error = DataGateError(
+        code,
+        tenant=collection.tenant.slug,
+        collection=collection.name,
+        detail="made by a test",
+        message_type="no2.sync.feed",
+        user=user.get_username(),
+    )
     return error_event_record(
         error=error,
         user_id=user.pk,

@@ -45,3 +45,27 @@ def require_postgres() -> str:
 
 def require_redis() -> str:
     return require_service("Redis", TEST_REDIS_URL, 6379)
+
+
+CHROMIUM = os.environ.get("DATAGATE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require_chromium() -> str:
+    """Debian's Chromium for browser tests (`make test` installs it when run as root)."""
+    if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    message = f"Chromium is not installed at {CHROMIUM} (make chromium installs it as root)"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+    pytest.skip(message)
+    raise AssertionError("unreachable")

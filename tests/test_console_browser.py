@@ -1,0 +1,169 @@
+"""The console in a real headless Chromium against a real daphne, driven by Playwright.
+
+Playwright never downloads a browser here: it launches Debian's /usr/bin/chromium
+(`tests.services.require_chromium`). Screenshots of the main pages go to
+test-artifacts/screenshots/. These tests are few on purpose: each one starts a browser.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replication.models import Document, JournalEntry
+from replication.protocol.errors import ErrorCode
+from replication.services import document_put, replica_acked
+from tests.console_helpers import connect_replica, record_error
+from tests.services import CHROMIUM_ARGS, require_chromium
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+WAIT_MS = 30_000
+
+
+@pytest.fixture
+def browser(daphne: Any) -> Iterator[Any]:
+    executable = require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls are
+    # plain synchronous code between browser steps.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            try:
+                yield chromium
+            finally:
+                chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+def log_in(browser: Any, daphne: Any, username: str) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{daphne.http_url}/")
+    assert "/console/login/" in page.url
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"pw-{username}")
+    page.click("button[type=submit]")
+    page.wait_for_selector(".sections")
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_admin_watches_a_replica_connect_and_fall_behind_then_edits_a_document(
+    daphne: Any, browser: Any, member: Any, collection: Any
+) -> None:
+    admin = member("ada", "admin")
+    document_put(
+        collection_id=collection.pk, doc_id="note-1", body={"title": "first"}, origin="seed"
+    )
+    page = log_in(browser, daphne, "ada")
+    assert page.url.endswith("/console/t/acme/")
+    page.wait_for_selector(".live-status.live")
+    # A marker on the window object survives only if the page is never reloaded.
+    page.evaluate("window.__noReload = true")
+    assert page.locator("#online-table").inner_text().count("No replica is online") == 1
+
+    replica = connect_replica(collection=collection, user=admin, replica_id="phone-1")
+    replica_acked(replica_pk=replica.pk, seq=1, latency_ms=35)
+    row = page.locator('#online-table tr[data-replica="phone-1"]')
+    row.wait_for()
+    assert row.locator("[data-lag]").inner_text() == "0"
+
+    document_put(collection_id=collection.pk, doc_id="note-2", body={"n": 2}, origin="seed")
+    page.wait_for_function(
+        """() => {
+            const row = document.querySelector('#online-table tr[data-replica="phone-1"]');
+            const cell = row && row.querySelector("[data-lag]");
+            return cell && cell.textContent.trim() === "1";
+        }""",
+        timeout=WAIT_MS,
+    )
+    assert page.evaluate("window.__noReload") is True
+    record_error(collection=collection, user=admin, replica=replica, code=ErrorCode.NOT_JSON)
+    page.wait_for_selector('#recent-errors a.code:has-text("DG-2001")')
+    shot(page, "dashboard")
+
+    page.click('.sections a:has-text("Replicas")')
+    page.wait_for_selector("#replicas-table")
+    shot(page, "replicas")
+    page.click('#replicas-table a:has-text("phone-1")')
+    page.wait_for_selector("#disconnect")
+    shot(page, "replica")
+
+    page.goto(f"{daphne.http_url}/console/t/acme/c/notes/documents/")
+    shot(page, "documents")
+    page.click('#documents-table a:has-text("note-1")')
+    page.click("#edit-document")
+    page.fill("#id_body", '{"title": "edited in the browser"}')
+    page.click("#save-document")
+    page.wait_for_selector("#document-body")
+    assert "edited in the browser" in page.inner_text("#document-body")
+    shot(page, "document")
+    doc = Document.objects.get(collection=collection, doc_id="note-1")
+    assert doc.body == {"title": "edited in the browser"}
+    assert doc.revision == 2
+    entry = JournalEntry.objects.filter(collection=collection, doc_id="note-1").latest("seq")
+    assert (entry.operation, entry.user_id, entry.origin) == ("put", admin.pk, "console:ada")
+
+    page.goto(f"{daphne.http_url}/console/t/acme/errors/")
+    shot(page, "errors")
+    page.click('#errors-table a.code:has-text("DG-2001")')
+    page.wait_for_selector("#dg-2001")
+    assert page.url.endswith("#dg-2001")
+    shot(page, "error-codes")
+    page.close()
+
+
+def test_reader_sees_no_actions_and_a_forged_post_is_refused(
+    daphne: Any, browser: Any, member: Any, collection: Any
+) -> None:
+    admin = member("ada", "admin")
+    member("rita", "reader")
+    document_put(collection_id=collection.pk, doc_id="note-1", body={"t": 1}, origin="seed")
+    replica = connect_replica(collection=collection, user=admin, replica_id="phone-1")
+    page = log_in(browser, daphne, "rita")
+    assert page.locator(".badge.readonly").inner_text() == "read-only"
+
+    page.goto(f"{daphne.http_url}/console/t/acme/replicas/{replica.pk}/")
+    page.wait_for_selector("h1")
+    assert page.locator("#disconnect, #revoke, form[action$='/disconnect/']").count() == 0
+    shot(page, "replica-as-reader")
+
+    page.goto(f"{daphne.http_url}/console/t/acme/c/notes/document/?id=note-1")
+    assert page.locator("#edit-document, #delete-document").count() == 0
+    page.goto(f"{daphne.http_url}/console/t/acme/c/notes/documents/")
+    assert page.locator("#new-document").count() == 0
+
+    # Even a hand-made POST with a valid CSRF token is refused.
+    status = page.evaluate(
+        """async (url) => {
+            const token = document.cookie.match(/csrftoken=([^;]+)/)[1];
+            const body = new URLSearchParams({id: "note-1", csrfmiddlewaretoken: token});
+            const response = await fetch(url, {method: "POST", body, redirect: "manual"});
+            return response.status;
+        }""",
+        f"{daphne.http_url}/console/t/acme/c/notes/document/delete/",
+    )
+    assert status == 403
+    assert Document.objects.filter(collection=collection, doc_id="note-1").exists()
+    assert re.search(r"/console/t/acme/c/notes/documents/$", page.url)
+    page.close()

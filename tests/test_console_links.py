@@ -1,0 +1,83 @@
+"""Every link of the console works for an admin, and static files are served with DEBUG off."""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any
+from urllib.parse import urldefrag, urljoin, urlsplit
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from replication.protocol.errors import ErrorCode
+from replication.services import document_put, replica_acked
+from tests.console_helpers import connect_replica, record_error
+
+pytestmark = pytest.mark.django_db
+
+LINK = re.compile(r'(?:href|src|action)="([^"#][^"]*|#[^"]*)"')
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def test_crawl_every_console_link_as_admin_finds_no_error(
+    client: Client, member: Any, collection: Any
+) -> None:
+    assert settings.DEBUG is False
+    admin = member("ada", "admin")
+    for i in range(3):
+        document_put(collection_id=collection.pk, doc_id=f"n{i}", body={"i": i}, origin="seed")
+    replica = connect_replica(collection=collection, user=admin)
+    replica_acked(replica_pk=replica.pk, seq=2, latency_ms=25)
+    record_error(collection=collection, user=admin, replica=replica, code=ErrorCode.NOT_JSON)
+    client.force_login(admin)
+
+    seen: set[str] = set()
+    queue = deque(["/console/"])
+    anchors: set[str] = set()
+    checked_static = 0
+    while queue:
+        url = queue.popleft()
+        if url in seen:
+            continue
+        seen.add(url)
+        response = client.get(url, follow=True)
+        assert response.status_code < 400, f"{url} answered {response.status_code}"
+        if url.startswith("/static/"):
+            checked_static += 1
+            continue
+        if "text/html" not in response.get("Content-Type", ""):
+            continue
+        html = response.content.decode()
+        for raw in LINK.findall(html):
+            target, fragment = urldefrag(urljoin(url, raw.replace("&amp;", "&")))
+            parts = urlsplit(target)
+            if parts.netloc and parts.netloc != "testserver":
+                raise AssertionError(f"{url} links outside the server: {raw}")
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            if fragment and parts.path == "/console/errors/codes/":
+                anchors.add(fragment)
+            if parts.path.startswith(("/console/", "/static/")) and not any(
+                part in parts.path for part in ("/logout/", "/disconnect/", "/revoke/", "/delete/")
+            ):
+                queue.append(path)
+    assert checked_static >= 2  # the stylesheet and the script
+    assert len(seen) > 15
+    codes_page = client.get("/console/errors/codes/").content.decode()
+    for anchor in anchors:
+        assert f'id="{anchor}"' in codes_page, f"no anchor #{anchor} on the error codes page"
+
+
+def test_static_files_are_served_without_debug_and_without_collectstatic(client: Client) -> None:
+    assert settings.DEBUG is False
+    for name, kind in [("console.css", "text/css"), ("console.js", "javascript")]:
+        response = client.get(f"/static/console/{name}")
+        assert response.status_code == 200
+        assert kind in response["Content-Type"]
+        body = b"".join(response.streaming_content)  # type: ignore[attr-defined]
+        assert len(body) > 500
