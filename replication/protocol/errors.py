@@ -213,7 +213,7 @@ class ErrorCode(Enum):
         "DG-7105",
         CloseCode.SERVER_ERROR,
         500,
-        "{collection}: journal seq {seq} records {journal} but the {table} is {stored}",
+        "{collection}: journal seq {seq} records {journal}, the {table} holds {stored}",
     )
     MARKER_AHEAD = _spec(
         "DG-7106",
