@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('replication', '0001_initial'),
+        ('replication', '0002_maintenance'),
     ]
 
     operations = [
