@@ -35,6 +35,13 @@ def tenant_roles(*, user: Any) -> dict[Tenant, str]:
     return {m.tenant: m.role for m in memberships.order_by("tenant__slug")}
 
 
+def access_server_admin(*, user: Any) -> bool:
+    """Server-wide operator tools (maintenance runs of every tenant): superusers only."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    return bool(user.is_superuser)
+
+
 def access_tenant_read(*, user: Any, tenant: Tenant) -> bool:
     return membership_role(user=user, tenant=tenant) is not None
 

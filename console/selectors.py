@@ -18,6 +18,7 @@ from django.db.models import (
     F,
     IntegerField,
     Max,
+    Min,
     OuterRef,
     Q,
     QuerySet,
@@ -329,3 +330,54 @@ def recent_errors(
     if collection_name is not None:
         events = events.filter(collection=collection_name)
     return list(events.select_related("user").order_by("-created_at", "-pk")[:limit])
+
+
+# --- topics -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopicRow:
+    info: Any  # topics.selectors.TopicInfo
+    consumers: int
+    max_lag: int | None
+
+
+def topics_overview(*, tenant: Tenant, user_id: int) -> list[TopicRow]:
+    """The topics the user can see, with message counts, consumers and the largest lag."""
+    from topics.models import ConsumerOffset
+    from topics.selectors import topic_list
+
+    infos = topic_list(tenant=tenant, user_id=user_id)
+    stats = {
+        row["topic_id"]: row
+        for row in ConsumerOffset.objects.filter(topic_id__in=[i.id for i in infos])
+        .values("topic_id")
+        .annotate(n=Count("id"), lowest=Min("committed"))
+    }
+    rows = []
+    for info in infos:
+        found = stats.get(info.id)
+        rows.append(
+            TopicRow(
+                info=info,
+                consumers=int(found["n"]) if found else 0,
+                max_lag=info.last_offset - int(found["lowest"]) if found else None,
+            )
+        )
+    return rows
+
+
+def topic_consumers(*, topic: Any) -> Any:
+    """Each consumer (user and device) of a topic with its committed offset and `lag`."""
+    from topics.models import ConsumerOffset
+
+    return (
+        ConsumerOffset.objects.filter(topic=topic)
+        .select_related("user")
+        .annotate(
+            lag=ExpressionWrapper(
+                F("topic__last_offset") - F("committed"), output_field=IntegerField()
+            )
+        )
+        .order_by("-lag", "user__username", "device")
+    )

@@ -48,4 +48,8 @@ urlpatterns = [
         name="replica_revoke",
     ),
     path("t/<str:tenant>/errors/", views.errors, name="errors"),
+    path("t/<str:tenant>/topics/", views.topics, name="topics"),
+    path("t/<str:tenant>/topics/<int:pk>/", views.topic_detail, name="topic"),
+    path("maintenance/", views.maintenance, name="maintenance"),
+    path("maintenance/run/", views.maintenance_start, name="maintenance_run"),
 ]

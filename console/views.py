@@ -11,6 +11,7 @@ Who sees what (every decision is an `access_*` call):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.access import (
     access_collection_write,
+    access_server_admin,
     access_tenant_admin,
     access_tenant_read,
+    access_topic_see,
     tenant_roles,
 )
 from accounts.models import Tenant
@@ -37,7 +40,13 @@ from console.dashboard import dashboard_data
 from console.errorsdoc import errors_doc_html
 from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm, ReplicaFilterForm
 from replication.doorbell import replica_disconnect_request
-from replication.models import Collection
+from replication.maintenance import (
+    journal_prune_all,
+    maintenance_run,
+    maintenance_runs_latest,
+    tombstones_collect_all,
+)
+from replication.models import Collection, MaintenanceJob
 from replication.protocol.errors import DataGateError
 from replication.services import document_delete, document_put, error_event_record
 
@@ -455,3 +464,96 @@ def error_codes(request: HttpRequest) -> HttpResponse:
     return _render(
         request, "console/error_codes.html", {"doc_html": errors_doc_html(), "section": "codes"}
     )
+
+
+# --- topics -------------------------------------------------------------------------------
+
+
+@console_login_required
+@require_GET
+def topics(request: HttpRequest, tenant: str) -> HttpResponse:
+    access = _tenant_access(request, tenant)
+    return _render(
+        request,
+        "console/topics.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "rows": selectors.topics_overview(tenant=access.tenant, user_id=request.user.pk or 0),
+            "section": "topics",
+        },
+    )
+
+
+@console_login_required
+@require_GET
+def topic_detail(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
+    from topics.models import Topic
+
+    access = _tenant_access(request, tenant)
+    topic = Topic.objects.filter(tenant=access.tenant, pk=pk).select_related("owner").first()
+    if topic is None or not access_topic_see(
+        user=request.user, tenant=access.tenant, scope=topic.scope, owner_id=topic.owner_id
+    ):
+        raise Http404("No such topic.")
+    return _render(
+        request,
+        "console/topic.html",
+        {
+            "access": access,
+            "tenant": access.tenant,
+            "topic": topic,
+            "message_count": topic.messages.count(),
+            "page": _page(request, selectors.topic_consumers(topic=topic)),
+            "section": "topics",
+        },
+    )
+
+
+# --- maintenance (server-wide: superusers) ------------------------------------------------
+
+MAINTENANCE_JOBS: dict[str, tuple[MaintenanceJob, Callable[[], list[Any]]]] = {
+    MaintenanceJob.GC.value: (MaintenanceJob.GC, tombstones_collect_all),
+    MaintenanceJob.JOURNAL_PRUNE.value: (MaintenanceJob.JOURNAL_PRUNE, journal_prune_all),
+}
+
+
+def _maintenance_access(request: HttpRequest) -> None:
+    if not access_server_admin(user=request.user):
+        raise Http404("No such page.")
+
+
+@console_login_required
+@require_GET
+def maintenance(request: HttpRequest) -> HttpResponse:
+    _maintenance_access(request)
+    runs = maintenance_runs_latest(limit=50)
+    last = {job: next((r for r in runs if r.job == job), None) for job in MAINTENANCE_JOBS}
+    return _render(
+        request,
+        "console/maintenance.html",
+        {
+            "runs": runs,
+            "last_gc": last[MaintenanceJob.GC.value],
+            "last_prune": last[MaintenanceJob.JOURNAL_PRUNE.value],
+            "section": "maintenance",
+        },
+    )
+
+
+@console_login_required
+@require_POST
+def maintenance_start(request: HttpRequest) -> HttpResponse:
+    _maintenance_access(request)
+    chosen = MAINTENANCE_JOBS.get(request.POST.get("job", ""))
+    if chosen is None:
+        messages.error(request, "Unknown job; choose tombstone GC or journal pruning.")
+        return redirect("console:maintenance")
+    job, action = chosen
+    try:
+        run, _ = maintenance_run(job=job, trigger="console", action=action)
+    except Exception:  # recorded by maintenance_run (run row and DG-7002 event)
+        messages.error(request, f"{job.label} failed; the run below has the error.")
+    else:
+        messages.success(request, f"{job.label}: {run.summary}")
+    return redirect("console:maintenance")

@@ -14,9 +14,12 @@ from django.test import Client
 from replication.protocol.errors import ErrorCode
 from replication.services import document_put, replica_acked
 from tests.console_helpers import connect_replica, record_error
+from topics.services import Publication, messages_publish, offset_commit, topic_create
 
 pytestmark = pytest.mark.django_db
 
+# Form actions that only take POST; the crawl follows links, not buttons.
+POST_ONLY = ("/logout/", "/disconnect/", "/revoke/", "/delete/", "/maintenance/run/")
 LINK = re.compile(r'(?:href|src|action)="([^"#][^"]*|#[^"]*)"')
 
 
@@ -26,10 +29,16 @@ def fast_passwords(settings: Any) -> None:
 
 
 def test_crawl_every_console_link_as_admin_finds_no_error(
-    client: Client, member: Any, collection: Any
+    client: Client, make_user: Any, collection: Any
 ) -> None:
     assert settings.DEBUG is False
-    admin = member("ada", "admin")
+    # A superuser is the admin of every tenant and also sees the maintenance page.
+    admin = make_user("ada", is_superuser=True, is_staff=True)
+    chat = topic_create(tenant=collection.tenant, name="chat", scope="global", owner_id=None)
+    messages_publish(
+        topic_id=chat.pk, messages=[Publication(message_id="m1", payload=1)], publisher_id=None
+    )
+    offset_commit(topic_id=chat.pk, topic_name="chat", user_id=admin.pk, device="d", offset=1)
     for i in range(3):
         document_put(collection_id=collection.pk, doc_id=f"n{i}", body={"i": i}, origin="seed")
     replica = connect_replica(collection=collection, user=admin)
@@ -63,11 +72,17 @@ def test_crawl_every_console_link_as_admin_finds_no_error(
             if fragment and parts.path == "/console/errors/codes/":
                 anchors.add(fragment)
             if parts.path.startswith(("/console/", "/static/")) and not any(
-                part in parts.path for part in ("/logout/", "/disconnect/", "/revoke/", "/delete/")
+                part in parts.path for part in POST_ONLY
             ):
                 queue.append(path)
     assert checked_static >= 2  # the stylesheet and the script
     assert len(seen) > 15
+    for must in (
+        "/console/maintenance/",
+        "/console/t/acme/topics/",
+        f"/console/t/acme/topics/{chat.pk}/",
+    ):
+        assert must in seen, must
     codes_page = client.get("/console/errors/codes/").content.decode()
     for anchor in anchors:
         assert f'id="{anchor}"' in codes_page, f"no anchor #{anchor} on the error codes page"

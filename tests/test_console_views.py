@@ -85,6 +85,7 @@ def page_urls(world: dict[str, Any]) -> list[str]:
         reverse("console:documents", kwargs={"tenant": t, "collection": c.name}),
         reverse("console:document", kwargs={"tenant": t, "collection": c.name}) + doc,
         reverse("console:errors", kwargs={"tenant": t}),
+        reverse("console:topics", kwargs={"tenant": t}),
     ]
 
 
