@@ -200,7 +200,10 @@ class ReplicationConsumer(AsyncConsumer):
             )
         if isinstance(effect, mc.RecordAck):
             await database_sync_to_async(services.replica_acked)(
-                replica_pk=grant.replica_pk, seq=effect.seq, pulled=effect.pulled
+                replica_pk=grant.replica_pk,
+                seq=effect.seq,
+                pulled=effect.pulled,
+                latency_ms=None if effect.latency is None else round(effect.latency * 1000),
             )
             return []
         if isinstance(effect, mc.GoLive):
@@ -230,6 +233,7 @@ class ReplicationConsumer(AsyncConsumer):
             return self.session.connect_refused(error)
         self.connect_timer.cancel()
         self.grant = grant
+        await self.hub.attach_replica(self, replica_pk=grant.replica_pk)
         self.guard = services.session_guard(grant=grant, collection_name=self.collection_name)
         if self.closed:  # the socket went away while we were authenticating
             await self._clean_up()
@@ -326,3 +330,7 @@ class ReplicationConsumer(AsyncConsumer):
 
     async def shut_down(self) -> None:
         await self.run(self.session.shutdown())
+
+    async def disconnect_requested(self) -> None:
+        """An operator asked (console, replication/doorbell.py): Disconnect, close 1000."""
+        await self.run(self.session.disconnect())

@@ -47,25 +47,23 @@ def ring_on_commit(*, collection_id: int, seq: int) -> None:
 # --- operator requests to one replica's session ----------------------------------------------
 
 REPLICA_DISCONNECT = "replica.disconnect"
-
-
-def replica_group(replica_pk: int) -> str:
-    """The group a replica's consumer joins while connected (one member per live session)."""
-    return f"dg.replica.{replica_pk}"
+# Every process's live hub (replication/live.py) joins this one group once, rather than one
+# group per replica (STYLE.md, "Dead group members"); the process serving the replica acts.
+REPLICA_CONTROL_GROUP = "dg.replicas"
 
 
 def replica_disconnect_request(*, replica_pk: int, reason: str = "") -> bool:
-    """Ask the consumer serving this replica, on whatever process, to end its session.
+    """Ask whichever process serves this replica to end its session (Disconnect, close 1000).
 
-    The consumer sends Disconnect and closes 1000 (docs/protocol.md). Like every layer message
-    this is at most once: False means the layer refused it; True only that it was handed over.
+    Like every layer message this is at most once: False means the layer refused it; True
+    only that it was handed over.
     """
     layer = get_channel_layer()
     if layer is None:
         return False
     try:
         async_to_sync(layer.group_send)(
-            replica_group(replica_pk),
+            REPLICA_CONTROL_GROUP,
             {"type": REPLICA_DISCONNECT, "replica": replica_pk, "reason": reason[:100]},
         )
     except Exception:

@@ -35,7 +35,12 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from replication import selectors
-from replication.doorbell import COLLECTION_CHANGED, collection_group
+from replication.doorbell import (
+    COLLECTION_CHANGED,
+    REPLICA_CONTROL_GROUP,
+    REPLICA_DISCONNECT,
+    collection_group,
+)
 from replication.markers import Markers
 from replication.protocol.messages import encode_body
 from replication.selectors import Change
@@ -69,6 +74,8 @@ class LiveSession(Protocol):
     def tick(self, now: float) -> None: ...
 
     async def shut_down(self) -> None: ...
+
+    async def disconnect_requested(self) -> None: ...
 
 
 def _rejoin_interval() -> float:
@@ -152,6 +159,9 @@ class LiveHub:
         self.channel: str | None = None
         self.feeds: dict[int, CollectionFeed] = {}
         self.sessions: set[LiveSession] = set()
+        # Sessions by replica pk, for operator requests (the console's disconnect).
+        self.replicas: dict[int, set[LiveSession]] = {}
+        self._control_joined = False
         self._reader: asyncio.Task[None] | None = None
         self._rejoiner: asyncio.Task[None] | None = None
         self.shutting_down = False
@@ -164,6 +174,10 @@ class LiveHub:
 
     def unregister(self, session: LiveSession) -> None:
         self.sessions.discard(session)
+        for replica_pk, held in list(self.replicas.items()):
+            held.discard(session)
+            if not held:
+                del self.replicas[replica_pk]
         if not self.sessions:
             self._all_gone.set()
 
@@ -197,16 +211,38 @@ class LiveHub:
                 with contextlib.suppress(Exception):
                     await self.layer.group_discard(collection_group(collection_id), self.channel)
 
+    async def attach_replica(self, session: LiveSession, *, replica_pk: int) -> None:
+        """`session` serves this replica: operator requests for it reach it from now on."""
+        self.replicas.setdefault(replica_pk, set()).add(session)
+        if self._control_joined or self.layer is None:
+            return
+        try:
+            await self._ensure_channel()
+            assert self.layer is not None and self.channel is not None
+            await self.layer.group_add(REPLICA_CONTROL_GROUP, self.channel)
+            self._control_joined = True
+        except Exception:
+            logger.warning("could not join the replica control group", exc_info=True)
+
+    def _disconnect_replica(self, replica_pk: int) -> None:
+        for session in list(self.replicas.get(replica_pk, ())):
+            task = asyncio.ensure_future(session.disconnect_requested())
+            task.add_done_callback(_log_failure)
+
     # --- the doorbell ----------------------------------------------------------------------
+
+    async def _ensure_channel(self) -> None:
+        if self.layer is not None and self.channel is None:
+            self.channel = await self.layer.new_channel("datagate-live.")
+            self._reader = asyncio.create_task(self._read_bells(), name="live-doorbell")
+            self._rejoiner = asyncio.create_task(self._rejoin(), name="live-rejoin")
 
     async def _group_add(self, collection_id: int) -> None:
         if self.layer is None:
             return
         try:
-            if self.channel is None:
-                self.channel = await self.layer.new_channel("datagate-live.")
-                self._reader = asyncio.create_task(self._read_bells(), name="live-doorbell")
-                self._rejoiner = asyncio.create_task(self._rejoin(), name="live-rejoin")
+            await self._ensure_channel()
+            assert self.channel is not None
             await self.layer.group_add(collection_group(collection_id), self.channel)
         except Exception:
             # Without the layer, feeds still arrive by polling (POLL_INTERVAL).
@@ -225,6 +261,9 @@ class LiveHub:
                 logger.warning("doorbell receive failed; retrying", exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
+            if message.get("type") == REPLICA_DISCONNECT:
+                self._disconnect_replica(int(message.get("replica", -1)))
+                continue
             if message.get("type") != COLLECTION_CHANGED:
                 continue
             feed = self.feeds.get(message.get("collection", -1))
@@ -238,6 +277,9 @@ class LiveHub:
             await asyncio.sleep(interval)
             for collection_id in list(self.feeds):
                 await self._group_add(collection_id)
+            if self._control_joined and self.layer is not None and self.channel is not None:
+                with contextlib.suppress(Exception):
+                    await self.layer.group_add(REPLICA_CONTROL_GROUP, self.channel)
 
     # --- shutdown ------------------------------------------------------------------------
 
@@ -251,6 +293,11 @@ class LiveHub:
             self._all_gone.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_gone.wait(), SHUTDOWN_GRACE)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("operator request failed", exc_info=task.exception())
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveHub] = weakref.WeakKeyDictionary()

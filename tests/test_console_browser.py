@@ -7,8 +7,11 @@ test-artifacts/screenshots/. These tests are few on purpose: each one starts a b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,10 @@ import pytest
 
 from replication.models import Document, JournalEntry
 from replication.protocol.errors import ErrorCode
-from replication.services import document_put, replica_acked
+from replication.services import document_put
 from tests.console_helpers import connect_replica, record_error
 from tests.services import CHROMIUM_ARGS, require_chromium
+from tests.wire_client import FEED_ACK, WebsocketsTransport, WireReplica
 
 pytestmark = pytest.mark.e2e
 
@@ -68,10 +72,57 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+class ReplicaThread:
+    """A live replica (tests/wire_client.py over a real socket) on its own event loop thread,
+    so the test can drive the browser and the replica side by side."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.replica: WireReplica | None = None
+
+    def call(self, coroutine: Any, timeout: float = WAIT_MS / 1000) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def start(self, *, url: str, token: str, origin: str) -> WireReplica:
+        async def open_and_sync() -> WireReplica:
+            transport = await WebsocketsTransport.open(url)
+            replica = WireReplica(
+                transport=transport, token=token, tenant="acme", collection="notes", origin=origin
+            )
+            await replica.sync()
+            return replica
+
+        self.replica = self.call(open_and_sync())
+        return self.replica
+
+    def stop(self) -> None:
+        if self.replica is not None:
+            with contextlib.suppress(Exception):
+                self.call(self.replica.transport.close(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def lag_is(page: Any, origin: str, lag: str) -> None:
+    page.wait_for_function(
+        """([origin, lag]) => {
+            const row = document.querySelector(`#online-table tr[data-replica="${origin}"]`);
+            const cell = row && row.querySelector("[data-lag]");
+            return cell && cell.textContent.trim() === lag;
+        }""",
+        arg=[origin, lag],
+        timeout=WAIT_MS,
+    )
+
+
 def test_admin_watches_a_replica_connect_and_fall_behind_then_edits_a_document(
-    daphne: Any, browser: Any, member: Any, collection: Any
+    daphne: Any, browser: Any, member: Any, collection: Any, issue_token: Any
 ) -> None:
     admin = member("ada", "admin")
+    walt = member("walt", "writer")
+    token = issue_token(walt, "read write")
     document_put(
         collection_id=collection.pk, doc_id="note-1", body={"title": "first"}, origin="seed"
     )
@@ -80,56 +131,66 @@ def test_admin_watches_a_replica_connect_and_fall_behind_then_edits_a_document(
     page.wait_for_selector(".live-status.live")
     # A marker on the window object survives only if the page is never reloaded.
     page.evaluate("window.__noReload = true")
-    assert page.locator("#online-table").inner_text().count("No replica is online") == 1
+    assert "No replica is online" in page.locator("#online-table").inner_text()
 
-    replica = connect_replica(collection=collection, user=admin, replica_id="phone-1")
-    replica_acked(replica_pk=replica.pk, seq=1, latency_ms=35)
-    row = page.locator('#online-table tr[data-replica="phone-1"]')
-    row.wait_for()
-    assert row.locator("[data-lag]").inner_text() == "0"
+    side = ReplicaThread()
+    try:
+        phone = side.start(
+            url=f"{daphne.ws_url}/ws/datagate/acme/notes/", token=token, origin="phone-1"
+        )
+        assert phone.documents["note-1"]["title"] == "first"
+        page.locator('#online-table tr[data-replica="phone-1"]').wait_for()
+        lag_is(page, "phone-1", "0")
 
-    document_put(collection_id=collection.pk, doc_id="note-2", body={"n": 2}, origin="seed")
-    page.wait_for_function(
-        """() => {
-            const row = document.querySelector('#online-table tr[data-replica="phone-1"]');
-            const cell = row && row.querySelector("[data-lag]");
-            return cell && cell.textContent.trim() === "1";
-        }""",
-        timeout=WAIT_MS,
-    )
-    assert page.evaluate("window.__noReload") is True
-    record_error(collection=collection, user=admin, replica=replica, code=ErrorCode.NOT_JSON)
-    page.wait_for_selector('#recent-errors a.code:has-text("DG-2001")')
-    shot(page, "dashboard")
+        # A change the replica receives but does not acknowledge yet: it falls behind by one.
+        document_put(collection_id=collection.pk, doc_id="note-2", body={"n": 2}, origin="seed")
+        feed = side.call(phone.next_feed(ack=False))
+        lag_is(page, "phone-1", "1")
+        side.call(
+            phone.send(
+                phone.message(
+                    FEED_ACK, feed["header"]["id"], receipt=phone.receipt_for(feed["feed"])
+                )
+            )
+        )
+        lag_is(page, "phone-1", "0")
+        assert page.evaluate("window.__noReload") is True
+        record_error(collection=collection, user=walt, code=ErrorCode.READ_ONLY)
+        page.wait_for_selector('#recent-errors a.code:has-text("DG-3002")')
+        shot(page, "dashboard")
 
-    page.click('.sections a:has-text("Replicas")')
-    page.wait_for_selector("#replicas-table")
-    shot(page, "replicas")
-    page.click('#replicas-table a:has-text("phone-1")')
-    page.wait_for_selector("#disconnect")
-    shot(page, "replica")
+        page.click('.sections a:has-text("Replicas")')
+        page.wait_for_selector("#replicas-table")
+        shot(page, "replicas")
+        page.click('#replicas-table a:has-text("phone-1")')
+        page.wait_for_selector("#disconnect")
+        shot(page, "replica")
 
-    page.goto(f"{daphne.http_url}/console/t/acme/c/notes/documents/")
-    shot(page, "documents")
-    page.click('#documents-table a:has-text("note-1")')
-    page.click("#edit-document")
-    page.fill("#id_body", '{"title": "edited in the browser"}')
-    page.click("#save-document")
-    page.wait_for_selector("#document-body")
-    assert "edited in the browser" in page.inner_text("#document-body")
-    shot(page, "document")
-    doc = Document.objects.get(collection=collection, doc_id="note-1")
-    assert doc.body == {"title": "edited in the browser"}
-    assert doc.revision == 2
-    entry = JournalEntry.objects.filter(collection=collection, doc_id="note-1").latest("seq")
-    assert (entry.operation, entry.user_id, entry.origin) == ("put", admin.pk, "console:ada")
+        # An edit in the console arrives at the live replica as a feed.
+        page.goto(f"{daphne.http_url}/console/t/acme/c/notes/documents/")
+        shot(page, "documents")
+        page.click('#documents-table a:has-text("note-1")')
+        page.click("#edit-document")
+        page.fill("#id_body", '{"title": "edited in the browser"}')
+        page.click("#save-document")
+        page.wait_for_selector("#document-body")
+        assert "edited in the browser" in page.inner_text("#document-body")
+        shot(page, "document")
+        doc = Document.objects.get(collection=collection, doc_id="note-1")
+        assert (doc.body, doc.revision) == ({"title": "edited in the browser"}, 2)
+        entry = JournalEntry.objects.filter(collection=collection, doc_id="note-1").latest("seq")
+        assert (entry.operation, entry.user_id, entry.origin) == ("put", admin.pk, "console:ada")
+        side.call(phone.feed_until(entry.seq))
+        assert phone.documents["note-1"]["title"] == "edited in the browser"
 
-    page.goto(f"{daphne.http_url}/console/t/acme/errors/")
-    shot(page, "errors")
-    page.click('#errors-table a.code:has-text("DG-2001")')
-    page.wait_for_selector("#dg-2001")
-    assert page.url.endswith("#dg-2001")
-    shot(page, "error-codes")
+        page.goto(f"{daphne.http_url}/console/t/acme/errors/")
+        shot(page, "errors")
+        page.click('#errors-table a.code:has-text("DG-3002")')
+        page.wait_for_selector("#dg-3002")
+        assert page.url.endswith("#dg-3002")
+        shot(page, "error-codes")
+    finally:
+        side.stop()
     page.close()
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from accounts.services import access_token_issue, membership_set, tenant_get_or_create
 from accounts.tokens import TokenRejected, token_authenticate
-from replication.doorbell import REPLICA_DISCONNECT, replica_group
+from replication.doorbell import REPLICA_CONTROL_GROUP, REPLICA_DISCONNECT
 from replication.models import Document, ErrorEvent, JournalEntry, ReplicaSession, Tombstone
 from replication.protocol.errors import ErrorCode
 from replication.services import (
@@ -314,7 +314,7 @@ def test_disconnect_sends_the_replica_group_a_disconnect_message(
     replica = world["replica"]
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(replica_group(replica.pk), channel)
+    async_to_sync(layer.group_add)(REPLICA_CONTROL_GROUP, channel)
     login(client, admin)
     url = reverse("console:replica_disconnect", kwargs={"tenant": "acme", "pk": replica.pk})
     response = client.post(url)

@@ -130,10 +130,15 @@ class ReadFeed:
 
 @dataclass(frozen=True)
 class RecordAck:
-    """The replica acknowledged everything up to `seq` (`pulled` changes more)."""
+    """The replica acknowledged everything up to `seq` (`pulled` changes more).
+
+    For a live feed.ack, `latency` is the seconds from sending that feed to its ack (the
+    console charts it); None for pull acks.
+    """
 
     seq: int
     pulled: int = 0
+    latency: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,7 @@ class Session:
         self.head_seq = 0
         self.catching_up = False
         self.feeds_in_flight: OrderedDict[str, int] = OrderedDict()
+        self.feeds_sent_at: dict[str, float] = {}
         self.waiting_since: float | None = None
         self._now = 0.0
         self._connect_id: str | None = None
@@ -575,24 +581,29 @@ class Session:
         if not self.feeds_in_flight:
             self.waiting_since = now
         self.feeds_in_flight[message_id] = end
+        self.feeds_sent_at[message_id] = now
         self.sent_seq = end
 
     def _on_feed_ack(self, message: m.Body) -> list[Effect]:
         if not self.feeds_in_flight:
             return []  # an ack for nothing outstanding changes nothing
         correlation = message.header.correlationId
+        sent_at: float | None = None
         if correlation is not None and correlation in self.feeds_in_flight:
             # Feeds are acked in order: an ack covers every older feed too.
             end = self.feeds_in_flight[correlation]
             while self.feeds_in_flight:
-                _, seq = self.feeds_in_flight.popitem(last=False)
+                acked_id, seq = self.feeds_in_flight.popitem(last=False)
+                sent_at = self.feeds_sent_at.pop(acked_id, sent_at)
                 if seq == end:
                     break
         else:
-            _, end = self.feeds_in_flight.popitem(last=False)
+            acked_id, end = self.feeds_in_flight.popitem(last=False)
+            sent_at = self.feeds_sent_at.pop(acked_id, None)
         self.acked_seq = max(self.acked_seq, end)
         self.waiting_since = self._now if self.feeds_in_flight else None
-        return [RecordAck(self.acked_seq), *self._catch_up()]
+        latency = max(0.0, self._now - sent_at) if sent_at is not None else None
+        return [RecordAck(self.acked_seq, latency=latency), *self._catch_up()]
 
     def tick(self, *, now: float) -> list[Effect]:
         """Time passes: close a live session that stopped acknowledging (DG-5001, 4429)."""
@@ -619,6 +630,13 @@ class Session:
     def _on_disconnect(self, message: m.Body) -> list[Effect]:
         self.state = State.CLOSED
         return [Close(CloseCode.NORMAL)]
+
+    def disconnect(self) -> list[Effect]:
+        """An operator ends the session (the console): Disconnect, then close 1000."""
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.CLOSED
+        return [Send(self._message(m.DISCONNECT)), Close(CloseCode.NORMAL)]
 
     def shutdown(self) -> list[Effect]:
         """The server is going away: Disconnect, then close 1001."""
