@@ -144,6 +144,7 @@ def replicas(request: HttpRequest, tenant: str) -> HttpResponse:
         sort=data.get("sort") or "-last_seen",
     )
     page = _page(request, selectors.replica_list(tenant=access.tenant, filters=filters))
+    page.object_list = selectors.replicas_by_pk(list(page.object_list))
     next_sort = {
         key: (f"-{key}" if filters.sort == key else key) for key in selectors.REPLICA_SORTS
     }
@@ -536,6 +537,7 @@ def maintenance(request: HttpRequest) -> HttpResponse:
             "runs": runs,
             "last_gc": last[MaintenanceJob.GC.value],
             "last_prune": last[MaintenanceJob.JOURNAL_PRUNE.value],
+            "server_errors": selectors.server_errors(),
             "section": "maintenance",
         },
     )

@@ -11,7 +11,8 @@ from django.urls import reverse
 
 from accounts.services import membership_set, tenant_get_or_create
 from replication.models import MaintenanceRun, Tombstone
-from replication.services import document_delete, document_put
+from replication.protocol.errors import DataGateError, ErrorCode
+from replication.services import document_delete, document_put, error_event_record
 from topics.services import Publication, messages_publish, offset_commit, topic_create
 
 pytestmark = pytest.mark.django_db
@@ -154,3 +155,14 @@ def test_superuser_runs_gc_and_pruning_from_the_console(
     refused = client.post(reverse("console:maintenance_run"), {"job": "rm -rf"}, follow=True)
     assert "Unknown job" in refused.content.decode()
     assert MaintenanceRun.objects.count() == 2
+
+
+def test_maintenance_page_lists_errors_that_belong_to_no_tenant(
+    client: Client, make_user: Any
+) -> None:
+    error = DataGateError(ErrorCode.MAINTENANCE_FAILED, job="gc", detail="disk full")
+    error_event_record(error=error)
+    client.force_login(make_user("boss", is_superuser=True))
+    html = client.get(reverse("console:maintenance")).content.decode()
+    assert "disk full" in html
+    assert 'href="/console/errors/codes/#dg-7002"' in html
