@@ -618,36 +618,57 @@ class Store:
                 self._store_markers(markers)
         return changes
 
-    def reset_drop(self, snapshot_ids: set[str]) -> list[Change]:
-        """After a full snapshot: drop every id it lacks that is not pending in the journal."""
-        changes: list[Change] = []
+    def reset_complete(
+        self, *, snapshot: Mapping[str, VersionKey], markers: Markers, restore: bool
+    ) -> tuple[list[Change], int]:
+        """End a full-snapshot pull in one transaction (PROTOCOL.md section 4, step 4).
+
+        After a restore, every held version the snapshot lacks or has older is journaled
+        again first (the server lost it); then every id the snapshot lacks and the journal
+        does not hold is dropped; then the markers are stored. Returns (dropped, requeued).
+        """
         with self.transaction():
-            pending = {row[0] for row in self._db.execute("SELECT doc_id FROM journal")}
-            for table in ("documents", "tombstones"):
-                held = [row[0] for row in self._db.execute(f"SELECT doc_id FROM {table}")]  # noqa: S608
-                for doc_id in held:
-                    if doc_id in snapshot_ids or doc_id in pending:
-                        continue
-                    self._db.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))  # noqa: S608
-                    if table == "documents":
-                        changes.append(Change(doc_id, "remote", None))
-        return changes
+            requeued = self._requeue_missing(snapshot) if restore else 0
+            changes = self._reset_drop(set(snapshot))
+            self._store_markers(markers)
+        return changes, requeued
+
+    def reset_drop(self, snapshot_ids: set[str]) -> list[Change]:
+        """Drop every id the snapshot lacks that is not pending in the journal."""
+        with self.transaction():
+            return self._reset_drop(snapshot_ids)
 
     def requeue_missing(self, snapshot: Mapping[str, VersionKey]) -> int:
-        """After a restore: journal every held version the snapshot lacks or has older."""
-        queued = 0
+        """Journal every held version the snapshot lacks or has older."""
         with self.transaction():
-            pending = {row[0] for row in self._db.execute("SELECT doc_id FROM journal")}
-            ids = [row[0] for row in self._db.execute("SELECT doc_id FROM documents")]
-            ids += [row[0] for row in self._db.execute("SELECT doc_id FROM tombstones")]
-            for doc_id in ids:
-                if doc_id in pending:
+            return self._requeue_missing(snapshot)
+
+    def _reset_drop(self, snapshot_ids: set[str]) -> list[Change]:
+        changes: list[Change] = []
+        pending = {row[0] for row in self._db.execute("SELECT doc_id FROM journal")}
+        for table in ("documents", "tombstones"):
+            held = [row[0] for row in self._db.execute(f"SELECT doc_id FROM {table}")]  # noqa: S608
+            for doc_id in held:
+                if doc_id in snapshot_ids or doc_id in pending:
                     continue
-                held = self._held(doc_id)
-                if held is None:
-                    continue
-                known = snapshot.get(doc_id)
-                if known is None or held.key() > known:
-                    self._journal_put(held)
-                    queued += 1
+                self._db.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))  # noqa: S608
+                if table == "documents":
+                    changes.append(Change(doc_id, "remote", None))
+        return changes
+
+    def _requeue_missing(self, snapshot: Mapping[str, VersionKey]) -> int:
+        queued = 0
+        pending = {row[0] for row in self._db.execute("SELECT doc_id FROM journal")}
+        ids = [row[0] for row in self._db.execute("SELECT doc_id FROM documents")]
+        ids += [row[0] for row in self._db.execute("SELECT doc_id FROM tombstones")]
+        for doc_id in ids:
+            if doc_id in pending:
+                continue
+            held = self._held(doc_id)
+            if held is None:
+                continue
+            known = snapshot.get(doc_id)
+            if known is None or held.key() > known:
+                self._journal_put(held)
+                queued += 1
         return queued

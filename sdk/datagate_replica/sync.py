@@ -432,14 +432,14 @@ class SyncEngine:
                     snapshot = {}
                 end = Markers.from_wire(message.get("endMarkers"))
                 changes: list[Change] = []
-                if snapshot is not None:
+                if snapshot is None:
+                    self.store.markers_store(end)
+                else:
                     report.reset = True
-                    changes = self.store.reset_drop(set(snapshot))
-                    restore = restore or stored.epoch != end.epoch or stored.seq > end.seq
-                    if restore and not stored.is_zero:
-                        report.restored = True
-                        report.requeued = self.store.requeue_missing(snapshot)
-                self.store.markers_store(end)
+                    report.restored = restore or is_restore(stored, end)
+                    changes, report.requeued = self.store.reset_complete(
+                        snapshot=snapshot, markers=end, restore=report.restored
+                    )
                 report.markers = end
                 self._notify(changes)
                 await conn.send(
