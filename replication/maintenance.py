@@ -362,7 +362,7 @@ def maintenance_run(
         )
         error_event_record(error=error, context={"job": job.value, "run": run.pk})
         raise
-    changed = [r for r in reports if getattr(r, "collected", 0) or getattr(r, "pruned", 0)]
+    changed = [r for r in reports if _worth_saying(r)]
     summary = "; ".join(r.line() for r in changed) or f"nothing to do in {len(reports)} collections"
     MaintenanceRun.objects.filter(pk=run.pk).update(
         finished_at=timezone.now(),
@@ -372,6 +372,14 @@ def maintenance_run(
     )
     run.refresh_from_db()
     return run, reports
+
+
+def _worth_saying(report: Any) -> bool:
+    """A report that changed something (collections where GC or pruning did nothing are not)."""
+    for quiet_when_zero in ("collected", "pruned"):
+        if hasattr(report, quiet_when_zero):
+            return bool(getattr(report, quiet_when_zero))
+    return True
 
 
 def maintenance_runs_latest(*, limit: int = 20) -> list[MaintenanceRun]:
