@@ -388,6 +388,7 @@ def replica_connected(
         client_version=client_version[:100],
         address=address[:100],
         sessions_count=F("sessions_count") + 1,
+        last_seen=_now(),  # update() skips auto_now; GC counts replicas seen lately
     )
     replica.refresh_from_db()
     return replica

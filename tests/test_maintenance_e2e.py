@@ -3,6 +3,8 @@ and a restore from an older export. A real daphne process and real `websockets` 
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from io import StringIO
 from pathlib import Path
@@ -13,6 +15,7 @@ from channels.db import database_sync_to_async
 from django.core.management import call_command
 
 from replication.maintenance import DAY_MS, tombstones_collect
+from replication.models import Replica
 from replication.selectors import collection_state
 from replication.services import batch_apply, now_ms
 from replication.verify import collection_verify
@@ -56,6 +59,18 @@ def drop_purged(replica: WireReplica, acks: list[dict[str, Any]]) -> list[str]:
         replica.journal.pop(doc_id, None)
         replica.documents.pop(doc_id, None)
     return purged
+
+
+async def acknowledged(replica_id: str, seq: int) -> None:
+    """Wait until the server has recorded that a replica acknowledged `seq`."""
+
+    def done() -> bool:
+        return Replica.objects.filter(replica_id=replica_id, last_acked_seq__gte=seq).exists()
+
+    deadline = time.monotonic() + 20
+    while not await database_sync_to_async(done)():
+        assert time.monotonic() < deadline, f"{replica_id} never acknowledged {seq}"
+        await asyncio.sleep(0.05)
 
 
 async def server_documents(collection: Any) -> dict[str, Any]:
@@ -108,6 +123,8 @@ async def test_a_replica_offline_past_the_ttl_brings_back_neither_a_deleted_docu
         assert set(other.documents) == {"c"}
 
         # More than the TTL later, GC collects both tombstones.
+        # (GC waits for connected replicas to acknowledge a tombstone: let the acks land.)
+        await acknowledged(other.origin, writer.markers["collectionMarker"])
         report = await database_sync_to_async(tombstones_collect)(collection_id=collection.pk)
         assert report.collected == 2
 
