@@ -12,6 +12,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from console.routing import websocket_urlpatterns as console_routes  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
+from replication.scheduler import MaintenanceStarter  # noqa: E402
 from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -22,3 +23,5 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+# Starts the in-server maintenance schedule (DATAGATE MAINTENANCE_INTERVAL) on first use.
+application = MaintenanceStarter(application)

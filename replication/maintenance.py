@@ -6,7 +6,8 @@ are thin shells over them. docs/maintenance.md explains the rules for operators.
 
 Tombstone GC, per collection, in one transaction under the collection's row lock (the lock
 every writer takes, so no change commits in between):
-  - remove the tombstones whose delete time is older than the collection's TTL;
+  - remove the tombstones whose delete time is older than the collection's TTL and that every
+    connected replica has acknowledged (a replica offline gets a reset instead);
   - move `purge_seq` (the purge horizon) up to the highest seq collected: a replica whose
     markers are below it missed deletes that no longer exist, so its next pull is a full
     snapshot with `reset` (markers.pull_start);
@@ -69,17 +70,23 @@ class GcReport:
     purge_seq_after: int
     horizon_ms_before: int
     horizon_ms_after: int
+    held_back: int
     dry_run: bool
 
     def line(self) -> str:
         verb = "would collect" if self.dry_run else "collected"
+        held = (
+            f"; {self.held_back} expired kept until every online replica has acknowledged them"
+            if self.held_back
+            else ""
+        )
         if self.collected == 0:
-            return f"{self.collection}: nothing to collect (TTL {self.ttl_days} d)"
+            return f"{self.collection}: nothing to collect (TTL {self.ttl_days} d){held}"
         return (
             f"{self.collection}: {verb} {self.collected} tombstone(s) older than "
             f"{self.ttl_days} d; purge_seq {self.purge_seq_before} -> {self.purge_seq_after}, "
             f"purge horizon {_ms_text(self.horizon_ms_before)} -> "
-            f"{_ms_text(self.horizon_ms_after)}"
+            f"{_ms_text(self.horizon_ms_after)}{held}"
         )
 
 
@@ -87,6 +94,21 @@ def _ms_text(ms: int) -> str:
     if ms <= 0:
         return "none"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _online_floor(*, collection_id: int, seen_since_ms: int) -> int | None:
+    """The lowest position acknowledged by a replica connected now (None: none is).
+
+    A connected replica is pulling or live from its position; a tombstone above it that GC
+    removed now would never reach it (its pages or feeds read what exists), and its markers
+    would then pass the horizon without a reset. So GC waits for its ack. A row left online by
+    a killed process stops counting once it has not been seen for the TTL.
+    """
+    seen_since = datetime.fromtimestamp(seen_since_ms / 1000, tz=UTC)
+    value = Replica.objects.filter(
+        collection_id=collection_id, online=True, last_seen__gte=seen_since
+    ).aggregate(floor=Min("last_acked_seq"))["floor"]
+    return None if value is None else int(value)
 
 
 def tombstones_collect(
@@ -101,8 +123,13 @@ def tombstones_collect(
         ttl_days = collection.effective_tombstone_ttl_days
         cutoff = now - ttl_days * DAY_MS
         expired = Tombstone.objects.filter(collection_id=collection_id, deleted_at__lte=cutoff)
+        floor = _online_floor(collection_id=collection_id, seen_since_ms=cutoff)
+        if floor is not None:
+            expired_count = expired.count()
+            expired = expired.filter(seq__lte=floor)
         summary = expired.aggregate(n=Count("id"), top_seq=Max("seq"), top_time=Max("deleted_at"))
         collected = int(summary["n"])
+        held_back = expired_count - collected if floor is not None else 0
         purge_seq = max(collection.purge_seq, summary["top_seq"] or 0)
         horizon = max(collection.purge_horizon_ms, summary["top_time"] or 0)
         report = GcReport(
@@ -114,6 +141,7 @@ def tombstones_collect(
             purge_seq_after=purge_seq,
             horizon_ms_before=collection.purge_horizon_ms,
             horizon_ms_after=horizon,
+            held_back=held_back,
             dry_run=dry_run,
         )
         if dry_run or collected == 0:
@@ -362,7 +390,7 @@ def maintenance_run(
         )
         error_event_record(error=error, context={"job": job.value, "run": run.pk})
         raise
-    changed = [r for r in reports if getattr(r, "collected", 0) or getattr(r, "pruned", 0)]
+    changed = [r for r in reports if _worth_saying(r)]
     summary = "; ".join(r.line() for r in changed) or f"nothing to do in {len(reports)} collections"
     MaintenanceRun.objects.filter(pk=run.pk).update(
         finished_at=timezone.now(),
@@ -372,6 +400,14 @@ def maintenance_run(
     )
     run.refresh_from_db()
     return run, reports
+
+
+def _worth_saying(report: Any) -> bool:
+    """A report that changed something (collections where GC or pruning did nothing are not)."""
+    for quiet_when_zero in ("collected", "pruned"):
+        if hasattr(report, quiet_when_zero):
+            return bool(getattr(report, quiet_when_zero))
+    return True
 
 
 def maintenance_runs_latest(*, limit: int = 20) -> list[MaintenanceRun]:

@@ -391,6 +391,7 @@ def replica_connected(
         client_version=client_version[:100],
         address=address[:100],
         sessions_count=F("sessions_count") + 1,
+        last_seen=_now(),  # update() skips auto_now; GC counts replicas seen lately
     )
     # A replica has one session at a time: a session left open by a crash ends here.
     ReplicaSession.objects.filter(replica=replica, ended_at__isnull=True).update(ended_at=_now())

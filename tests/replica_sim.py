@@ -27,6 +27,7 @@ PURGED = ErrorCode.PURGED_DELETE.code
 class SimReplica:
     origin: str
     documents: dict[str, Version] = field(default_factory=dict)
+    tombstones: dict[str, Version] = field(default_factory=dict)
     pending: dict[str, Version] = field(default_factory=dict)
     markers: Markers = field(default_factory=Markers)
     last_start: PullStart | None = None
@@ -38,12 +39,18 @@ class SimReplica:
         held = self.documents.get(doc_id)
         revision = held.revision + 1 if held is not None else 1
         version = Version(doc_id, WRITE, modified, revision, self.origin, dict(body))
+        self.tombstones.pop(doc_id, None)
         self.documents[doc_id] = version
         self.pending[doc_id] = version
 
     def delete(self, doc_id: str, modified: int) -> None:
         self.documents.pop(doc_id, None)
-        self.pending[doc_id] = Version(doc_id, DELETE, modified, 0, self.origin, None)
+        version = Version(doc_id, DELETE, modified, 0, self.origin, None)
+        self.tombstones[doc_id] = version
+        self.pending[doc_id] = version
+
+    def held(self, doc_id: str) -> Version | None:
+        return self.pending.get(doc_id) or self.documents.get(doc_id) or self.tombstones.get(doc_id)
 
     def state(self) -> dict[str, dict[str, Any]]:
         return {doc_id: dict(v.body or {}) for doc_id, v in self.documents.items()}
@@ -103,27 +110,26 @@ class SimReplica:
         )
         incoming = {c.doc_id: c.version for c in changes}
         if start is not PullStart.FROM_MARKER:
-            for doc_id in list(self.documents):
-                if doc_id not in incoming and doc_id not in self.pending:
+            for held in (self.documents, self.tombstones):
+                for doc_id in list(held):
+                    if doc_id in incoming or doc_id in self.pending:
+                        continue
                     if start is PullStart.RESET_RESTORE:
-                        self.pending[doc_id] = self.documents[doc_id]
+                        self.pending[doc_id] = held[doc_id]  # the server lost it: push again
                     else:
-                        del self.documents[doc_id]
+                        del held[doc_id]
         for doc_id, version in incoming.items():
-            held = self.documents.get(doc_id) or self.pending.get(doc_id)
-            if (
-                start is PullStart.RESET_RESTORE
-                and held is not None
-                and not incoming_wins(version.key(), held.key())
-            ):
-                self.pending[doc_id] = held  # the server lost this version: push it again
-                continue
-            if held is not None and not incoming_wins(version.key(), held.key()):
+            mine = self.held(doc_id)
+            if mine is not None and not incoming_wins(version.key(), mine.key()):
+                if start is PullStart.RESET_RESTORE and mine.key() != version.key():
+                    self.pending[doc_id] = mine  # the server holds an older version: push again
                 continue
             self.pending.pop(doc_id, None)
             if version.kind == DELETE:
                 self.documents.pop(doc_id, None)
+                self.tombstones[doc_id] = version
             else:
+                self.tombstones.pop(doc_id, None)
                 self.documents[doc_id] = version
         self.markers = Markers(collection.last_seq, collection.epoch)
         return start is PullStart.RESET_RESTORE and bool(self.pending)

@@ -5,18 +5,27 @@ Marked `storage`: `make test` runs these once on SQLite and again on PostgreSQL.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from replication.maintenance import DAY_MS, tombstones_collect, tombstones_collect_all
 from replication.markers import PullStart
-from replication.models import Collection, Document, Tombstone
+from replication.models import Collection, Document, Replica, Tombstone
 from replication.protocol.errors import ErrorCode
 from replication.selectors import changes_since, collection_state
-from replication.services import batch_apply, collection_get_or_create, now_ms
+from replication.services import (
+    batch_apply,
+    collection_get_or_create,
+    now_ms,
+    replica_acked,
+    replica_connected,
+    replica_disconnected,
+)
 from tests.replica_sim import SimReplica
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]
@@ -88,6 +97,29 @@ def test_gc_never_moves_the_horizon_backwards(collection: Collection) -> None:
     report = tombstones_collect(collection_id=collection.pk)
     assert report.collected == 1
     assert (report.purge_seq_after, report.horizon_ms_after) == (50, OLD + DAY_MS)
+
+
+def test_gc_waits_for_every_connected_replica_to_acknowledge_a_tombstone(
+    collection: Collection, make_user: Any
+) -> None:
+    user = make_user("bob")
+    apply(collection, tombstoneMap={"a": OLD})  # seq 1
+    apply(collection, tombstoneMap={"b": OLD})  # seq 2
+    live = replica_connected(collection_id=collection.pk, replica_id="live", user_id=user.pk)
+    replica_acked(replica_pk=live.pk, seq=1)
+    gone = replica_connected(collection_id=collection.pk, replica_id="gone", user_id=user.pk)
+    replica_disconnected(replica_pk=gone.pk)  # offline: it gets a reset instead
+    crashed = replica_connected(collection_id=collection.pk, replica_id="crashed", user_id=user.pk)
+    # Left online by a killed process, not seen for longer than the TTL: it does not count.
+    Replica.objects.filter(pk=crashed.pk).update(last_seen=timezone.now() - timedelta(days=31))
+
+    report = tombstones_collect(collection_id=collection.pk)
+    assert (report.collected, report.held_back, report.purge_seq_after) == (1, 1, 1)
+    assert "1 expired kept until every online replica has acknowledged them" in report.line()
+    assert list(Tombstone.objects.values_list("doc_id", flat=True)) == ["b"]
+    replica_acked(replica_pk=live.pk, seq=2)
+    assert tombstones_collect(collection_id=collection.pk).collected == 1
+    assert not Tombstone.objects.exists()
 
 
 def test_a_delete_of_an_unknown_id_behind_the_horizon_is_processed_and_stores_nothing(
