@@ -17,7 +17,7 @@ def test_bootstrap_creates_an_admin_once_and_prints_where_to_log_in() -> None:
     out = StringIO()
     call_command("datagate_bootstrap", "--port", "8123", stdout=out)
     text = out.getvalue()
-    assert "http://127.0.0.1:8123/admin/" in text
+    assert "http://127.0.0.1:8123/console/" in text
     assert "password" in text
     again = StringIO()
     call_command("datagate_bootstrap", stdout=again)

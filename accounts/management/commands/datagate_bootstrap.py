@@ -23,7 +23,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         users = get_user_model()
         username = options["username"]
-        console = f"http://{options['host']}:{options['port']}/admin/"
+        console = f"http://{options['host']}:{options['port']}/console/"
         admin = users.objects.filter(username=username).first()
         password = None
         if admin is None and not users.objects.filter(is_superuser=True).exists():
