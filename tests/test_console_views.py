@@ -140,6 +140,7 @@ def test_login_form_needs_its_csrf_token_and_logs_in(admin: Any, world: dict[str
         {"username": "ada", "password": "pw-ada", "csrfmiddlewaretoken": token.group(1)},
     )
     assert response.status_code == 302
+    assert response["Location"] == reverse("console:index")
     # One tenant: the console goes straight to its dashboard.
     home = client.get(reverse("console:index"))
     assert home["Location"] == reverse("console:dashboard", kwargs={"tenant": "acme"})
