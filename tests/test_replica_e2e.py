@@ -404,3 +404,23 @@ def test_after_the_server_is_restored_from_an_older_backup_replicas_push_back_wh
     assert set(state["documents"]) == {"a", "b", "c", "d"}
     assert replica.state_hash() == state_digest(state)
     assert replica.markers.epoch == notes.epoch + 1
+
+
+def test_live_replicas_reconnect_after_the_server_restarts_and_catch_up(
+    daphne: Any, replicas: Callable[..., Replica], notes: Any
+) -> None:
+    options = {"backoff_base": 0.2, "backoff_cap": 1.0}
+    writer, watcher = replicas("writer", **options), replicas("watcher", **options)
+    arrived: set[str] = set()
+    watcher.on_change(lambda change: arrived.add(change.doc_id))
+    writer.start()
+    watcher.start()
+    writer.wait_live(30)
+    watcher.wait_live(30)
+    daphne.stop(kill=True)
+    wait_for(lambda: not writer.engine.live and not watcher.engine.live, what="both to notice")
+    writer.put("while-down", {"n": 1})  # journaled; sent once the link is back
+    daphne.launch()
+    wait_for(lambda: "while-down" in arrived, what="the change made while the server was down")
+    wait_for(lambda: writer.store.journal_size() == 0, what="the writer's journal to drain")
+    assert watcher.state_hash() == writer.state_hash() == state_digest(server_state(notes.pk))
