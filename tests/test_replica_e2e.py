@@ -309,7 +309,10 @@ def test_the_command_line_works_as_the_readme_shows(
     assert json.loads(got.stdout)["tags"] == ["a", "b"]
     assert cli(daphne, writer_token, phone, "rm", "n1").returncode == 0
     assert cli(daphne, writer_token, phone, "get", "n1").returncode == 1
-    assert cli(daphne, writer_token, phone, "sync", "--progress").returncode == 0
+    progress = cli(daphne, writer_token, tmp_path / "tablet.sqlite3", "sync", "--progress")
+    assert progress.returncode == 0, progress.stderr
+    assert "pulling [" in progress.stderr and "100% 2/2" in progress.stderr
+    assert cli(daphne, writer_token, phone, "sync").returncode == 0
     assert cli(daphne, writer_token, laptop, "sync").returncode == 0
     assert cli(daphne, writer_token, laptop, "get", "n1").returncode == 1
     status = json.loads(cli(daphne, writer_token, laptop, "status", "--json").stdout)
