@@ -184,6 +184,13 @@ async def test_push_pull_and_live_feed_between_two_replicas(
         await asyncio.sleep(0.05)
     assert await acked() == 5
 
+    def alice_row() -> tuple[bool, int, int]:
+        row = Replica.objects.get(replica_id=alice.origin)
+        return row.online, row.pushed_count, row.last_pushed_seq
+
+    # The replica table shows who is online and what they pushed.
+    assert await database_sync_to_async(alice_row)() == (True, 4, 5)
+
 
 async def test_pull_comes_in_chunks_with_several_in_flight(
     open_replica: Opener, settings: Any
