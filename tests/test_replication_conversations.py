@@ -184,6 +184,13 @@ async def test_push_pull_and_live_feed_between_two_replicas(
         await asyncio.sleep(0.05)
     assert await acked() == 5
 
+    def alice_row() -> tuple[bool, int, int]:
+        row = Replica.objects.get(replica_id=alice.origin)
+        return row.online, row.pushed_count, row.last_pushed_seq
+
+    # The replica table shows who is online and what they pushed.
+    assert await database_sync_to_async(alice_row)() == (True, 4, 5)
+
 
 async def test_pull_comes_in_chunks_with_several_in_flight(
     open_replica: Opener, settings: Any
@@ -296,11 +303,14 @@ async def test_bad_expired_and_revoked_tokens_are_refused_with_4401(
     revoked = await database_sync_to_async(issue_token)(world["writer"], "read write")
 
     def revoke() -> None:
+        import hashlib
+
         from oauth2_provider.models import get_access_token_model
 
-        for token in get_access_token_model().objects.all():
-            if token.token == revoked:
-                token.revoke()
+        # Tokens are stored hashed (issue 5): find this one by its checksum.
+        checksum = hashlib.sha256(revoked.encode()).hexdigest()
+        for token in get_access_token_model().objects.filter(token_checksum=checksum):
+            token.revoke()
 
     await database_sync_to_async(revoke)()
     for token, reason in [
