@@ -34,7 +34,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from replication import selectors
+from replication import selectors, services
 from replication.doorbell import (
     COLLECTION_CHANGED,
     REPLICA_CONTROL_GROUP,
@@ -46,6 +46,9 @@ from replication.protocol.messages import encode_body
 from replication.selectors import Change
 
 logger = logging.getLogger(__name__)
+
+# Seconds between database writes of live replicas' acknowledged positions.
+ACK_RECORD_INTERVAL = 1.0
 
 
 def poll_interval() -> float:
@@ -151,7 +154,10 @@ class CollectionFeed:
             )
             self.position = page.covered
             for session in list(self.sessions):
-                await session.offer(block)
+                try:
+                    await session.offer(block)
+                except Exception:  # one broken session must not stop the others' feeds
+                    logger.exception("offering a feed to a session failed")
             if page.covered >= page.head:
                 return
 
@@ -171,6 +177,11 @@ class LiveHub:
         self._rejoiner: asyncio.Task[None] | None = None
         self.shutting_down = False
         self._all_gone = asyncio.Event()
+        self._acks: dict[int, int] = {}
+        # collection pk -> (acks, total ms, max ms) of live feed acks not yet written
+        self._latency: dict[int, tuple[int, int, int]] = {}
+        self._ack_flush: asyncio.TimerHandle | None = None
+        self._ack_task: asyncio.Task[None] | None = None
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -233,6 +244,54 @@ class LiveHub:
         for session in list(self.replicas.get(replica_pk, ())):
             task = asyncio.ensure_future(session.disconnect_requested())
             task.add_done_callback(_log_failure)
+
+    # --- acknowledged positions ---------------------------------------------------------------
+
+    def note_ack(
+        self,
+        *,
+        replica_pk: int,
+        seq: int,
+        collection_id: int | None = None,
+        latency: float | None = None,
+    ) -> None:
+        """A live replica acknowledged up to `seq`. Live acks come once per feed from every
+        replica: they are written for all replicas of the process together, at most once per
+        ACK_RECORD_INTERVAL, in one database step. `latency` (seconds from the feed sent to
+        its ack) is summed per collection for the console's feed latency chart."""
+        if seq > self._acks.get(replica_pk, 0):
+            self._acks[replica_pk] = seq
+        if latency is not None and collection_id is not None:
+            ms = max(0, round(latency * 1000))
+            acks, total, top = self._latency.get(collection_id, (0, 0, 0))
+            self._latency[collection_id] = (acks + 1, total + ms, max(top, ms))
+        if self._ack_flush is None:
+            loop = asyncio.get_running_loop()
+            self._ack_flush = loop.call_later(ACK_RECORD_INTERVAL, self._flush_acks_soon)
+
+    def _flush_acks_soon(self) -> None:
+        self._ack_task = asyncio.get_running_loop().create_task(self.record_acks())
+
+    def take_ack(self, replica_pk: int) -> int | None:
+        """The replica's acknowledged position not yet written (the session writes it)."""
+        return self._acks.pop(replica_pk, None)
+
+    async def record_acks(self) -> None:
+        self._ack_flush = None
+        positions, self._acks = self._acks, {}
+        latency, self._latency = self._latency, {}
+        if positions:
+            try:
+                await database_sync_to_async(services.replicas_acked)(positions=positions)
+            except Exception:
+                logger.warning(
+                    "could not record %d acknowledged positions", len(positions), exc_info=True
+                )
+        if latency:
+            try:
+                await database_sync_to_async(services.feed_latency_record_many)(samples=latency)
+            except Exception:
+                logger.warning("could not record feed latency", exc_info=True)
 
     # --- the doorbell ----------------------------------------------------------------------
 

@@ -122,14 +122,12 @@ def tombstones_collect(
         )
         ttl_days = collection.effective_tombstone_ttl_days
         cutoff = now - ttl_days * DAY_MS
-        expired = Tombstone.objects.filter(collection_id=collection_id, deleted_at__lte=cutoff)
+        old = Tombstone.objects.filter(collection_id=collection_id, deleted_at__lte=cutoff)
         floor = _online_floor(collection_id=collection_id, seen_since_ms=cutoff)
-        if floor is not None:
-            expired_count = expired.count()
-            expired = expired.filter(seq__lte=floor)
+        expired = old if floor is None else old.filter(seq__lte=floor)
         summary = expired.aggregate(n=Count("id"), top_seq=Max("seq"), top_time=Max("deleted_at"))
         collected = int(summary["n"])
-        held_back = expired_count - collected if floor is not None else 0
+        held_back = 0 if floor is None else old.count() - collected
         purge_seq = max(collection.purge_seq, summary["top_seq"] or 0)
         horizon = max(collection.purge_horizon_ms, summary["top_time"] or 0)
         report = GcReport(

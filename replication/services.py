@@ -432,14 +432,18 @@ def replica_acked(
         feed_latency_record(collection_id=collection_id, latency_ms=latency_ms)
 
 
-def feed_latency_record(*, collection_id: int, latency_ms: int, acks: int = 1) -> None:
-    """Add `acks` feed acks with `latency_ms` (their largest latency) to this minute's row."""
+def feed_latency_record(
+    *, collection_id: int, latency_ms: int, acks: int = 1, total_ms: int | None = None
+) -> None:
+    """Add `acks` feed acks to this minute's row: `latency_ms` is their largest latency and
+    `total_ms` their sum (`latency_ms * acks` when not given)."""
     latency_ms = max(0, int(latency_ms))
+    total = latency_ms * acks if total_ms is None else max(0, int(total_ms))
     minute = _now().replace(second=0, microsecond=0)
     row = FeedLatencyMinute.objects.filter(collection_id=collection_id, minute=minute)
     updated = row.update(
         acks=F("acks") + acks,
-        total_ms=F("total_ms") + latency_ms * acks,
+        total_ms=F("total_ms") + total,
         max_ms=Greatest(F("max_ms"), Value(latency_ms)),
     )
     if updated:
@@ -448,13 +452,40 @@ def feed_latency_record(*, collection_id: int, latency_ms: int, acks: int = 1) -
         _, created = FeedLatencyMinute.objects.get_or_create(
             collection_id=collection_id,
             minute=minute,
-            defaults={"acks": acks, "total_ms": latency_ms * acks, "max_ms": latency_ms},
+            defaults={"acks": acks, "total_ms": total, "max_ms": latency_ms},
         )
     if not created:  # another process created the row between the update and the insert
-        feed_latency_record(collection_id=collection_id, latency_ms=latency_ms, acks=acks)
+        feed_latency_record(
+            collection_id=collection_id, latency_ms=latency_ms, acks=acks, total_ms=total
+        )
 
 
-def replica_disconnected(*, replica_pk: int) -> None:
+def feed_latency_record_many(*, samples: Mapping[int, tuple[int, int, int]]) -> None:
+    """Record live feed acks of many collections: pk -> (acks, total ms, max ms)."""
+    for collection_id, (acks, total_ms, max_ms) in samples.items():
+        if acks > 0:
+            feed_latency_record(
+                collection_id=collection_id, latency_ms=max_ms, acks=acks, total_ms=total_ms
+            )
+
+
+def replicas_acked(*, positions: Mapping[int, int]) -> None:
+    """Record many live replicas' acknowledged positions in one transaction (replica pk ->
+    seq); positions never move backwards."""
+    now = _now()
+    with transaction.atomic():
+        for replica_pk, seq in positions.items():
+            Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=seq).update(
+                last_acked_seq=seq, last_seen=now
+            )
+
+
+def replica_disconnected(*, replica_pk: int, acked_seq: int | None = None) -> None:
+    """Mark a replica offline (and record its last acknowledged position, if given)."""
+    if acked_seq is not None:
+        Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=acked_seq).update(
+            last_acked_seq=acked_seq
+        )
     Replica.objects.filter(pk=replica_pk).update(online=False, last_seen=_now())
     ReplicaSession.objects.filter(replica_id=replica_pk, ended_at__isnull=True).update(
         ended_at=_now()
