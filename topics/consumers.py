@@ -25,10 +25,10 @@ from django.conf import settings
 
 from replication.daphne_support import allow_protocol_close_codes
 from replication.live import get_hub as process_sessions
-from replication.protocol.errors import CloseCode, DataGateError, ErrorCode
+from replication.protocol.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 from topics import actions, protocol
 from topics.doorbell import DELETED, TopicHub, topic_hub
-from topics.protocol import Inbound, SubscriptionWindow, TopicSession
+from topics.protocol import Inbound, State, SubscriptionWindow, TopicSession
 from topics.selectors import messages_read
 from topics.services import Publication
 
@@ -384,8 +384,9 @@ class TopicsConsumer(AsyncWebsocketConsumer):
         frame = self.session.error_message(error, correlation_id=correlation_id, topic=topic)
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
         if error.fatal:
+            close = fatal_close_code(error, before_connect_ack=self.session.state is State.OPEN)
             self.session.close()
-            await self.close(code=int(error.close_code))
+            await self.close(code=close)
 
     async def _connect_timeout(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -8,7 +8,7 @@ Three parts, each driven by the thin consumer in `topics/consumers.py`:
   CONNECTED (connect.ack sent) and CLOSED. `receive(text)` turns a frame into an `Inbound`:
   the typed message, or the error to send and whether it is fatal. The rules (PROTOCOL.md
   section 2): before connect.ack anything but a valid connect is fatal (close 4400 for a frame
-  that is not JSON or not a message, 4409 for a valid message out of turn); after it, a frame
+  that is not JSON, 4409 for anything else); after it, a frame
   that is not JSON, has no header, has an unknown type or fails validation is a non-fatal
   error and nothing of it is applied, while a header naming another tenant, user or
   transaction, or a second connect, is fatal (4409).
