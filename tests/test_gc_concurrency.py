@@ -8,6 +8,7 @@ runs on SQLite (writers serialised by BEGIN IMMEDIATE) and on PostgreSQL (select
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -80,6 +81,9 @@ def test_no_deleted_document_comes_back_while_gc_races_deletes_and_stale_edits(
                 tombstones_collect(collection_id=collection.pk)
                 if finished:
                     return
+                # GC runs on an interval, not in a tight loop: back-to-back BEGIN IMMEDIATE
+                # transactions would starve the other writers (SQLite's lock is not fair).
+                time.sleep(0.005)
         except BaseException as exc:
             errors.append(exc)
         finally:

@@ -212,11 +212,17 @@ def test_bad_frames_are_fatal_only_before_connect_ack() -> None:
     assert not bad.fatal
 
 
+def test_a_malformed_frame_before_connect_ack_is_a_protocol_violation() -> None:
+    for code in (ErrorCode.MISSING_HEADER, ErrorCode.UNKNOWN_MESSAGE_TYPE):
+        bad = DataGateError(code, message_type="x")
+        assert new_session().frame_rejected(bad) == [mc.ReportError(bad), mc.Close(4409)]
+
+
 def test_connect_without_an_origin_is_invalid() -> None:
     message = client(m.CONNECT)
     header = message.header.model_copy(update={"origin": None})
     error, close = new_session().receive(message.model_copy(update={"header": header}))
-    assert error.error.error is ErrorCode.INVALID_MESSAGE and close == mc.Close(4400)
+    assert error.error.error is ErrorCode.INVALID_MESSAGE and close == mc.Close(4409)
 
 
 def test_messages_while_authenticating_are_wrong_state() -> None:

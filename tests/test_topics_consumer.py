@@ -397,3 +397,12 @@ async def test_a_frame_over_the_limit_closes_1009(tokens: Any, settings: Any) ->
     await talk.send("publish", topic="t", messages=[{"messageId": "x", "payload": "y" * 2000}])
     assert code_of(await talk.next()) == "DG-2007"
     assert await talk.next() == {"close": 1009}
+
+
+async def test_a_frame_without_a_header_before_connect_closes_4409(tokens: Any) -> None:
+    talk = Talk()
+    await talk.open()
+    await talk.send_raw('{"no": "header"}')
+    error = await talk.next()
+    assert code_of(error) == "DG-2002" and error["fatal"] is True
+    assert await talk.next() == {"close": 4409}

@@ -302,6 +302,21 @@ class DataGateError(Exception):
         return str(self)
 
 
+def fatal_close_code(error: DataGateError, *, before_connect_ack: bool) -> int:
+    """The close code for a fatal error (PROTOCOL.md section 2).
+
+    Before ConnectAck anything but a valid Connect is a protocol violation (4409); only a frame
+    that is not JSON at all closes with 4400. Otherwise each code closes with its own.
+    """
+    if (
+        before_connect_ack
+        and error.close_code is CloseCode.MALFORMED
+        and error.error is not ErrorCode.NOT_JSON
+    ):
+        return int(CloseCode.PROTOCOL_VIOLATION)
+    return int(error.close_code)
+
+
 def error_by_code(code: str) -> ErrorCode:
     for member in ErrorCode:
         if member.code == code:

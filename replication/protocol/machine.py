@@ -49,7 +49,7 @@ from typing import Any
 
 from replication.markers import Markers, PullStart, pull_start
 from replication.protocol import messages as m
-from replication.protocol.errors import CloseCode, DataGateError, ErrorCode
+from replication.protocol.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 
 
 class State(enum.Enum):
@@ -287,9 +287,10 @@ class Session:
         )
 
     def _fatal(self, error: DataGateError) -> list[Effect]:
+        close = fatal_close_code(error, before_connect_ack=self.state is State.OPEN)
         error.fatal = True
         self.state = State.CLOSED
-        return [ReportError(error), Close(int(error.close_code))]
+        return [ReportError(error), Close(close)]
 
     # --- input: frames ------------------------------------------------------------------
 
