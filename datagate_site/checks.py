@@ -21,6 +21,7 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         "FEED_ACK_TIMEOUT",
         "PULL_CHUNKS_IN_FLIGHT",
         "ACCESS_TOKEN_TTL",
+        "SESSION_RECHECK_INTERVAL",
     )
     for name in positive:
         if knobs[name] <= 0:
@@ -34,6 +35,10 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
     if knobs["MAINTENANCE_INTERVAL"] < 0:
         problems.append(
             Error("DATAGATE MAINTENANCE_INTERVAL must not be negative.", id="datagate.E003")
+        )
+    if knobs["REFRESH_TOKEN_TTL"] < 0:
+        problems.append(
+            Error("DATAGATE REFRESH_TOKEN_TTL must not be negative.", id="datagate.E004")
         )
     if knobs["CHUNK_SIZE"] > 5000:
         problems.append(
