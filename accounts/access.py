@@ -230,6 +230,12 @@ class DocumentPolicy:
         return self.can_write and self.delete_rules.allows(doc_id)
 
     @property
+    def read_signature(self) -> tuple[bool, str | None]:
+        """Equal signatures mean the same readable set: sessions compare them on re-checks."""
+        regex = self.read_rules.regex
+        return (self.can_read, regex.pattern if regex is not None else None)
+
+    @property
     def read_filter(self) -> DocumentPredicate | None:
         """None when every document may be read; else a predicate on ids."""
         if not self.can_read:

@@ -431,6 +431,10 @@ class SessionGrant:
     last_seq: int
     epoch: int
     read_filter: Callable[[str], bool] | None
+    token_id: int | None = None  # re-checked during the session (replication/session_access.py)
+    # accounts.access.DocumentPolicy, compiled on the first pushed change and again whenever
+    # the session re-checks its access: the per-change guard then needs no query.
+    policy: Any = None
 
 
 def session_open(
@@ -506,6 +510,7 @@ def session_open(
         read_filter=access.document_read_filter(
             user=user, tenant=tenant, collection_name=collection_name
         ),
+        token_id=token.token_id,
     )
 
 
@@ -518,15 +523,17 @@ def session_guard(*, grant: SessionGrant, collection_name: str) -> ChangeGuard:
             return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
         if not grant.may_push:
             return DataGateError(ErrorCode.READ_ONLY, user=grant.user_name)
-        check = (
-            access.access_document_write if version.kind == WRITE else access.access_document_delete
+        if grant.policy is None:
+            grant.policy = access.document_policy(
+                user=grant.user, tenant=grant.tenant, collection_name=collection_name
+            )
+        policy = grant.policy
+        allowed = (
+            policy.may_write(version.doc_id)
+            if version.kind == WRITE
+            else policy.may_delete(version.doc_id)
         )
-        if check(
-            user=grant.user,
-            tenant=grant.tenant,
-            collection_name=collection_name,
-            doc_id=version.doc_id,
-        ):
+        if allowed:
             return None
         code = ErrorCode.KEY_WRITE_DENIED if version.kind == WRITE else ErrorCode.KEY_DELETE_DENIED
         return DataGateError(code, doc_id=version.doc_id)

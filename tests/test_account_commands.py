@@ -173,11 +173,12 @@ def test_token_with_role_refresh_and_revoke(make_user: Any, tenant: Any) -> None
     with pytest.raises(TokenRejected):
         token_authenticate(data["access_token"])
     assert token_authenticate(lines[0]).scopes == {"read"}
-    assert "revoked access token" in run("datagate_token", "--revoke", lines[0])
+    assert "revoked access token" in run("datagate_token", f"--revoke={lines[0]}")
     with pytest.raises(TokenRejected):
         token_authenticate(lines[0])
-    refused("datagate_token", "--revoke", lines[0], match="unknown or already revoked")
-    refused("datagate_token", "--refresh", data["refresh_token"], match="unknown or revoked")
+    # `--opt=TOKEN`: a token may start with "-".
+    refused("datagate_token", f"--revoke={lines[0]}", match="unknown or already revoked")
+    refused("datagate_token", f"--refresh={data['refresh_token']}", match="unknown or revoked")
     refused("datagate_token", match="name a USER", code=2)
     refused("datagate_token", "alice", "--tenant", "acme", match="go together", code=2)
 

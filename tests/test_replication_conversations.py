@@ -290,11 +290,10 @@ async def test_bad_expired_and_revoked_tokens_are_refused_with_4401(
     revoked = await database_sync_to_async(issue_token)(world["writer"], "read write")
 
     def revoke() -> None:
-        from oauth2_provider.models import get_access_token_model
+        # Tokens are stored as checksums (accounts/tokens.py): revoke through the service.
+        from accounts.services import token_revoke
 
-        for token in get_access_token_model().objects.all():
-            if token.token == revoked:
-                token.revoke()
+        token_revoke(raw_token=revoked)
 
     await database_sync_to_async(revoke)()
     for token, reason in [

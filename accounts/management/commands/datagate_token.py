@@ -1,7 +1,8 @@
 """Issue, refresh and revoke OAuth2 tokens from the command line, for scripts and operators.
 
 Tokens given to `--revoke` and `--refresh` are best passed as `-` (read from stdin), so they
-do not show in the process list. Tokens are printed only to stdout, never logged.
+do not show in the process list; on the command line write `--revoke=TOKEN`, since a token may
+start with "-". Tokens are printed only to stdout, never logged.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class Command(BaseCommand):
         "Print a fresh access token for USER (creating the CLI OAuth2 application it needs). "
         "`--tenant SLUG --role ROLE` first gives USER that role; `--with-refresh` also issues a "
         "refresh token (printed on a second line, or in `--json`); `--refresh TOKEN|-` trades a "
-        "refresh token for a new pair; `--revoke TOKEN|-` revokes an access or refresh token. "
+        "refresh token for a new pair; `--revoke TOKEN|-` revokes an access or refresh token "
+        "(write `--revoke=TOKEN`: a token may start with '-'; `-` reads it from stdin). "
         "Exit status 0 done, 1 refused, 2 bad usage."
     )
 
