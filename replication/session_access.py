@@ -1,8 +1,8 @@
 """Sessions that outlive a token: token refresh and the periodic access re-check.
 
 A replication session is authorised once at Connect (`services.session_open`). This module
-keeps that decision true for as long as the session lives (docs/protocol.md, "Token refresh"
-and "Access during a session"):
+keeps that decision true for as long as the session lives (docs/protocol.md sections 8 and 9,
+"Token refresh" and "Access during a session"):
 
 - `no2.sync.token.refresh` hands the session a fresh token for the same user. A good one is
   acknowledged (`no2.sync.token.refresh.ack`) and the session goes on with it; a bad one gets

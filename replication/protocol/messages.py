@@ -49,7 +49,7 @@ BATCH_ACK = "no2.sync.batch.ack"
 BATCH_END_ACK = "no2.sync.batch.end.ack"
 FEED = "no2.sync.feed"
 FEED_ACK = "no2.sync.feed.ack"
-# A fresh token in the middle of a session (docs/protocol.md, "Token refresh").
+# A fresh token in the middle of a session (docs/protocol.md section 8, "Token refresh").
 TOKEN_REFRESH = "no2.sync.token.refresh"  # noqa: S105 (a message type, not a secret)
 TOKEN_REFRESH_ACK = "no2.sync.token.refresh.ack"  # noqa: S105
 
