@@ -490,6 +490,10 @@ def session_open(
     may_push = "write" in token.scopes and access.access_collection_write(
         user=user, tenant=tenant, collection_name=collection_name
     )
+    # Compiled once: the session's read filter, and its per-change write guard.
+    policy = access.document_policy(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
     replica = replica_connected(
         collection_id=collection.pk,
         replica_id=origin,
@@ -507,10 +511,9 @@ def session_open(
         write_scope="write" in token.scopes,
         last_seq=collection.last_seq,
         epoch=collection.epoch,
-        read_filter=access.document_read_filter(
-            user=user, tenant=tenant, collection_name=collection_name
-        ),
+        read_filter=policy.read_filter,
         token_id=token.token_id,
+        policy=policy,
     )
 
 

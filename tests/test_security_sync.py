@@ -505,3 +505,28 @@ async def test_token_refresh_before_connect_is_a_protocol_error(
     with pytest.raises(Closed):
         while True:
             await replica.receive()
+
+
+def test_a_recheck_costs_a_fixed_number_of_queries(
+    world: Any, django_assert_max_num_queries: Any
+) -> None:
+    """Every live session re-checks every few seconds: keep it a handful of small queries."""
+    from replication.services import session_open
+    from replication.session_access import access_recheck
+
+    token = world["issue"](world["writer"], "read write")
+    grant = session_open(
+        tenant_slug="acme", collection_name="notes", url_user=None, raw_token=token, origin="r"
+    )
+    first = access_recheck(
+        grant=grant, collection_name="notes", token_id=grant.token_id, scopes=frozenset({"read"})
+    )
+    grant.policy = first.policy
+    with django_assert_max_num_queries(6):
+        update = access_recheck(
+            grant=grant,
+            collection_name="notes",
+            token_id=grant.token_id,
+            scopes=frozenset({"read", "write"}),
+        )
+    assert update.error is None and update.removals == {} and update.may_push
