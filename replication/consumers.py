@@ -200,9 +200,12 @@ class ReplicationConsumer(AsyncConsumer):
                 now=self.loop.time(),
             )
         if isinstance(effect, mc.RecordAck):
-            await database_sync_to_async(services.replica_acked)(
-                replica_pk=grant.replica_pk, seq=effect.seq, pulled=effect.pulled
-            )
+            if self.session.state is mc.State.LIVE:
+                self.hub.note_ack(replica_pk=grant.replica_pk, seq=effect.seq)
+            else:
+                await database_sync_to_async(services.replica_acked)(
+                    replica_pk=grant.replica_pk, seq=effect.seq, pulled=effect.pulled
+                )
             return []
         if isinstance(effect, mc.GoLive):
             head = await self.hub.join(
@@ -298,7 +301,9 @@ class ReplicationConsumer(AsyncConsumer):
             return
         if self.live_joined:
             await self.hub.leave(self, collection_id=grant.collection_id)
-        await database_sync_to_async(services.replica_disconnected)(replica_pk=grant.replica_pk)
+        await database_sync_to_async(services.replica_disconnected)(
+            replica_pk=grant.replica_pk, acked_seq=self.hub.take_ack(grant.replica_pk)
+        )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
