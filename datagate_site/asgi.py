@@ -8,8 +8,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "datagate_site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from accounts.websocket_origins import WebsocketOriginCheck  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
 from replication.scheduler import MaintenanceStarter  # noqa: E402
 from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
@@ -17,7 +17,7 @@ from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(replication_routes + topics_routes)),
+        "websocket": WebsocketOriginCheck(URLRouter(replication_routes + topics_routes)),
     }
 )
 # Starts the in-server maintenance schedule (DATAGATE MAINTENANCE_INTERVAL) on first use.

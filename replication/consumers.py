@@ -28,6 +28,7 @@ from replication.protocol import machine as mc
 from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.messages import encode, parse_message, splice
 from replication.selectors import Change
+from replication.session_access import SessionAccess
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ class ReplicationConsumer(AsyncConsumer):
             )
             self.live_joined = True
             return self.session.notice_head(head=head, now=self.loop.time())
+        if isinstance(effect, mc.RefreshToken):
+            return await self.access.refresh(effect)
         if isinstance(effect, mc.SendShared):
             raise AssertionError("SendShared outside offer()")
         raise AssertionError(f"unknown effect {effect!r}")
@@ -234,6 +237,10 @@ class ReplicationConsumer(AsyncConsumer):
         self.connect_timer.cancel()
         self.grant = grant
         self.guard = services.session_guard(grant=grant, collection_name=self.collection_name)
+        # Keep the decision true while the session lives (token refresh, periodic re-check).
+        scopes = frozenset({"read", "write"} if grant.write_scope else {"read"})
+        self.access = SessionAccess(self, scopes=scopes)
+        self._spawn(self.access.watch())
         if self.closed:  # the socket went away while we were authenticating
             await self._clean_up()
             return []

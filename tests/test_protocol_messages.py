@@ -46,6 +46,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "rejected": [{"id": "x", "code": "c", "error": "e"}],
         }
     },
+    m.TOKEN_REFRESH: {"authToken": "fresh"},
+    m.TOKEN_REFRESH_ACK: {"expires": 1_800_000_000_000, "scopes": ["read"], "readOnly": True},
 }
 
 

@@ -64,6 +64,12 @@ class ErrorCode(Enum):
         403,
         "user {user!r} in the URL or header is not the token's user",
     )
+    TOKEN_REFRESH_REFUSED = _spec(
+        "DG-1004",
+        CloseCode.NOT_AUTHENTICATED,
+        401,
+        "token refresh refused: {reason}; the session keeps its current token",
+    )
 
     # --- 2xxx framing and protocol ---------------------------------------------------------
     NOT_JSON = _spec("DG-2001", CloseCode.MALFORMED, 400, "frame is not JSON: {detail}")
@@ -106,6 +112,12 @@ class ErrorCode(Enum):
     )
     KEY_DELETE_DENIED = _spec(
         "DG-3004", CloseCode.FORBIDDEN, 403, "a key rule denies deleting {doc_id!r}"
+    )
+    ACCESS_WITHDRAWN = _spec(
+        "DG-3005",
+        CloseCode.FORBIDDEN,
+        403,
+        "access to {tenant}/{collection} was withdrawn",
     )
 
     # --- 4xxx documents and conflicts ------------------------------------------------------
