@@ -24,6 +24,9 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         "FEED_ACK_TIMEOUT",
         "PULL_CHUNKS_IN_FLIGHT",
         "ACCESS_TOKEN_TTL",
+        "TOPIC_PAGE_SIZE",
+        "TOPIC_MAX_PUBLISH",
+        "TOPIC_POLL_INTERVAL",
     )
     for name in positive:
         if knobs[name] <= 0:
@@ -38,6 +41,10 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         problems.append(
             Error("DATAGATE MAINTENANCE_INTERVAL must not be negative.", id="datagate.E003")
         )
+    if not 0.0 <= knobs["TOPIC_COMMIT_SHARE"] <= 1.0:
+        problems.append(
+            Error("DATAGATE TOPIC_COMMIT_SHARE must be between 0 and 1.", id="datagate.E004")
+        )
     if knobs["CHUNK_SIZE"] > 5000:
         problems.append(
             Warning(
@@ -50,7 +57,7 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         problems.append(
             Error(
                 f"DATAGATE API_RATE_LIMIT must look like 600/min, got {knobs['API_RATE_LIMIT']!r}.",
-                id="datagate.E004",
+                id="datagate.E091",
             )
         )
     for origin in origins_list(knobs["CORS_ALLOWED_ORIGINS"]):
@@ -58,7 +65,7 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
             problems.append(
                 Error(
                     f"DATAGATE CORS_ALLOWED_ORIGINS entry {origin!r} is not scheme://host[:port].",
-                    id="datagate.E005",
+                    id="datagate.E092",
                 )
             )
     layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"])

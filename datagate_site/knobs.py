@@ -54,6 +54,20 @@ KNOBS: tuple[Knob, ...] = (
         str,
         "HTTP API requests allowed per token (N/sec, N/min, N/hour or N/day); DG-5002 beyond.",
     ),
+    Knob(
+        "TOPIC_COMMIT_SHARE",
+        0.5,
+        float,
+        "Share (0..1) of a topic batch to be committed before the next batch goes out.",
+    ),
+    Knob("TOPIC_PAGE_SIZE", 100, int, "Default page size (largest batch) of a new topic."),
+    Knob("TOPIC_MAX_PUBLISH", 1000, int, "Most messages one topic publish may carry."),
+    Knob(
+        "TOPIC_POLL_INTERVAL",
+        5.0,
+        float,
+        "Seconds between a process's checks of its subscribed topics (covers lost doorbells).",
+    ),
 )
 
 
