@@ -76,7 +76,10 @@ def record(error: DataGateError, request: Any, kwargs: dict[str, Any] | None = N
     from replication.services import error_event_record
 
     metrics.error_record(code=error.code)
-    user = getattr(request, "user", None)
+    try:
+        user = getattr(request, "user", None)
+    except Exception:  # authentication itself failed unexpectedly: record without a user
+        user = None
     kwargs = kwargs or {}
     try:
         error_event_record(

@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from api import views
+from api import topic_views, views
 
 COLLECTION = "tenants/<str:tenant>/collections/<str:collection>/"
 
@@ -19,6 +19,17 @@ urlpatterns = [
     path(f"{COLLECTION}documents/<path:doc_id>", views.DocumentView.as_view(), name="api-document"),
     path(f"{COLLECTION}changes/", views.ChangesView.as_view(), name="api-changes"),
     path(f"{COLLECTION}search/", views.SearchView.as_view(), name="api-search"),
+    path("tenants/<str:tenant>/topics/", topic_views.TopicListView.as_view(), name="api-topics"),
+    path(
+        "tenants/<str:tenant>/topics/<str:topic>/messages/",
+        topic_views.TopicMessagesView.as_view(),
+        name="api-topic-messages",
+    ),
+    path(
+        "tenants/<str:tenant>/topics/<str:topic>/commit/",
+        topic_views.TopicCommitView.as_view(),
+        name="api-topic-commit",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
