@@ -27,6 +27,7 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         "TOPIC_PAGE_SIZE",
         "TOPIC_MAX_PUBLISH",
         "TOPIC_POLL_INTERVAL",
+        "SESSION_RECHECK_INTERVAL",
     )
     for name in positive:
         if knobs[name] <= 0:
@@ -44,6 +45,10 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
     if not 0.0 <= knobs["TOPIC_COMMIT_SHARE"] <= 1.0:
         problems.append(
             Error("DATAGATE TOPIC_COMMIT_SHARE must be between 0 and 1.", id="datagate.E004")
+        )
+    if knobs["REFRESH_TOKEN_TTL"] < 0:
+        problems.append(
+            Error("DATAGATE REFRESH_TOKEN_TTL must not be negative.", id="datagate.E004")
         )
     if knobs["CHUNK_SIZE"] > 5000:
         problems.append(

@@ -68,6 +68,24 @@ KNOBS: tuple[Knob, ...] = (
         float,
         "Seconds between a process's checks of its subscribed topics (covers lost doorbells).",
     ),
+    Knob(
+        "REFRESH_TOKEN_TTL",
+        30 * 24 * 3600,
+        int,
+        "Lifetime in seconds of OAuth2 refresh tokens (0: they do not age out).",
+    ),
+    Knob(
+        "SESSION_RECHECK_INTERVAL",
+        5.0,
+        float,
+        "Seconds between a live session's re-checks of its token and permissions.",
+    ),
+    Knob(
+        "ALLOWED_ORIGINS",
+        "",
+        str,
+        "Comma-separated websocket Origins browsers may connect from (empty: the allowed hosts).",
+    ),
 )
 
 

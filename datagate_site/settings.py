@@ -163,7 +163,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = DATA_DIR / "static"  # collectstatic target; whitenoise also serves from finders
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -185,6 +186,12 @@ OAUTH2_PROVIDER = {
     },
     "DEFAULT_SCOPES": ["read"],
     "PKCE_REQUIRED": True,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": DATAGATE["REFRESH_TOKEN_TTL"],
+    "ROTATE_REFRESH_TOKEN": True,
+    # Tokens are kept as checksums only (RFC 9700 section 4.14): a database dump holds no
+    # usable token. accounts/tokens.py looks them up by checksum.
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
 }
 
 # --- HTTP API (api/): DRF, the OpenAPI schema, CORS ------------------------------------------
@@ -226,5 +233,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DATAGATE_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # oauthlib logs issued tokens at DEBUG; never let them reach a log
+        # (tests/test_oauth.py drives every flow at DEBUG and checks).
+        "oauthlib": {"level": "INFO"},
+    },
 }
