@@ -12,6 +12,7 @@ from typing import Any
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
+from accounts.access import access_scope
 from accounts.tokens import TokenInfo
 from replication.protocol.errors import DataGateError, ErrorCode
 
@@ -28,6 +29,6 @@ class TokenHasScope(BasePermission):
         if not isinstance(info, TokenInfo):
             raise DataGateError(ErrorCode.TOKEN_INVALID, reason="no token given")
         scope = required_scope(request, view)
-        if scope not in info.scopes:
+        if not access_scope(scopes=info.scopes, scope=scope):
             raise DataGateError(ErrorCode.TOKEN_SCOPE, scope=scope)
         return True

@@ -31,30 +31,42 @@ def tenants_visible(*, user: Any) -> list[tuple[Tenant, str]]:
     return [(m.tenant, m.role) for m in memberships.order_by("tenant__slug")]
 
 
-def tenant_for_reader(*, user: Any, slug: str) -> Tenant:
-    """The tenant, or DG-8001 if it does not exist or the user does not belong to it."""
+def collections_visible(*, user: Any, slug: str) -> list[Collection]:
+    """The tenant's collections the user may read (by role or by a collection grant), or
+    DG-8001 if the tenant does not exist or the user may read nothing of it."""
     tenant = Tenant.objects.filter(slug=slug).first()
-    if tenant is None or not access.access_tenant_read(user=user, tenant=tenant):
+    if tenant is None:
         raise DataGateError(ErrorCode.NOT_FOUND, what=f"tenant {slug[:64]!r}")
-    return tenant
-
-
-def collections_visible(*, user: Any, tenant: Tenant) -> list[Collection]:
-    collections = Collection.objects.filter(tenant=tenant).order_by("name")
-    return [
+    collections = [
         c
-        for c in collections
-        if access.access_collection_read(user=user, tenant=tenant, collection_name=c.name)
+        for c in Collection.objects.filter(tenant=tenant).select_related("tenant").order_by("name")
+        if access.access_collection_read(
+            user=user, tenant=tenant, collection_name=c.name, collection=c
+        )
     ]
+    if not collections and not access.access_tenant_read(user=user, tenant=tenant):
+        raise DataGateError(ErrorCode.NOT_FOUND, what=f"tenant {slug[:64]!r}")
+    return collections
 
 
-def collection_for_reader(*, user: Any, tenant: Tenant, name: str) -> Collection:
-    """The collection, or DG-3001 whether it is missing or unreadable (never tell which)."""
-    collection = Collection.objects.filter(tenant=tenant, name=name).first()
+def tenant_find(*, slug: str) -> Tenant | None:
+    return Tenant.objects.filter(slug=slug).first()
+
+
+def collection_for_reader(*, user: Any, tenant_slug: str, name: str) -> Collection:
+    """The collection, or DG-3001 whether it or its tenant is missing or it is unreadable
+    (never tell which, as on the websocket)."""
+    collection = (
+        Collection.objects.select_related("tenant")
+        .filter(tenant__slug=tenant_slug, name=name)
+        .first()
+    )
     if collection is None or not access.access_collection_read(
-        user=user, tenant=tenant, collection_name=name
+        user=user, tenant=collection.tenant, collection_name=name, collection=collection
     ):
-        raise DataGateError(ErrorCode.COLLECTION_NOT_FOUND, tenant=tenant.slug, collection=name)
+        raise DataGateError(
+            ErrorCode.COLLECTION_NOT_FOUND, tenant=tenant_slug[:64], collection=name[:64]
+        )
     return collection
 
 

@@ -104,17 +104,17 @@ def wire_document(doc: Document) -> dict[str, Any]:
 
 
 def readable_collection(request: Request, tenant_slug: str, name: str) -> Collection:
-    tenant = selectors.tenant_for_reader(user=request.user, slug=tenant_slug)
-    return selectors.collection_for_reader(user=request.user, tenant=tenant, name=name)
+    return selectors.collection_for_reader(user=request.user, tenant_slug=tenant_slug, name=name)
 
 
 def writable_collection(request: Request, tenant_slug: str, name: str) -> Collection:
     """The collection the caller may write, created on first write if they may create it."""
     user = request.user
-    tenant = selectors.tenant_for_reader(user=user, slug=tenant_slug)
+    tenant = selectors.tenant_find(slug=tenant_slug)
     exists = Collection.objects.filter(tenant=tenant, name=name).exists()
     if (
-        not exists
+        tenant is not None
+        and not exists
         and settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
         and access.access_collection_create(user=user, tenant=tenant)
     ):
@@ -124,8 +124,10 @@ def writable_collection(request: Request, tenant_slug: str, name: str) -> Collec
             raise DataGateError(
                 ErrorCode.BAD_PARAMETER, name="collection", detail="not a valid collection name"
             ) from problem
-    collection = selectors.collection_for_reader(user=user, tenant=tenant, name=name)
-    if not access.access_collection_write(user=user, tenant=tenant, collection_name=name):
+    collection = selectors.collection_for_reader(user=user, tenant_slug=tenant_slug, name=name)
+    if not access.access_collection_write(
+        user=user, tenant=collection.tenant, collection_name=name, collection=collection
+    ):
         raise DataGateError(ErrorCode.READ_ONLY, user=user.get_username())
     return collection
 
@@ -155,10 +157,9 @@ class CollectionListView(APIView):
         responses={200: CollectionListSerializer},
     )
     def get(self, request: Request, tenant: str) -> Response:
-        found = selectors.tenant_for_reader(user=request.user, slug=tenant)
         collections = [
             {"name": c.name, "markers": Markers(c.last_seq, c.epoch).to_wire()}
-            for c in selectors.collections_visible(user=request.user, tenant=found)
+            for c in selectors.collections_visible(user=request.user, slug=tenant)
         ]
         return Response({"collections": collections})
 
@@ -215,7 +216,7 @@ class DocumentListView(APIView):
             collection_id=found.pk, after=after, limit=limit, filters=filters
         )
         allowed = access.document_read_filter(
-            user=request.user, tenant=found.tenant, collection_name=found.name
+            user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
         )
         documents = [wire_document(d) for d in page if allowed is None or allowed(d.doc_id)]
         next_after = page[-1].doc_id if len(page) == limit else None
@@ -233,11 +234,15 @@ class DocumentView(APIView):
         found = readable_collection(request, tenant, collection)
         doc = selectors.document_get(collection_id=found.pk, doc_id=doc_id)
         if doc is None or not access.access_document_read(
-            user=request.user, tenant=found.tenant, collection_name=found.name, doc_id=doc_id
+            user=request.user,
+            tenant=found.tenant,
+            collection_name=found.name,
+            doc_id=doc_id,
+            collection=found,
         ):
             raise DataGateError(ErrorCode.NOT_FOUND, what=f"document {doc_id[:64]!r}")
         allowed = access.document_read_filter(
-            user=request.user, tenant=found.tenant, collection_name=found.name
+            user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
         )
         if allowed is not None and not allowed(doc_id):
             raise DataGateError(ErrorCode.NOT_FOUND, what=f"document {doc_id[:64]!r}")
@@ -286,7 +291,11 @@ class DocumentView(APIView):
         fields.pop("_modified", None)
         fields.pop("_origin", None)
         if not access.access_document_write(
-            user=request.user, tenant=found.tenant, collection_name=found.name, doc_id=doc_id
+            user=request.user,
+            tenant=found.tenant,
+            collection_name=found.name,
+            doc_id=doc_id,
+            collection=found,
         ):
             raise DataGateError(ErrorCode.KEY_WRITE_DENIED, doc_id=doc_id)
         result = services.document_put(
@@ -324,14 +333,17 @@ class DocumentView(APIView):
     )
     def delete(self, request: Request, tenant: str, collection: str, doc_id: str) -> Response:
         user = request.user
-        found_tenant = selectors.tenant_for_reader(user=user, slug=tenant)
-        found = selectors.collection_for_reader(user=user, tenant=found_tenant, name=collection)
+        found = selectors.collection_for_reader(user=user, tenant_slug=tenant, name=collection)
         if not access.access_collection_write(
-            user=user, tenant=found_tenant, collection_name=collection
+            user=user, tenant=found.tenant, collection_name=collection, collection=found
         ):
             raise DataGateError(ErrorCode.READ_ONLY, user=user.get_username())
         if not access.access_document_delete(
-            user=user, tenant=found_tenant, collection_name=collection, doc_id=doc_id
+            user=user,
+            tenant=found.tenant,
+            collection_name=collection,
+            doc_id=doc_id,
+            collection=found,
         ):
             raise DataGateError(ErrorCode.KEY_DELETE_DENIED, doc_id=doc_id)
         result = services.document_delete(
@@ -397,7 +409,7 @@ class ChangesView(APIView):
         has_more = len(changes) == limit and changes[-1].seq < last_seq
         end = Markers(changes[-1].seq if has_more else last_seq, epoch)
         allowed = access.document_read_filter(
-            user=request.user, tenant=found.tenant, collection_name=found.name
+            user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
         )
         if allowed is not None:
             changes = [c for c in changes if allowed(c.doc_id)]
@@ -452,7 +464,7 @@ class SearchView(APIView):
             limit=limit,
             offset=offset,
             read_filter=access.document_read_filter(
-                user=request.user, tenant=found.tenant, collection_name=found.name
+                user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
             ),
         )
         return Response(

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from accounts.services import tenant_get_or_create
+from accounts.services import collection_perm_grant, key_rule_add, tenant_get_or_create
 from replication.models import ErrorEvent, JournalEntry
 from replication.selectors import changes_since, feed_from_changes
 from replication.services import batch_apply, collection_get_or_create, document_put
@@ -95,7 +96,8 @@ def test_readers_and_writers_read_everything(api: Any, people: dict[str, str], u
 @pytest.mark.parametrize("url", READS[1:])
 def test_another_tenants_member_sees_nothing(api: Any, people: dict[str, str], url: str) -> None:
     status, code = error_of(api(people["outsider"]).get(url))
-    assert (status, code) == (404, "DG-8001")
+    # The tenant is "not found"; its collections look missing, as on the websocket.
+    assert (status, code) == (404, "DG-8001" if url.endswith("/collections/") else "DG-3001")
 
 
 def test_tenants_list_shows_only_the_callers_tenants_and_roles(
@@ -151,8 +153,8 @@ def test_a_reader_may_not_write_or_delete(api: Any, people: dict[str, str]) -> N
 
 
 def test_another_tenants_member_may_not_write(api: Any, people: dict[str, str]) -> None:
-    assert error_of(put(api(people["outsider"]), "a", {"x": 1})) == (404, "DG-8001")
-    assert error_of(api(people["outsider"]).delete(f"{BASE}/documents/seed")) == (404, "DG-8001")
+    assert error_of(put(api(people["outsider"]), "a", {"x": 1})) == (404, "DG-3001")
+    assert error_of(api(people["outsider"]).delete(f"{BASE}/documents/seed")) == (404, "DG-3001")
 
 
 def test_a_writer_writes_through_the_service_with_a_seq_and_a_journal_entry(
@@ -450,5 +452,67 @@ def test_collections_of_another_tenant_are_independent(api: Any, people: dict[st
     assert [c["name"] for c in listed["collections"]] == ["notes"]
     assert error_of(api(people["reader"]).get("/api/v1/tenants/other/collections/notes/")) == (
         404,
+        "DG-3001",
+    )
+    assert error_of(api(people["reader"]).get("/api/v1/tenants/nowhere/collections/")) == (
+        404,
         "DG-8001",
     )
+
+
+# --- key rules and collection grants (accounts.access) ---------------------------------------
+
+
+@pytest.fixture
+def ruled(people: dict[str, str], collection: Any) -> dict[str, str]:
+    """acme/notes with key rules: nobody but admins writes `locked/*`, deletes `keep-*` or
+    reads `secret-*`; the rules apply to readers and writers alike."""
+    acme = tenant_get_or_create(slug="acme")
+    key_rule_add(
+        tenant=acme, collection_name="notes", pattern="locked/*", effect="deny", actions=["write"]
+    )
+    key_rule_add(
+        tenant=acme, collection_name="notes", pattern="keep-*", effect="deny", actions=["delete"]
+    )
+    key_rule_add(
+        tenant=acme, collection_name="notes", pattern="secret-*", effect="deny", actions=["read"]
+    )
+    for doc_id in ("keep-1", "secret-1", "public-1"):
+        document_put(collection_id=collection.pk, doc_id=doc_id, body={"title": doc_id}, origin="t")
+    return people
+
+
+def test_a_key_rule_denies_writing_matching_ids(api: Any, ruled: dict[str, str]) -> None:
+    assert error_of(put(api(ruled["writer"]), "locked/a", {"x": 1})) == (403, "DG-3003")
+    assert put(api(ruled["writer"]), "open/a", {"x": 1}).status_code == 200
+
+
+def test_a_key_rule_denies_deleting_matching_ids(api: Any, ruled: dict[str, str]) -> None:
+    client = api(ruled["writer"])
+    assert error_of(client.delete(f"{BASE}/documents/keep-1")) == (403, "DG-3004")
+    assert client.delete(f"{BASE}/documents/public-1").status_code == 204
+
+
+def test_a_key_rule_hides_documents_from_every_read(api: Any, ruled: dict[str, str]) -> None:
+    client = api(ruled["reader"])
+    assert error_of(client.get(f"{BASE}/documents/secret-1")) == (404, "DG-8001")
+    listed = [d["_id"] for d in client.get(f"{BASE}/documents/").json()["documents"]]
+    assert "secret-1" not in listed and "public-1" in listed
+    changes = client.get(f"{BASE}/changes/").json()
+    assert "secret-1" not in [d["_id"] for d in changes["feed"]["changeSet"]]
+    # The markers still cover the hidden change, so the client never waits for it.
+    assert changes["endMarkers"]["collectionMarker"] == 4
+
+
+def test_a_collection_grant_opens_one_collection_to_a_non_member(
+    api: Any, people: dict[str, str], collection: Any, issue_token: Any
+) -> None:
+    guest = get_user_model().objects.create(username="gus")
+    collection_perm_grant(
+        tenant=tenant_get_or_create(slug="acme"), collection_name="notes", perm="read", user=guest
+    )
+    token = issue_token(guest, "read write")
+    assert api(token).get(f"{BASE}/documents/seed").status_code == 200
+    listed = api(token).get("/api/v1/tenants/acme/collections/").json()["collections"]
+    assert [c["name"] for c in listed] == ["notes"]
+    assert error_of(put(api(token), "a", {"x": 1})) == (403, "DG-3002")

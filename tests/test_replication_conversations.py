@@ -290,11 +290,14 @@ async def test_bad_expired_and_revoked_tokens_are_refused_with_4401(
     revoked = await database_sync_to_async(issue_token)(world["writer"], "read write")
 
     def revoke() -> None:
+        import hashlib
+
         from oauth2_provider.models import get_access_token_model
 
-        for token in get_access_token_model().objects.all():
-            if token.token == revoked:
-                token.revoke()
+        # Tokens are stored hashed (issue 5): find this one by its checksum.
+        checksum = hashlib.sha256(revoked.encode()).hexdigest()
+        for token in get_access_token_model().objects.filter(token_checksum=checksum):
+            token.revoke()
 
     await database_sync_to_async(revoke)()
     for token, reason in [

@@ -197,5 +197,5 @@ def test_search_over_http_needs_read_access(indexed: Any, issue_token: Any) -> N
     outsider = issue_token(person("olga", "other", "admin"), "read")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {outsider}")
-    assert client.get(SEARCH, {"q": "fox"}).json()["error"]["code"] == "DG-8001"
+    assert client.get(SEARCH, {"q": "fox"}).json()["error"]["code"] == "DG-3001"
     assert APIClient().get(SEARCH, {"q": "fox"}).status_code == 401
