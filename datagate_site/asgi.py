@@ -11,6 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
+from replication.scheduler import MaintenanceStarter  # noqa: E402
 from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -19,3 +20,5 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(URLRouter(replication_routes + topics_routes)),
     }
 )
+# Starts the in-server maintenance schedule (DATAGATE MAINTENANCE_INTERVAL) on first use.
+application = MaintenanceStarter(application)

@@ -1,6 +1,14 @@
 from django.contrib import admin
 
-from replication.models import Collection, Document, ErrorEvent, JournalEntry, Replica, Tombstone
+from replication.models import (
+    Collection,
+    Document,
+    ErrorEvent,
+    JournalEntry,
+    MaintenanceRun,
+    Replica,
+    Tombstone,
+)
 
 
 @admin.register(Collection)
@@ -9,7 +17,14 @@ class CollectionAdmin(admin.ModelAdmin):
     list_filter = ["tenant"]
     search_fields = ["name", "tenant__slug"]
     list_select_related = ["tenant"]
-    readonly_fields = ["last_seq", "purge_seq", "created_at"]
+    readonly_fields = [
+        "last_seq",
+        "purge_seq",
+        "purge_horizon_ms",
+        "journal_pruned_seq",
+        "epoch",
+        "created_at",
+    ]
 
 
 @admin.register(Document)
@@ -107,3 +122,29 @@ class ErrorEventAdmin(admin.ModelAdmin):
     search_fields = ["text", "code", "collection"]
     list_select_related = ["user"]
     date_hierarchy = "created_at"
+
+
+@admin.register(MaintenanceRun)
+class MaintenanceRunAdmin(admin.ModelAdmin):
+    """Tombstone GC, journal pruning and imports, newest first (docs/maintenance.md)."""
+
+    list_display = ["started_at", "job", "trigger", "ok", "finished_at", "summary"]
+    list_filter = ["job", "ok", "trigger"]
+    search_fields = ["summary", "error"]
+    date_hierarchy = "started_at"
+    readonly_fields = [
+        "job",
+        "trigger",
+        "started_at",
+        "finished_at",
+        "ok",
+        "summary",
+        "result",
+        "error",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

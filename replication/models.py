@@ -28,6 +28,14 @@ class Collection(models.Model):
         default=0,
         help_text="Purge horizon: tombstones with a seq at or below it may have been collected.",
     )
+    purge_horizon_ms = models.BigIntegerField(
+        default=0,
+        help_text="Latest delete time (epoch ms) among collected tombstones: a write of an id "
+        "the server does not know, stamped at or before it, is refused (DG-7001).",
+    )
+    journal_pruned_seq = models.BigIntegerField(
+        default=0, help_text="Journal entries at or below this seq may have been pruned."
+    )
     epoch = models.BigIntegerField(
         default=new_epoch,
         help_text="The collection's timeline; drawn again when restored from an export.",
@@ -201,3 +209,29 @@ class ErrorEvent(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class MaintenanceJob(models.TextChoices):
+    GC = "gc", "tombstone GC"
+    JOURNAL_PRUNE = "journal_prune", "journal pruning"
+    IMPORT = "import", "collection import"
+
+
+class MaintenanceRun(models.Model):
+    """One run of a maintenance job (replication/maintenance.py), for the console and operators."""
+
+    job = models.CharField(max_length=32, choices=MaintenanceJob.choices)
+    trigger = models.CharField(max_length=16, help_text="schedule or command")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(default=False)
+    summary = models.CharField(max_length=300, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "started_at"], name="maintenancerun_job_started")]
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.job} at {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -111,6 +111,30 @@ def _stored_key(doc: Document | None, tomb: Tombstone | None) -> VersionKey | No
     return None
 
 
+def _behind_purge_horizon(version: Version, horizon_ms: int) -> bool:
+    """True when an unknown id's version may be older than a delete GC has collected.
+
+    GC forgets a tombstone but keeps the latest delete time it collected (the purge horizon,
+    docs/maintenance.md). A version of an id the server does not hold, stamped at or before
+    that time, could be the stale copy of a collected delete, so it is treated as deleted.
+    """
+    return horizon_ms > 0 and version.modified <= horizon_ms
+
+
+def _refuse_purged(result: ApplyResult, version: Version, horizon_ms: int) -> None:
+    """A write behind the horizon is rejected (DG-7001); a delete there is already done."""
+    if version.kind != WRITE:
+        return
+    result.added.remove(version.doc_id)
+    error = DataGateError(
+        ErrorCode.PURGED_DELETE,
+        doc_id=version.doc_id,
+        modified=version.modified,
+        horizon=horizon_ms,
+    )
+    result.rejected.append(Rejection(version.doc_id, error))
+
+
 def batch_apply(
     *,
     collection_id: int,
@@ -155,7 +179,9 @@ def batch_apply(
     with transaction.atomic():
         # The row lock serialises writers of one collection, so seqs commit in order.
         collection = (
-            Collection.objects.select_for_update().only("id", "last_seq").get(pk=collection_id)
+            Collection.objects.select_for_update()
+            .only("id", "last_seq", "purge_horizon_ms")
+            .get(pk=collection_id)
         )
         documents, tombstones = _stored_state(collection_id, list(winners))
         seq = collection.last_seq
@@ -166,6 +192,10 @@ def batch_apply(
         journal: list[JournalEntry] = []
         for doc_id, version in winners.items():
             stored_doc, stored_tomb = documents.get(doc_id), tombstones.get(doc_id)
+            unknown = stored_doc is None and stored_tomb is None
+            if unknown and _behind_purge_horizon(version, collection.purge_horizon_ms):
+                _refuse_purged(result, version, collection.purge_horizon_ms)
+                continue
             if not incoming_wins(version.key(), _stored_key(stored_doc, stored_tomb)):
                 continue
             seq += 1
@@ -360,6 +390,7 @@ def replica_connected(
         client_version=client_version[:100],
         address=address[:100],
         sessions_count=F("sessions_count") + 1,
+        last_seen=_now(),  # update() skips auto_now; GC counts replicas seen lately
     )
     replica.refresh_from_db()
     return replica

@@ -204,6 +204,55 @@ class ErrorCode(Enum):
     )
 
     # --- 7xxx maintenance and operator tools -----------------------------------------------
+    # 70xx: tombstone GC, journal retention, export and import (docs/maintenance.md).
+    PURGED_DELETE = _spec(
+        "DG-7001",
+        CloseCode.PROTOCOL_VIOLATION,
+        410,
+        "{doc_id!r} stamped {modified} is at or before the purge horizon {horizon}: "
+        "treated as deleted",
+    )
+    MAINTENANCE_FAILED = _spec(
+        "DG-7002", CloseCode.SERVER_ERROR, 500, "maintenance job {job} failed: {detail}"
+    )
+    EXPORT_INVALID = _spec("DG-7003", CloseCode.MALFORMED, 400, "export line {line}: {detail}")
+    # 71xx: what `datagate_verify` finds wrong in a collection.
+    SEQ_DUPLICATE = _spec(
+        "DG-7101",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: seq {seq} is used by {count} rows ({rows})",
+    )
+    SEQ_OUT_OF_RANGE = _spec(
+        "DG-7102",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: {table} {doc_id!r} has seq {seq}, outside 1..{last_seq}",
+    )
+    LIVE_AND_TOMBSTONED = _spec(
+        "DG-7103",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: {doc_id!r} is both a live document and a tombstone",
+    )
+    JOURNAL_MISSING = _spec(
+        "DG-7104",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: {table} {doc_id!r} at seq {seq} has no journal entry",
+    )
+    JOURNAL_MISMATCH = _spec(
+        "DG-7105",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: journal seq {seq} records {journal}, the {table} holds {stored}",
+    )
+    MARKER_AHEAD = _spec(
+        "DG-7106",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: {field} {value} is above the counter last_seq {last_seq}",
+    )
 
     # --- 8xxx HTTP API ---------------------------------------------------------------------
     NOT_FOUND = _spec("DG-8001", CloseCode.MALFORMED, 404, "not found: {what}")
