@@ -4,7 +4,8 @@ Consumers, services and the HTTP layer call the small `*_record`/`connection_*` 
 nothing else touches prometheus_client. Counters and histograms live in this process (each
 daphne process is scraped on its own). Gauges that the database already knows (replicas online,
 replication lag, documents, GC runs recorded by maintenance) are computed from it at scrape time,
-so they are right whichever process answers the scrape.
+so they are right whichever process answers the scrape. GC runs are counted from the
+maintenance runs recorded in the database (`datagate_maintenance_runs_total{job="gc"}`).
 
 `/metrics` is protected: a bearer token with the `metrics` scope, or a staff session.
 """
@@ -19,7 +20,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry()
@@ -59,11 +60,6 @@ ERRORS = Counter(
     ["code"],
     registry=REGISTRY,
 )
-GC_RUNS = Counter(
-    "datagate_gc_runs",
-    "Garbage-collection (maintenance) runs made by this process.",
-    registry=REGISTRY,
-)
 HTTP_LATENCY = Histogram(
     "datagate_http_request_duration_seconds",
     "HTTP request latency, by method, URL route and status class.",
@@ -101,10 +97,6 @@ def bytes_record(*, direction: str, count: int) -> None:
 
 def error_record(*, code: str) -> None:
     ERRORS.labels(code=code).inc()
-
-
-def gc_run_record() -> None:
-    GC_RUNS.inc()
 
 
 def http_request_record(*, method: str, route: str, status: int, seconds: float) -> None:
@@ -150,11 +142,23 @@ class DatabaseCollector(Collector):
             "Error events kept in the database (the console's list), by code.",
             labels=["code"],
         )
-        from replication.models import ErrorEvent
+        from replication.models import ErrorEvent, MaintenanceRun
 
         for row in ErrorEvent.objects.values("code").annotate(n=Count("id")).order_by("code"):
             errors.add_metric([row["code"]], row["n"])
         yield errors
+        # Maintenance runs are recorded by whoever ran them (the in-server schedule of any
+        # process, or a command), so they are counted from the database.
+        runs = CounterMetricFamily(
+            "datagate_maintenance_runs",
+            "Maintenance runs recorded (GC, journal pruning, imports), by job and outcome.",
+            labels=["job", "outcome"],
+        )
+        finished = MaintenanceRun.objects.exclude(finished_at=None)
+        counted = finished.values_list("job", "ok").annotate(n=Count("id")).order_by("job", "ok")
+        for job, ok, count in counted:
+            runs.add_metric([job, "ok" if ok else "failed"], count)
+        yield runs
 
 
 REGISTRY.register(DatabaseCollector())

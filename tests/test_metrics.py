@@ -100,6 +100,20 @@ def test_recording_functions_feed_the_registry(db: Any) -> None:
     sent = current("datagate_bytes_total", direction="out")
     metrics.bytes_record(direction="out", count=100)
     assert current("datagate_bytes_total", direction="out") == sent + 100
-    runs = current("datagate_gc_runs_total")
-    metrics.gc_run_record()
-    assert current("datagate_gc_runs_total") == runs + 1
+
+
+def test_gc_runs_are_counted_from_the_recorded_maintenance_runs(scraper: Client) -> None:
+    from django.utils import timezone
+
+    from replication.models import MaintenanceRun
+
+    now = timezone.now()
+    MaintenanceRun.objects.create(
+        job="gc", trigger="command", started_at=now, finished_at=now, ok=True
+    )
+    MaintenanceRun.objects.create(
+        job="gc", trigger="schedule", started_at=now, finished_at=now, ok=True
+    )
+    MaintenanceRun.objects.create(job="gc", trigger="schedule", started_at=now)  # still running
+    found = samples(scraper.get("/metrics").content.decode())
+    assert found[("datagate_maintenance_runs_total", (("job", "gc"), ("outcome", "ok")))] == 2
