@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.services import collection_perm_grant, key_rule_add, tenant_get_or_create
@@ -233,6 +234,7 @@ def test_if_match_with_the_stored_revision_writes(api: Any, people: dict[str, st
     assert response.json()["_revision"] == 2
 
 
+@pytest.mark.storage
 def test_if_match_with_another_revision_is_a_conflict_and_writes_nothing(
     api: Any, people: dict[str, str]
 ) -> None:
@@ -242,6 +244,7 @@ def test_if_match_with_another_revision_is_a_conflict_and_writes_nothing(
     assert api(people["reader"]).get(f"{BASE}/documents/seed").json()["title"] == "seed"
 
 
+@pytest.mark.storage
 def test_revision_in_the_body_is_a_conditional_write_too(api: Any, people: dict[str, str]) -> None:
     client = api(people["writer"])
     assert put(client, "new", {"_revision": 0, "x": 1}).status_code == 200
@@ -270,6 +273,7 @@ def test_an_if_match_that_is_not_a_revision_is_a_bad_parameter(
 # --- documents list ------------------------------------------------------------------------
 
 
+@pytest.mark.storage
 def test_documents_page_by_id_and_filter_on_fields(
     api: Any, people: dict[str, str], collection: Any
 ) -> None:
@@ -317,6 +321,7 @@ def test_bad_paging_and_filter_parameters_are_refused(
 # --- changes -------------------------------------------------------------------------------
 
 
+@pytest.mark.storage
 def test_changes_page_in_seq_order_with_the_websocket_markers(
     api: Any, people: dict[str, str], collection: Any
 ) -> None:
@@ -432,6 +437,9 @@ def test_the_schema_and_the_docs_are_served_without_a_token_or_a_cdn(api: Any) -
     html = docs.content.decode()
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in html
     assert "cdn" not in html.lower()
+    # The assets are served by this server (whitenoise), not fetched from elsewhere.
+    bundle = Client().get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
 
 
 def test_an_expired_token_says_so(api: Any, people: dict[str, str]) -> None:
@@ -493,6 +501,7 @@ def test_a_key_rule_denies_deleting_matching_ids(api: Any, ruled: dict[str, str]
     assert client.delete(f"{BASE}/documents/public-1").status_code == 204
 
 
+@pytest.mark.storage
 def test_a_key_rule_hides_documents_from_every_read(api: Any, ruled: dict[str, str]) -> None:
     client = api(ruled["reader"])
     assert error_of(client.get(f"{BASE}/documents/secret-1")) == (404, "DG-8001")
