@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from datagate_site.knobs import origins_list
 
 
 @register(Tags.compatibility)
@@ -54,6 +57,23 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
                 "DATAGATE CHUNK_SIZE above 5000 makes pull chunks large frames.", id="datagate.W001"
             )
         )
+    if not re.fullmatch(
+        r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", knobs["API_RATE_LIMIT"]
+    ):
+        problems.append(
+            Error(
+                f"DATAGATE API_RATE_LIMIT must look like 600/min, got {knobs['API_RATE_LIMIT']!r}.",
+                id="datagate.E091",
+            )
+        )
+    for origin in origins_list(knobs["CORS_ALLOWED_ORIGINS"]):
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            problems.append(
+                Error(
+                    f"DATAGATE CORS_ALLOWED_ORIGINS entry {origin!r} is not scheme://host[:port].",
+                    id="datagate.E092",
+                )
+            )
     layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"])
     if layer.endswith("InMemoryChannelLayer") and not settings.DEBUG:
         problems.append(

@@ -50,6 +50,18 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("ACCESS_TOKEN_TTL", 3600, int, "Lifetime in seconds of issued OAuth2 access tokens."),
     Knob(
+        "CORS_ALLOWED_ORIGINS",
+        "",
+        str,
+        "Comma-separated browser origins (scheme://host[:port]) allowed to call the HTTP API.",
+    ),
+    Knob(
+        "API_RATE_LIMIT",
+        "1200/min",
+        str,
+        "HTTP API requests allowed per token (N/sec, N/min, N/hour or N/day); DG-5002 beyond.",
+    ),
+    Knob(
         "TOPIC_COMMIT_SHARE",
         0.5,
         float,
@@ -82,6 +94,12 @@ KNOBS: tuple[Knob, ...] = (
         "Comma-separated websocket Origins browsers may connect from (empty: the allowed hosts).",
     ),
 )
+
+
+def origins_list(raw: str) -> list[str]:
+    """The CORS_ALLOWED_ORIGINS knob as a list of origins."""
+    return [origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip()]
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
+from datagate_site import metrics
 from replication import selectors, services
 from replication.daphne_support import allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
@@ -84,6 +85,7 @@ class ReplicationConsumer(AsyncConsumer):
         self.loop = asyncio.get_running_loop()
         self.hub: LiveHub = get_hub()
         await self.base_send({"type": "websocket.accept"})
+        metrics.connection_opened(endpoint="sync")
         self.hub.register(self)
         if self.hub.shutting_down:
             await self.shut_down()
@@ -99,6 +101,7 @@ class ReplicationConsumer(AsyncConsumer):
         if frame is None:
             frame = message.get("bytes") or b""
         size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        metrics.bytes_record(direction="in", count=size)
         if size > self.max_frame:
             error = DataGateError(ErrorCode.FRAME_TOO_LARGE, size=size, limit=self.max_frame)
             await self.run(self.session.fail(error))
@@ -167,6 +170,7 @@ class ReplicationConsumer(AsyncConsumer):
                 message_id=effect.message_id,
                 collection_name=self.collection_name,
             )
+            metrics.push_record(applied=result.applied, rejected=len(result.rejected))
             reply = dict(effect.reply)
             reply["receipt"] = result.receipt()
             await self._send_text(encode(reply))
@@ -193,6 +197,7 @@ class ReplicationConsumer(AsyncConsumer):
                 limit=effect.limit,
                 up_to_seq=effect.up_to_seq,
             )
+            metrics.feed_record()
             return self.session.feed_done(
                 feed=self._feed(page.changes),
                 covered=page.covered,
@@ -259,6 +264,7 @@ class ReplicationConsumer(AsyncConsumer):
         return selectors.feed_from_changes(changes)
 
     async def _report(self, error: DataGateError) -> None:
+        metrics.error_record(code=error.code)
         await self._send_text(encode(self.session.error_message(error)))
         grant = self.grant
         try:
@@ -275,6 +281,7 @@ class ReplicationConsumer(AsyncConsumer):
 
     async def _send_text(self, text: str) -> None:
         if not self.closed:
+            metrics.bytes_record(direction="out", count=len(text))
             await self.base_send({"type": "websocket.send", "text": text})
 
     async def _close(self, code: int) -> None:
@@ -288,6 +295,7 @@ class ReplicationConsumer(AsyncConsumer):
         if self.cleaned_up:
             return
         self.cleaned_up = True
+        metrics.connection_closed(endpoint="sync")
         timer = getattr(self, "connect_timer", None)
         if timer is not None:
             timer.cancel()
@@ -325,6 +333,7 @@ class ReplicationConsumer(AsyncConsumer):
         rest: list[mc.Effect] = []
         for effect in effects:
             if isinstance(effect, mc.SendShared):
+                metrics.feed_record()
                 await self._send_text(splice(effect.header, block.body))
             else:
                 rest.append(effect)

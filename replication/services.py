@@ -38,6 +38,7 @@ from replication.models import (
     Tombstone,
 )
 from replication.protocol.errors import DataGateError, ErrorCode
+from search.services import search_index_apply
 
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
 LOOKUP_BATCH = 500
@@ -262,6 +263,7 @@ def batch_apply(
                 unique_fields=["collection", "doc_id"],
                 update_fields=["deleted_at", "revision", "origin", "seq"],
             )
+        search_index_apply(collection_id=collection_id, upserts=doc_rows, deletes=drop_docs)
         JournalEntry.objects.bulk_create(journal)
         Collection.objects.filter(pk=collection_id).update(last_seq=seq)
         ring_on_commit(collection_id=collection_id, seq=seq)

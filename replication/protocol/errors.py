@@ -267,6 +267,24 @@ class ErrorCode(Enum):
     )
 
     # --- 8xxx HTTP API ---------------------------------------------------------------------
+    NOT_FOUND = _spec("DG-8001", CloseCode.MALFORMED, 404, "not found: {what}")
+    METHOD_NOT_ALLOWED = _spec(
+        "DG-8002", CloseCode.MALFORMED, 405, "method {method} is not allowed here"
+    )
+    BAD_PARAMETER = _spec("DG-8003", CloseCode.MALFORMED, 400, "bad parameter {name}: {detail}")
+    BAD_BODY = _spec("DG-8004", CloseCode.MALFORMED, 400, "bad request body: {detail}")
+    UNSUPPORTED_MEDIA_TYPE = _spec(
+        "DG-8005", CloseCode.MALFORMED, 415, "unsupported media type {media_type!r}; send JSON"
+    )
+    NOT_ACCEPTABLE = _spec(
+        "DG-8006", CloseCode.MALFORMED, 406, "cannot answer in the requested media type"
+    )
+    SEARCH_NOT_ENABLED = _spec(
+        "DG-8007",
+        CloseCode.MALFORMED,
+        409,
+        "search is not enabled for {tenant}/{collection}: choose fields to index",
+    )
 
     @property
     def code(self) -> str:
