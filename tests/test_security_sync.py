@@ -146,9 +146,19 @@ async def test_no_token_is_refused(open_replica: Opener, world: Any) -> None:
     before = await state(world)
     replica = await open_replica("")
     code, closed, text = await refused_at_connect(replica)
-    assert (code, closed) == ("DG-2004", 4400)
-    assert "authToken" in text
+    assert (code, closed) == ("DG-1001", 4401)
+    assert "failed to validate token: no token given" in text
     assert await state(world) == before
+
+
+async def test_a_connect_without_an_auth_token_field_is_refused_as_no_token(
+    open_replica: Opener, world: Any
+) -> None:
+    replica = await open_replica("")
+    await replica.send(replica.message("no2.sync.connect", replicaName="r"))
+    error = await replica.expect(ERROR)
+    assert (error["code"], error["fatal"]) == ("DG-1001", True)
+    assert await replica.expect_close() == 4401
 
 
 @pytest.mark.parametrize("token", ["not-a-token", "x" * 600, " "])

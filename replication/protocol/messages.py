@@ -116,7 +116,9 @@ class Receipt(BaseModel):
 class Connect(Body):
     message_type = CONNECT
 
-    authToken: StrictStr = Field(min_length=1, max_length=4096)
+    # Missing or empty is not a schema error: it is a token that fails validation (DG-1001,
+    # close 4401), like every other bad token (PROTOCOL.md section 4, step 1).
+    authToken: StrictStr | None = Field(default=None, max_length=4096)
     replicaName: StrictStr | None = Field(default=None, max_length=200)
     capabilities: list[StrictStr] = Field(default_factory=list, max_length=64)
 
