@@ -4,25 +4,104 @@ Each `access_*` function answers one question with a bool, one condition a line.
 sync consumer, the topics consumer, the console, the HTTP API) turn a False into their own
 error code. A collection the user may not read must look exactly like one that does not exist,
 so callers report both as "collection not found".
+
+How a decision is made, in this order (docs/access.md says the same for operators):
+
+1. **Who.** No user, an anonymous or an inactive user may do nothing. A superuser is a tenant
+   admin everywhere.
+2. **Tenant role** (the base layer): every member of the tenant (reader, writer, admin) may
+   read its collections; writers and admins may write, delete and create collections; admins
+   administer.
+3. **Collection grants** (django-guardian object permissions on `replication.Collection`,
+   given to the user or to one of their groups) add to the role: `read_collection` lets
+   read, `write_collection` lets read and write, `administer_collection` lets everything on
+   that one collection, also to users who are not members of the tenant. A collection of
+   another tenant than the one asked about grants nothing.
+4. **Key rules** (`accounts.models.KeyRule`) narrow or reopen single documents, within what
+   steps 2-3 allow (a rule never grants more than the collection level does). Tenant admins,
+   collection administrators and superusers are not subject to them. The rules of the
+   collection that name the user, one of the user's groups, or everyone, and the action
+   (read, write or delete), are tried in ascending `position` (ties: deny before allow, then
+   the older rule first); the first whose pattern matches the whole document id decides.
+   `{username}` in a pattern is the asking user's name; `*` matches any characters, `/`
+   included; `?` one character; `[abc]` one of a set. Matching is case-sensitive.
+5. **No rule matches**: the collection-level answer stands.
+
+Scopes of the OAuth2 token (`read`, `write`, `topics`) are checked by `access_scope` in
+addition to all of the above: a token limits what its user may do, it never adds to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import glob
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from accounts.models import Membership, Role, Tenant
+from django.apps import apps
+from django.db.models import Q
+
+from accounts.models import KeyRule, Membership, Role, RuleEffect, Tenant
+
+# Guardian permission codenames on replication.Collection (its Meta.permissions).
+PERM_READ = "read_collection"
+PERM_WRITE = "write_collection"
+PERM_ADMINISTER = "administer_collection"
+COLLECTION_PERMISSIONS = (PERM_READ, PERM_WRITE, PERM_ADMINISTER)
+READ_GRANTS = frozenset(COLLECTION_PERMISSIONS)
+WRITE_GRANTS = frozenset({PERM_WRITE, PERM_ADMINISTER})
+
+ACTIONS = ("read", "write", "delete")
+
+DocumentPredicate = Callable[[str], bool]
+
+
+def collection_model() -> Any:
+    """`replication.Collection`, resolved by name so that accounts never imports replication."""
+    return apps.get_model("replication", "Collection")
+
+
+def _active(user: Any) -> bool:
+    return user is not None and user.is_authenticated and user.is_active
 
 
 def membership_role(*, user: Any, tenant: Tenant) -> str | None:
     """The user's role in the tenant, or None."""
-    if user is None or not user.is_authenticated or not user.is_active:
+    if not _active(user):
         return None
     if user.is_superuser:
         return Role.ADMIN
     return (
         Membership.objects.filter(user=user, tenant=tenant).values_list("role", flat=True).first()
     )
+
+
+def collection_lookup(*, tenant: Tenant, collection_name: str, collection: Any = None) -> Any:
+    """The collection object: the one given, else the tenant's collection of that name, or None."""
+    if collection is not None:
+        return collection
+    return collection_model().objects.filter(tenant=tenant, name=collection_name).first()
+
+
+def collection_grants(*, user: Any, tenant: Tenant, collection: Any) -> frozenset[str]:
+    """The guardian permission codenames the user holds on the collection (own or by group)."""
+    from guardian.shortcuts import get_perms
+
+    if collection is None or not _active(user):
+        return frozenset()
+    if collection.tenant_id != tenant.pk:
+        return frozenset()
+    return frozenset(get_perms(user, collection))
+
+
+def _grants(*, user: Any, tenant: Tenant, collection_name: str, collection: Any) -> frozenset[str]:
+    found = collection_lookup(tenant=tenant, collection_name=collection_name, collection=collection)
+    return collection_grants(user=user, tenant=tenant, collection=found)
+
+
+# --- tenants and collections ---------------------------------------------------------------
 
 
 def tenant_roles(*, user: Any) -> dict[Tenant, str]:
@@ -55,36 +134,200 @@ def access_collection_create(*, user: Any, tenant: Tenant) -> bool:
     return role in (Role.ADMIN, Role.WRITER)
 
 
-def access_collection_read(*, user: Any, tenant: Tenant, collection_name: str) -> bool:
-    return membership_role(user=user, tenant=tenant) is not None
+def access_collection_read(
+    *, user: Any, tenant: Tenant, collection_name: str, collection: Any = None
+) -> bool:
+    if membership_role(user=user, tenant=tenant) is not None:
+        return True
+    grants = _grants(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    return bool(grants & READ_GRANTS)
 
 
-def access_collection_write(*, user: Any, tenant: Tenant, collection_name: str) -> bool:
+def access_collection_write(
+    *, user: Any, tenant: Tenant, collection_name: str, collection: Any = None
+) -> bool:
+    if membership_role(user=user, tenant=tenant) in (Role.ADMIN, Role.WRITER):
+        return True
+    grants = _grants(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    return bool(grants & WRITE_GRANTS)
+
+
+def access_collection_admin(
+    *, user: Any, tenant: Tenant, collection_name: str, collection: Any = None
+) -> bool:
+    if membership_role(user=user, tenant=tenant) == Role.ADMIN:
+        return True
+    grants = _grants(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    return PERM_ADMINISTER in grants
+
+
+def access_scope(*, scopes: Iterable[str], scope: str) -> bool:
+    """Whether an OAuth2 token's scopes include `scope` (`read`, `write` or `topics`)."""
+    return scope in frozenset(scopes)
+
+
+# --- documents: the policy of one user on one collection -----------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledRules:
+    """The key rules for one action, compiled into one regular expression.
+
+    Each rule is one alternative, named `a<n>` (allow) or `d<n>` (deny), in evaluation
+    order; Python's regex engine tries alternatives left to right, so the first alternative
+    that matches the whole id is the first matching rule.
+    """
+
+    regex: re.Pattern[str] | None
+
+    def allows(self, doc_id: str) -> bool:
+        if self.regex is None:
+            return True
+        match = self.regex.fullmatch(doc_id)
+        if match is None:
+            return True
+        return (match.lastgroup or "a").startswith("a")
+
+
+NO_RULES = CompiledRules(regex=None)
+
+
+def _rule_regex(pattern: str, username: str) -> str:
+    filled = pattern.replace("{username}", glob.escape(username))
+    # fnmatch.translate gives "(?s:...)\Z"; fullmatch needs no anchor, and \Z would stop
+    # the alternation from trying the next rule.
+    translated = fnmatch.translate(filled)
+    return translated.removesuffix(r"\Z")
+
+
+def rules_compile(rules: Iterable[KeyRule], *, username: str) -> CompiledRules:
+    parts = []
+    for index, rule in enumerate(rules):
+        name = ("a" if rule.effect == RuleEffect.ALLOW else "d") + str(index)
+        parts.append(f"(?P<{name}>{_rule_regex(rule.pattern, username)})")
+    if not parts:
+        return NO_RULES
+    return CompiledRules(regex=re.compile("|".join(parts)))
+
+
+def key_rules_for(*, user: Any, tenant: Tenant, collection_name: str) -> list[KeyRule]:
+    """The collection's rules that apply to `user`, in evaluation order."""
+    subject = Q(user=user) | Q(group__in=user.groups.all()) | Q(user=None, group=None)
+    rules = KeyRule.objects.filter(subject, tenant=tenant, collection_name=collection_name)
+    return sorted(rules, key=lambda r: (r.position, r.effect != RuleEffect.DENY, r.pk))
+
+
+@dataclass(frozen=True)
+class DocumentPolicy:
+    """What one user may do with the documents of one collection, decided once.
+
+    Build it with `document_policy` once per session or request and ask it per id; a
+    session rebuilds it when permissions may have changed.
+    """
+
+    can_read: bool
+    can_write: bool
+    read_rules: CompiledRules = NO_RULES
+    write_rules: CompiledRules = NO_RULES
+    delete_rules: CompiledRules = NO_RULES
+
+    def may_read(self, doc_id: str) -> bool:
+        return self.can_read and self.read_rules.allows(doc_id)
+
+    def may_write(self, doc_id: str) -> bool:
+        return self.can_write and self.write_rules.allows(doc_id)
+
+    def may_delete(self, doc_id: str) -> bool:
+        return self.can_write and self.delete_rules.allows(doc_id)
+
+    @property
+    def read_signature(self) -> tuple[bool, str | None]:
+        """Equal signatures mean the same readable set: sessions compare them on re-checks."""
+        regex = self.read_rules.regex
+        return (self.can_read, regex.pattern if regex is not None else None)
+
+    @property
+    def read_filter(self) -> DocumentPredicate | None:
+        """None when every document may be read; else a predicate on ids."""
+        if not self.can_read:
+            return _read_nothing
+        if self.read_rules.regex is None:
+            return None
+        return self.read_rules.allows
+
+
+def _read_nothing(doc_id: str) -> bool:
+    return False
+
+
+def document_policy(
+    *, user: Any, tenant: Tenant, collection_name: str, collection: Any = None
+) -> DocumentPolicy:
+    """Compile the user's access to the collection's documents (the order in the docstring)."""
+    found = collection_lookup(tenant=tenant, collection_name=collection_name, collection=collection)
     role = membership_role(user=user, tenant=tenant)
-    return role in (Role.ADMIN, Role.WRITER)
+    grants = collection_grants(user=user, tenant=tenant, collection=found)
+    can_read = role is not None or bool(grants & READ_GRANTS)
+    can_write = role in (Role.ADMIN, Role.WRITER) or bool(grants & WRITE_GRANTS)
+    exempt = role == Role.ADMIN or PERM_ADMINISTER in grants
+    if exempt or not can_read:
+        return DocumentPolicy(can_read=can_read, can_write=can_write)
+    rules = key_rules_for(user=user, tenant=tenant, collection_name=collection_name)
+    username = user.get_username()
+    return DocumentPolicy(
+        can_read=can_read,
+        can_write=can_write,
+        read_rules=rules_compile([r for r in rules if r.for_read], username=username),
+        write_rules=rules_compile([r for r in rules if r.for_write], username=username),
+        delete_rules=rules_compile([r for r in rules if r.for_delete], username=username),
+    )
 
 
-def access_document_read(*, user: Any, tenant: Tenant, collection_name: str, doc_id: str) -> bool:
-    return access_collection_read(user=user, tenant=tenant, collection_name=collection_name)
+def access_document_read(
+    *, user: Any, tenant: Tenant, collection_name: str, doc_id: str, collection: Any = None
+) -> bool:
+    policy = document_policy(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    return policy.may_read(doc_id)
 
 
-def access_document_write(*, user: Any, tenant: Tenant, collection_name: str, doc_id: str) -> bool:
-    return access_collection_write(user=user, tenant=tenant, collection_name=collection_name)
+def access_document_write(
+    *, user: Any, tenant: Tenant, collection_name: str, doc_id: str, collection: Any = None
+) -> bool:
+    policy = document_policy(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    return policy.may_write(doc_id)
 
 
-def access_document_delete(*, user: Any, tenant: Tenant, collection_name: str, doc_id: str) -> bool:
-    return access_collection_write(user=user, tenant=tenant, collection_name=collection_name)
+def access_document_delete(
+    *, user: Any, tenant: Tenant, collection_name: str, doc_id: str, collection: Any = None
+) -> bool:
+    policy = document_policy(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    return policy.may_delete(doc_id)
 
 
 def document_read_filter(
-    *, user: Any, tenant: Tenant, collection_name: str
-) -> Callable[[str], bool] | None:
+    *, user: Any, tenant: Tenant, collection_name: str, collection: Any = None
+) -> DocumentPredicate | None:
     """A predicate on document ids the user may read, decided once per session or request.
 
     None means "every document of the collection": the fast path, with no per-id check.
     Callers that send documents (pull, live feeds, HTTP reads) apply it to every id.
     """
-    return None
+    policy = document_policy(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    return policy.read_filter
 
 
 # --- topics -------------------------------------------------------------------------------

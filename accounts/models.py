@@ -52,3 +52,71 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.tenant}"
+
+
+class RuleEffect(models.TextChoices):
+    ALLOW = "allow", "Allow"
+    DENY = "deny", "Deny"
+
+
+class KeyRule(models.Model):
+    """A key-level rule: allow or deny reading, writing or deleting the ids matching a glob.
+
+    A rule belongs to a collection by name within its tenant (not by foreign key: `accounts`
+    does not import `replication`), so rules can be written before the collection exists.
+    It applies to one user, one group, or (neither set) every user. `{username}` in the
+    pattern is replaced by the asking user's name. Rules are evaluated in `position` order and
+    the first that matches decides (accounts/access.py explains the whole order).
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="key_rules")
+    collection_name = models.CharField(max_length=64, validators=[SLUG_VALIDATOR])
+    position = models.IntegerField(
+        default=100, help_text="Rules are tried in ascending position; the first match decides."
+    )
+    pattern = models.CharField(
+        max_length=200,
+        help_text="Glob on document ids: * (any characters, / included), ?, [abc]; "
+        "{username} is the asking user's name. Example: user-{username}/*",
+    )
+    effect = models.CharField(max_length=8, choices=RuleEffect.choices)
+    for_read = models.BooleanField(default=False, help_text="The rule applies to reading.")
+    for_write = models.BooleanField(default=False, help_text="The rule applies to writing.")
+    for_delete = models.BooleanField(default=False, help_text="The rule applies to deleting.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="key_rules",
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="key_rules"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant__slug", "collection_name", "position", "id"]
+        indexes = [models.Index(fields=["tenant", "collection_name"], name="keyrule_collection")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=True) | models.Q(group__isnull=True),
+                name="keyrule_user_or_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        actions = ",".join(self.actions) or "-"
+        return f"#{self.position} {self.effect} {actions} {self.pattern} to {self.subject}"
+
+    @property
+    def actions(self) -> list[str]:
+        return [a for a in ("read", "write", "delete") if getattr(self, f"for_{a}")]
+
+    @property
+    def subject(self) -> str:
+        if self.user_id is not None:
+            return f"user {self.user}"
+        if self.group_id is not None:
+            return f"group {self.group}"
+        return "everyone"

@@ -1,21 +1,33 @@
-"""Writes of the accounts domain: tenants, memberships and OAuth2 tokens."""
+"""Writes of the accounts domain: tenants, users, memberships, grants, key rules, OAuth2 tokens.
+
+Commands and the admin are thin shells over these functions. None of them logs a token or
+a password.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-from datetime import timedelta
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 from oauth2_provider.models import (
     get_access_token_model,
     get_application_model,
     get_refresh_token_model,
+    revoke_access_token,
+    set_token_value,
 )
 
-from accounts.models import Membership, Role, Tenant
+from accounts.access import ACTIONS, COLLECTION_PERMISSIONS, collection_lookup
+from accounts.models import KeyRule, Membership, Role, RuleEffect, Tenant
 
 CLI_APPLICATION_NAME = "datagate-cli"
 KNOWN_SCOPES = frozenset(settings.OAUTH2_PROVIDER["SCOPES"])
@@ -53,24 +65,306 @@ def cli_application() -> Any:
     return app
 
 
-def access_token_issue(*, user: Any, scopes: list[str], expires_in: int | None = None) -> str:
-    """Issue a fresh access token for `user` with `scopes`; return the raw token."""
+@dataclass(frozen=True)
+class IssuedTokens:
+    """Raw tokens, shown once to whoever asked for them; the database keeps only checksums."""
+
+    access_token: str
+    expires: datetime
+    scope: str
+    refresh_token: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": max(0, int((self.expires - timezone.now()).total_seconds())),
+            "scope": self.scope,
+        }
+        if self.refresh_token is not None:
+            out["refresh_token"] = self.refresh_token
+        return out
+
+
+def _check_scopes(scopes: list[str]) -> None:
     unknown = sorted(set(scopes) - KNOWN_SCOPES)
     if unknown:
         raise ValueError(
             f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_SCOPES))}"
         )
+
+
+def token_pair_issue(
+    *,
+    user: Any,
+    scopes: list[str],
+    expires_in: int | None = None,
+    with_refresh: bool = False,
+    application: Any = None,
+    family: uuid.UUID | None = None,
+) -> IssuedTokens:
+    """Issue an access token (and optionally a refresh token), stored the toolkit's way."""
+    _check_scopes(scopes)
     lifetime = expires_in if expires_in is not None else settings.DATAGATE["ACCESS_TOKEN_TTL"]
     raw = secrets.token_urlsafe(32)
+    raw_refresh = secrets.token_urlsafe(32) if with_refresh else None
+    expires = timezone.now() + timedelta(seconds=lifetime)
+    app = application if application is not None else cli_application()
     with transaction.atomic():
-        get_access_token_model().objects.create(
-            user=user,
-            application=cli_application(),
-            token=raw,
-            expires=timezone.now() + timedelta(seconds=lifetime),
-            scope=" ".join(scopes),
+        access = get_access_token_model()(
+            user=user, application=app, expires=expires, scope=" ".join(scopes)
         )
-    return raw
+        set_token_value(access, raw)
+        access.save()
+        if raw_refresh is not None:
+            refresh = get_refresh_token_model()(
+                user=user, application=app, access_token=access, token_family=family or uuid.uuid4()
+            )
+            set_token_value(refresh, raw_refresh)
+            refresh.save()
+    return IssuedTokens(
+        access_token=raw, expires=expires, scope=" ".join(scopes), refresh_token=raw_refresh
+    )
+
+
+def access_token_issue(*, user: Any, scopes: list[str], expires_in: int | None = None) -> str:
+    """Issue a fresh access token for `user` with `scopes`; return the raw token."""
+    return token_pair_issue(user=user, scopes=scopes, expires_in=expires_in).access_token
+
+
+def _checksum(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_revoke(*, raw_token: str) -> str:
+    """Revoke an access or refresh token (and its pair); say which kind it was.
+
+    Raises LookupError when the token is unknown or already revoked.
+    """
+    access = get_access_token_model().objects.filter(token_checksum=_checksum(raw_token)).first()
+    if access is not None:
+        revoke_access_token(access)
+        return "access"
+    refresh = (
+        get_refresh_token_model()
+        .objects.filter(token_checksum=_checksum(raw_token), revoked__isnull=True)
+        .first()
+    )
+    if refresh is not None:
+        refresh.revoke()
+        return "refresh"
+    raise LookupError("unknown or already revoked token")
+
+
+def token_refresh(*, raw_refresh_token: str, expires_in: int | None = None) -> IssuedTokens:
+    """Rotate a refresh token issued by `token_pair_issue`, as the toolkit's endpoint does:
+    the old refresh token and its access token are revoked, a new pair is issued with the
+    same scopes. Applications refresh through `/o/token/` instead.
+    """
+    model = get_refresh_token_model()
+    with transaction.atomic():
+        refresh = (
+            model.objects.select_for_update()
+            .select_related("access_token", "user", "application")
+            .filter(token_checksum=_checksum(raw_refresh_token), revoked__isnull=True)
+            .first()
+        )
+        if refresh is None:
+            raise LookupError("unknown or revoked refresh token")
+        scopes = refresh.access_token.scope.split() if refresh.access_token else ["read"]
+        user, app, family = refresh.user, refresh.application, refresh.token_family
+        refresh.revoke()
+        return token_pair_issue(
+            user=user,
+            scopes=scopes,
+            expires_in=expires_in,
+            with_refresh=True,
+            application=app,
+            family=family,
+        )
+
+
+# --- OAuth2 applications -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedApplication:
+    application: Any
+    client_id: str
+    client_secret: str | None  # raw, shown once; None for public (PKCE) clients
+
+
+def application_create(
+    *, name: str, owner: Any, kind: str, redirect_uris: str = ""
+) -> CreatedApplication:
+    """Register an OAuth2 application.
+
+    `kind` "client": a public client app using the authorization code grant with PKCE
+    (needs `redirect_uris`). `kind` "service": a confidential service using client
+    credentials; its tokens act as `owner` (accounts/tokens.py).
+    """
+    model = get_application_model()
+    secret = secrets.token_urlsafe(32)
+    if kind == "client":
+        if not redirect_uris.strip():
+            raise ValueError("a client application needs at least one redirect URI")
+        app = model.objects.create(
+            name=name,
+            user=owner,
+            client_type=model.CLIENT_PUBLIC,
+            authorization_grant_type=model.GRANT_AUTHORIZATION_CODE,
+            redirect_uris=redirect_uris,
+            client_secret=secret,
+        )
+        return CreatedApplication(application=app, client_id=app.client_id, client_secret=None)
+    if kind == "service":
+        app = model.objects.create(
+            name=name,
+            user=owner,
+            client_type=model.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=model.GRANT_CLIENT_CREDENTIALS,
+            client_secret=secret,
+        )
+        return CreatedApplication(application=app, client_id=app.client_id, client_secret=secret)
+    raise ValueError(f"unknown application kind {kind!r}; choose client or service")
+
+
+# --- tenants and users --------------------------------------------------------------------
+
+
+def tenant_create(*, slug: str, name: str = "") -> Tenant:
+    if Tenant.objects.filter(slug=slug).exists():
+        raise ValueError(f"tenant {slug!r} already exists")
+    tenant = Tenant(slug=slug, name=name or slug)
+    tenant.full_clean()
+    tenant.save()
+    return tenant
+
+
+def tenant_delete(*, slug: str) -> None:
+    """Delete a tenant with everything it holds (collections, documents, topics, rules)."""
+    deleted, _ = Tenant.objects.filter(slug=slug).delete()
+    if not deleted:
+        raise LookupError(f"no tenant {slug!r}")
+
+
+def user_create(*, username: str, password: str, email: str = "") -> Any:
+    users = get_user_model()
+    if users.objects.filter(username=username).exists():
+        raise ValueError(f"user {username!r} already exists")
+    if not password:
+        raise ValueError("the password is empty")
+    return users.objects.create_user(username=username, password=password, email=email)
+
+
+def membership_remove(*, user: Any, tenant: Tenant) -> bool:
+    deleted, _ = Membership.objects.filter(user=user, tenant=tenant).delete()
+    return bool(deleted)
+
+
+# --- collection grants (django-guardian) and key rules -----------------------------------
+
+
+def _permission(perm: str) -> str:
+    codename = perm if perm.endswith("_collection") else f"{perm}_collection"
+    if codename not in COLLECTION_PERMISSIONS:
+        choices = ", ".join(p.removesuffix("_collection") for p in COLLECTION_PERMISSIONS)
+        raise ValueError(f"unknown permission {perm!r}; choose one of {choices}")
+    return f"replication.{codename}"
+
+
+def _collection_required(*, tenant: Tenant, collection_name: str) -> Any:
+    found = collection_lookup(tenant=tenant, collection_name=collection_name)
+    if found is None:
+        raise LookupError(f"no collection {tenant.slug}/{collection_name}")
+    return found
+
+
+def collection_perm_grant(
+    *, tenant: Tenant, collection_name: str, perm: str, user: Any = None, group: Group | None = None
+) -> None:
+    """Grant `read`, `write` or `administer` on one collection to a user or a group."""
+    from guardian.shortcuts import assign_perm
+
+    codename = _permission(perm)
+    collection = _collection_required(tenant=tenant, collection_name=collection_name)
+    assign_perm(codename, _subject(user=user, group=group), collection)
+
+
+def collection_perm_revoke(
+    *, tenant: Tenant, collection_name: str, perm: str, user: Any = None, group: Group | None = None
+) -> None:
+    from guardian.shortcuts import remove_perm
+
+    codename = _permission(perm)
+    collection = _collection_required(tenant=tenant, collection_name=collection_name)
+    remove_perm(codename, _subject(user=user, group=group), collection)
+
+
+def _subject(*, user: Any, group: Group | None) -> Any:
+    if (user is None) == (group is None):
+        raise ValueError("name exactly one user or one group")
+    return user if user is not None else group
+
+
+def collection_perm_list(*, tenant: Tenant, collection_name: str) -> list[tuple[str, str, str]]:
+    """(kind, name, permission) for every grant on the collection, users then groups."""
+    from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
+
+    collection = _collection_required(tenant=tenant, collection_name=collection_name)
+    rows: list[tuple[str, str, str]] = []
+    users: dict[Any, list[str]] = get_users_with_perms(  # type: ignore[assignment]
+        collection, attach_perms=True, with_group_users=False
+    )
+    for user, perms in sorted(users.items(), key=lambda kv: kv[0].get_username()):
+        rows += [("user", user.get_username(), p) for p in sorted(perms)]
+    groups: dict[Any, list[str]] = get_groups_with_perms(  # type: ignore[assignment]
+        collection, attach_perms=True
+    )
+    for group, perms in sorted(groups.items(), key=lambda kv: kv[0].name):
+        rows += [("group", group.name, p) for p in sorted(perms)]
+    return rows
+
+
+def key_rule_add(
+    *,
+    tenant: Tenant,
+    collection_name: str,
+    pattern: str,
+    effect: str,
+    actions: list[str],
+    position: int = 100,
+    user: Any = None,
+    group: Group | None = None,
+) -> KeyRule:
+    """Add a key rule (accounts/access.py gives the evaluation order). No user and no group:
+    the rule applies to everyone."""
+    if effect not in RuleEffect.values:
+        raise ValueError(f"unknown effect {effect!r}; choose allow or deny")
+    unknown = sorted(set(actions) - set(ACTIONS))
+    if unknown or not actions:
+        raise ValueError(f"actions must be some of {', '.join(ACTIONS)}; got {actions!r}")
+    if user is not None and group is not None:
+        raise ValueError("name one user, one group, or neither (everyone)")
+    rule = KeyRule(
+        tenant=tenant,
+        collection_name=collection_name,
+        pattern=pattern,
+        effect=effect,
+        position=position,
+        user=user,
+        group=group,
+        **{f"for_{action}": action in actions for action in ACTIONS},
+    )
+    rule.full_clean()
+    rule.save()
+    return rule
+
+
+def key_rule_remove(*, rule_id: int) -> None:
+    deleted, _ = KeyRule.objects.filter(pk=rule_id).delete()
+    if not deleted:
+        raise LookupError(f"no key rule #{rule_id}")
 
 
 def access_tokens_revoke(*, user: Any, application_id: int | None = None) -> int:

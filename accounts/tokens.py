@@ -1,7 +1,13 @@
 """Validating OAuth2 access tokens issued by django-oauth-toolkit, for websockets and HTTP.
 
 The toolkit deletes a revoked access token, so a revoked token and an unknown one look the
-same from here: both are "unknown or revoked". Never log the raw token.
+same from here: both are "unknown or revoked". Tokens are stored as the toolkit stores them
+(hashed at rest: `COMPLIANT_BCP_RFC9700_TOKEN_STORAGE`), so they are looked up by checksum.
+Never log the raw token.
+
+A client-credentials token (a service application) has no user in the toolkit: it acts as
+the user who owns its application (`Application.user`), with that user's roles and grants,
+limited by the token's scopes (docs/decisions/0005-service-tokens-act-as-their-owner.md).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
@@ -21,6 +28,7 @@ class TokenInfo:
     scopes: frozenset[str]
     expires: datetime
     token_id: int
+    application_id: int | None = None
 
 
 class TokenRejected(Exception):
@@ -39,18 +47,51 @@ def token_authenticate(raw_token: object) -> TokenInfo:
         raise TokenRejected("malformed token")
     checksum = hashlib.sha256(raw_token.encode()).hexdigest()
     model = get_access_token_model()
-    token = model.objects.select_related("user").filter(token_checksum=checksum).first()
+    token = (
+        model.objects.select_related("user", "application__user")
+        .filter(token_checksum=checksum)
+        .first()
+    )
     if token is None:
         raise TokenRejected("unknown or revoked token")
-    if token.user is None:
+    user = token_user(token)
+    if user is None:
         raise TokenRejected("token is not bound to a user")
-    if not token.user.is_active:
+    if not user.is_active:
         raise TokenRejected("user is inactive")
     if token.expires <= timezone.now():
         raise TokenRejected(f"token expired at {token.expires:%Y-%m-%dT%H:%MZ}")
     return TokenInfo(
-        user=token.user,
+        user=user,
         scopes=frozenset(token.scope.split()),
         expires=token.expires,
         token_id=token.pk,
+        application_id=token.application_id,
     )
+
+
+def token_user(token: Any) -> Any:
+    """Who a toolkit access token acts as: its user, else its application's owner."""
+    if token.user is not None:
+        return token.user
+    if token.application is not None:
+        return token.application.user
+    return None
+
+
+def token_still_valid(*, token_id: int) -> str | None:
+    """Re-check a token a session authenticated with: None if still valid, else why not.
+
+    Sessions call this every few seconds (DATAGATE SESSION_RECHECK_INTERVAL): a revoked token
+    is gone from the table, a refreshed-away one too (the toolkit revokes it on refresh).
+    """
+    model = get_access_token_model()
+    token = model.objects.select_related("user", "application__user").filter(pk=token_id).first()
+    if token is None:
+        return "token revoked"
+    user = token_user(token)
+    if user is None or not user.is_active:
+        return "user is inactive"
+    if token.expires <= timezone.now():
+        return f"token expired at {token.expires:%Y-%m-%dT%H:%MZ}"
+    return None

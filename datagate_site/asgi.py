@@ -8,8 +8,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "datagate_site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from accounts.websocket_origins import WebsocketOriginCheck  # noqa: E402
 from console.routing import websocket_urlpatterns as console_routes  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
 from replication.scheduler import MaintenanceStarter  # noqa: E402
@@ -18,7 +18,7 @@ from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": WebsocketOriginCheck(
             URLRouter(replication_routes + topics_routes + console_routes)
         ),
     }

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from datagate_site.knobs import origins_list
 
 
 @register(Tags.compatibility)
@@ -25,6 +28,7 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         "TOPIC_PAGE_SIZE",
         "TOPIC_MAX_PUBLISH",
         "TOPIC_POLL_INTERVAL",
+        "SESSION_RECHECK_INTERVAL",
     )
     for name in positive:
         if knobs[name] <= 0:
@@ -43,12 +47,33 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         problems.append(
             Error("DATAGATE TOPIC_COMMIT_SHARE must be between 0 and 1.", id="datagate.E004")
         )
+    if knobs["REFRESH_TOKEN_TTL"] < 0:
+        problems.append(
+            Error("DATAGATE REFRESH_TOKEN_TTL must not be negative.", id="datagate.E005")
+        )
     if knobs["CHUNK_SIZE"] > 5000:
         problems.append(
             Warning(
                 "DATAGATE CHUNK_SIZE above 5000 makes pull chunks large frames.", id="datagate.W001"
             )
         )
+    if not re.fullmatch(
+        r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", knobs["API_RATE_LIMIT"]
+    ):
+        problems.append(
+            Error(
+                f"DATAGATE API_RATE_LIMIT must look like 600/min, got {knobs['API_RATE_LIMIT']!r}.",
+                id="datagate.E091",
+            )
+        )
+    for origin in origins_list(knobs["CORS_ALLOWED_ORIGINS"]):
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            problems.append(
+                Error(
+                    f"DATAGATE CORS_ALLOWED_ORIGINS entry {origin!r} is not scheme://host[:port].",
+                    id="datagate.E092",
+                )
+            )
     layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"])
     if layer.endswith("InMemoryChannelLayer") and not settings.DEBUG:
         problems.append(

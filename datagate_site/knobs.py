@@ -50,6 +50,18 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("ACCESS_TOKEN_TTL", 3600, int, "Lifetime in seconds of issued OAuth2 access tokens."),
     Knob(
+        "CORS_ALLOWED_ORIGINS",
+        "",
+        str,
+        "Comma-separated browser origins (scheme://host[:port]) allowed to call the HTTP API.",
+    ),
+    Knob(
+        "API_RATE_LIMIT",
+        "1200/min",
+        str,
+        "HTTP API requests allowed per token (N/sec, N/min, N/hour or N/day); DG-5002 beyond.",
+    ),
+    Knob(
         "TOPIC_COMMIT_SHARE",
         0.5,
         float,
@@ -63,7 +75,31 @@ KNOBS: tuple[Knob, ...] = (
         float,
         "Seconds between a process's checks of its subscribed topics (covers lost doorbells).",
     ),
+    Knob(
+        "REFRESH_TOKEN_TTL",
+        30 * 24 * 3600,
+        int,
+        "Lifetime in seconds of OAuth2 refresh tokens (0: they do not age out).",
+    ),
+    Knob(
+        "SESSION_RECHECK_INTERVAL",
+        5.0,
+        float,
+        "Seconds between a live session's re-checks of its token and permissions.",
+    ),
+    Knob(
+        "ALLOWED_ORIGINS",
+        "",
+        str,
+        "Comma-separated websocket Origins browsers may connect from (empty: the allowed hosts).",
+    ),
 )
+
+
+def origins_list(raw: str) -> list[str]:
+    """The CORS_ALLOWED_ORIGINS knob as a list of origins."""
+    return [origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip()]
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

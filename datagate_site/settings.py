@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from datagate_site.knobs import knobs_from_environment
+from datagate_site.knobs import knobs_from_environment, origins_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATAGATE_DATA_DIR", BASE_DIR / "var"))
@@ -60,14 +60,22 @@ INSTALLED_APPS = [
     "channels",
     "oauth2_provider",
     "guardian",
+    "corsheaders",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "replication",
     "topics",
     "console",
+    "search",
+    "api",
 ]
 
 MIDDLEWARE = [
+    "datagate_site.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -194,10 +202,50 @@ OAUTH2_PROVIDER = {
         "read": "Read and pull documents",
         "write": "Push document changes",
         "topics": "Publish and subscribe to topics",
+        "metrics": "Scrape the Prometheus metrics at /metrics",
     },
     "DEFAULT_SCOPES": ["read"],
     "PKCE_REQUIRED": True,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": DATAGATE["REFRESH_TOKEN_TTL"],
+    "ROTATE_REFRESH_TOKEN": True,
+    # Tokens are kept as checksums only (RFC 9700 section 4.14): a database dump holds no
+    # usable token. accounts/tokens.py looks them up by checksum.
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
 }
+
+# --- HTTP API (api/): DRF, the OpenAPI schema, CORS ------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.TokenHasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.TokenRateThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "api.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "DataGate HTTP API",
+    "DESCRIPTION": (
+        "Documents, changes, search and topics over HTTP, with the same data, permissions and "
+        "DG-NNNN error codes as the websocket protocol. Authenticate with an OAuth2 bearer token."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.add_error_responses",
+    ],
+}
+CORS_ALLOWED_ORIGINS = origins_list(DATAGATE["CORS_ALLOWED_ORIGINS"])
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "if-match"]
+CORS_EXPOSE_HEADERS = ["etag", "retry-after"]
 
 LOGGING = {
     "version": 1,
@@ -205,5 +253,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DATAGATE_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # oauthlib logs issued tokens at DEBUG; never let them reach a log
+        # (tests/test_oauth.py drives every flow at DEBUG and checks).
+        "oauthlib": {"level": "INFO"},
+    },
 }

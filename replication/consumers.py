@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
+from datagate_site import metrics
 from replication import selectors, services
 from replication.daphne_support import allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
@@ -28,6 +29,7 @@ from replication.protocol import machine as mc
 from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.messages import encode, parse_message, splice
 from replication.selectors import Change
+from replication.session_access import SessionAccess
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class ReplicationConsumer(AsyncConsumer):
         self.loop = asyncio.get_running_loop()
         self.hub: LiveHub = get_hub()
         await self.base_send({"type": "websocket.accept"})
+        metrics.connection_opened(endpoint="sync")
         self.hub.register(self)
         if self.hub.shutting_down:
             await self.shut_down()
@@ -98,6 +101,7 @@ class ReplicationConsumer(AsyncConsumer):
         if frame is None:
             frame = message.get("bytes") or b""
         size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        metrics.bytes_record(direction="in", count=size)
         if size > self.max_frame:
             error = DataGateError(ErrorCode.FRAME_TOO_LARGE, size=size, limit=self.max_frame)
             await self.run(self.session.fail(error))
@@ -166,6 +170,7 @@ class ReplicationConsumer(AsyncConsumer):
                 message_id=effect.message_id,
                 collection_name=self.collection_name,
             )
+            metrics.push_record(applied=result.applied, rejected=len(result.rejected))
             reply = dict(effect.reply)
             reply["receipt"] = result.receipt()
             await self._send_text(encode(reply))
@@ -192,6 +197,7 @@ class ReplicationConsumer(AsyncConsumer):
                 limit=effect.limit,
                 up_to_seq=effect.up_to_seq,
             )
+            metrics.feed_record()
             return self.session.feed_done(
                 feed=self._feed(page.changes),
                 covered=page.covered,
@@ -217,6 +223,8 @@ class ReplicationConsumer(AsyncConsumer):
             )
             self.live_joined = True
             return self.session.notice_head(head=head, now=self.loop.time())
+        if isinstance(effect, mc.RefreshToken):
+            return await self.access.refresh(effect)
         if isinstance(effect, mc.SendShared):
             raise AssertionError("SendShared outside offer()")
         raise AssertionError(f"unknown effect {effect!r}")
@@ -240,6 +248,10 @@ class ReplicationConsumer(AsyncConsumer):
         self.grant = grant
         await self.hub.attach_replica(self, replica_pk=grant.replica_pk)
         self.guard = services.session_guard(grant=grant, collection_name=self.collection_name)
+        # Keep the decision true while the session lives (token refresh, periodic re-check).
+        scopes = frozenset({"read", "write"} if grant.write_scope else {"read"})
+        self.access = SessionAccess(self, scopes=scopes)
+        self._spawn(self.access.watch())
         if self.closed:  # the socket went away while we were authenticating
             await self._clean_up()
             return []
@@ -258,6 +270,7 @@ class ReplicationConsumer(AsyncConsumer):
         return selectors.feed_from_changes(changes)
 
     async def _report(self, error: DataGateError) -> None:
+        metrics.error_record(code=error.code)
         await self._send_text(encode(self.session.error_message(error)))
         grant = self.grant
         try:
@@ -274,6 +287,7 @@ class ReplicationConsumer(AsyncConsumer):
 
     async def _send_text(self, text: str) -> None:
         if not self.closed:
+            metrics.bytes_record(direction="out", count=len(text))
             await self.base_send({"type": "websocket.send", "text": text})
 
     async def _close(self, code: int) -> None:
@@ -287,6 +301,7 @@ class ReplicationConsumer(AsyncConsumer):
         if self.cleaned_up:
             return
         self.cleaned_up = True
+        metrics.connection_closed(endpoint="sync")
         timer = getattr(self, "connect_timer", None)
         if timer is not None:
             timer.cancel()
@@ -324,6 +339,7 @@ class ReplicationConsumer(AsyncConsumer):
         rest: list[mc.Effect] = []
         for effect in effects:
             if isinstance(effect, mc.SendShared):
+                metrics.feed_record()
                 await self._send_text(splice(effect.header, block.body))
             else:
                 rest.append(effect)

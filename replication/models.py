@@ -50,6 +50,12 @@ class Collection(models.Model):
             models.UniqueConstraint(fields=["tenant", "name"], name="collection_tenant_name")
         ]
         ordering = ["tenant__slug", "name"]
+        # Per-collection grants through django-guardian (accounts/access.py decides with them).
+        permissions = [
+            ("read_collection", "Can read the collection's documents"),
+            ("write_collection", "Can write and delete the collection's documents"),
+            ("administer_collection", "Can administer the collection"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.tenant.slug}/{self.name}"

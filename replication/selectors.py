@@ -118,3 +118,10 @@ def collection_head(*, collection_id: int) -> tuple[int, int, int]:
         .get()
     )
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def document_stamps(*, collection_id: int) -> list[tuple[str, int]]:
+    """(doc_id, _modified) of every live document: what a replica may hold of the collection."""
+    return list(
+        Document.objects.filter(collection_id=collection_id).values_list("doc_id", "modified")
+    )

@@ -41,6 +41,7 @@ from replication.models import (
     Tombstone,
 )
 from replication.protocol.errors import DataGateError, ErrorCode
+from search.services import search_index_apply
 
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
 LOOKUP_BATCH = 500
@@ -265,6 +266,7 @@ def batch_apply(
                 unique_fields=["collection", "doc_id"],
                 update_fields=["deleted_at", "revision", "origin", "seq"],
             )
+        search_index_apply(collection_id=collection_id, upserts=doc_rows, deletes=drop_docs)
         JournalEntry.objects.bulk_create(journal)
         Collection.objects.filter(pk=collection_id).update(last_seq=seq)
         ring_on_commit(collection_id=collection_id, seq=seq)
@@ -537,6 +539,10 @@ class SessionGrant:
     last_seq: int
     epoch: int
     read_filter: Callable[[str], bool] | None
+    token_id: int | None = None  # re-checked during the session (replication/session_access.py)
+    # accounts.access.DocumentPolicy, compiled on the first pushed change and again whenever
+    # the session re-checks its access: the per-change guard then needs no query.
+    policy: Any = None
 
 
 def session_open(
@@ -592,6 +598,10 @@ def session_open(
     may_push = "write" in token.scopes and access.access_collection_write(
         user=user, tenant=tenant, collection_name=collection_name
     )
+    # Compiled once: the session's read filter, and its per-change write guard.
+    policy = access.document_policy(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
     replica = replica_connected(
         collection_id=collection.pk,
         replica_id=origin,
@@ -609,9 +619,9 @@ def session_open(
         write_scope="write" in token.scopes,
         last_seq=collection.last_seq,
         epoch=collection.epoch,
-        read_filter=access.document_read_filter(
-            user=user, tenant=tenant, collection_name=collection_name
-        ),
+        read_filter=policy.read_filter,
+        token_id=token.token_id,
+        policy=policy,
     )
 
 
@@ -624,15 +634,17 @@ def session_guard(*, grant: SessionGrant, collection_name: str) -> ChangeGuard:
             return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
         if not grant.may_push:
             return DataGateError(ErrorCode.READ_ONLY, user=grant.user_name)
-        check = (
-            access.access_document_write if version.kind == WRITE else access.access_document_delete
+        if grant.policy is None:
+            grant.policy = access.document_policy(
+                user=grant.user, tenant=grant.tenant, collection_name=collection_name
+            )
+        policy = grant.policy
+        allowed = (
+            policy.may_write(version.doc_id)
+            if version.kind == WRITE
+            else policy.may_delete(version.doc_id)
         )
-        if check(
-            user=grant.user,
-            tenant=grant.tenant,
-            collection_name=collection_name,
-            doc_id=version.doc_id,
-        ):
+        if allowed:
             return None
         code = ErrorCode.KEY_WRITE_DENIED if version.kind == WRITE else ErrorCode.KEY_DELETE_DENIED
         return DataGateError(code, doc_id=version.doc_id)

@@ -46,6 +46,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "rejected": [{"id": "x", "code": "c", "error": "e"}],
         }
     },
+    m.TOKEN_REFRESH: {"authToken": "fresh"},
+    m.TOKEN_REFRESH_ACK: {"expires": 1_800_000_000_000, "scopes": ["read"], "readOnly": True},
 }
 
 
@@ -68,7 +70,7 @@ def test_every_message_type_parses_into_its_model(message_type: str) -> None:
         (json.dumps({"header": {"messageType": m.FEED}}), ErrorCode.INVALID_MESSAGE, "header.id"),
         (json.dumps({"header": {"id": 5, "messageType": m.FEED}}), ErrorCode.INVALID_MESSAGE, "id"),
         (frame("no2.sync.bogus"), ErrorCode.UNKNOWN_MESSAGE_TYPE, "no2.sync.bogus"),
-        (frame(m.CONNECT), ErrorCode.INVALID_MESSAGE, "authToken"),
+        (frame(m.CONNECT, authToken=42), ErrorCode.INVALID_MESSAGE, "authToken"),
         (frame(m.BATCH_END, batchSize=0), ErrorCode.INVALID_MESSAGE, "batchSize"),
         (frame(m.BATCH_START, feed={"changeSet": {}}), ErrorCode.INVALID_MESSAGE, "changeSet"),
         (

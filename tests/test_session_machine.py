@@ -46,6 +46,8 @@ def client(message_type: str, correlation: str | None = None, **body: Any) -> m.
         m.CONNECT: {"authToken": "t", "capabilities": ["live"]},
         m.CONNECT_ACK: {"tombstoneTtl": 1, "batchSize": 1, "endMarkers": {}},
         m.ERROR: {"error": "x"},
+        m.TOKEN_REFRESH: {"authToken": "fresh"},
+        m.TOKEN_REFRESH_ACK: {"expires": 1},
     }
     return m.parse_decoded({"header": header, **defaults.get(message_type, {}), **body})
 

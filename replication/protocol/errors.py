@@ -64,6 +64,12 @@ class ErrorCode(Enum):
         403,
         "user {user!r} in the URL or header is not the token's user",
     )
+    TOKEN_REFRESH_REFUSED = _spec(
+        "DG-1004",
+        CloseCode.NOT_AUTHENTICATED,
+        401,
+        "token refresh refused: {reason}; the session keeps its current token",
+    )
 
     # --- 2xxx framing and protocol ---------------------------------------------------------
     NOT_JSON = _spec("DG-2001", CloseCode.MALFORMED, 400, "frame is not JSON: {detail}")
@@ -106,6 +112,12 @@ class ErrorCode(Enum):
     )
     KEY_DELETE_DENIED = _spec(
         "DG-3004", CloseCode.FORBIDDEN, 403, "a key rule denies deleting {doc_id!r}"
+    )
+    ACCESS_WITHDRAWN = _spec(
+        "DG-3005",
+        CloseCode.FORBIDDEN,
+        403,
+        "access to {tenant}/{collection} was withdrawn",
     )
 
     # --- 4xxx documents and conflicts ------------------------------------------------------
@@ -255,6 +267,24 @@ class ErrorCode(Enum):
     )
 
     # --- 8xxx HTTP API ---------------------------------------------------------------------
+    NOT_FOUND = _spec("DG-8001", CloseCode.MALFORMED, 404, "not found: {what}")
+    METHOD_NOT_ALLOWED = _spec(
+        "DG-8002", CloseCode.MALFORMED, 405, "method {method} is not allowed here"
+    )
+    BAD_PARAMETER = _spec("DG-8003", CloseCode.MALFORMED, 400, "bad parameter {name}: {detail}")
+    BAD_BODY = _spec("DG-8004", CloseCode.MALFORMED, 400, "bad request body: {detail}")
+    UNSUPPORTED_MEDIA_TYPE = _spec(
+        "DG-8005", CloseCode.MALFORMED, 415, "unsupported media type {media_type!r}; send JSON"
+    )
+    NOT_ACCEPTABLE = _spec(
+        "DG-8006", CloseCode.MALFORMED, 406, "cannot answer in the requested media type"
+    )
+    SEARCH_NOT_ENABLED = _spec(
+        "DG-8007",
+        CloseCode.MALFORMED,
+        409,
+        "search is not enabled for {tenant}/{collection}: choose fields to index",
+    )
 
     @property
     def code(self) -> str:

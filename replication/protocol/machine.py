@@ -148,6 +148,14 @@ class GoLive:
     from_seq: int
 
 
+@dataclass(frozen=True)
+class RefreshToken:
+    """Check a fresh token for this session; answer `token_refreshed` or `token_refused`."""
+
+    token: str
+    message_id: str
+
+
 Effect = (
     Send
     | SendShared
@@ -160,6 +168,7 @@ Effect = (
     | ReadFeed
     | RecordAck
     | GoLive
+    | RefreshToken
 )
 
 
@@ -179,6 +188,10 @@ TRANSITIONS: dict[tuple[State, str], str] = {
     (State.LIVE, m.FEED): "_on_client_feed",
     (State.LIVE, m.FEED_ACK): "_on_feed_ack",
     (State.LIVE, m.DISCONNECT): "_on_disconnect",
+    # A fresh token is welcome in any state after ConnectAck (docs/protocol.md).
+    (State.CONNECTED, m.TOKEN_REFRESH): "_on_token_refresh",
+    (State.PULLING, m.TOKEN_REFRESH): "_on_token_refresh",
+    (State.LIVE, m.TOKEN_REFRESH): "_on_token_refresh",
 }
 
 
@@ -594,9 +607,10 @@ class Session:
             # Feeds are acked in order: an ack covers every older feed too.
             end = self.feeds_in_flight[correlation]
             while self.feeds_in_flight:
-                acked_id, seq = self.feeds_in_flight.popitem(last=False)
-                sent_at = self.feeds_sent_at.pop(acked_id, sent_at)
-                if seq == end:
+                # By id, not seq: a removals feed shares its end with the feed before it.
+                sent_id, _ = self.feeds_in_flight.popitem(last=False)
+                sent_at = self.feeds_sent_at.pop(sent_id, sent_at)
+                if sent_id == correlation:
                     break
         else:
             acked_id, end = self.feeds_in_flight.popitem(last=False)
@@ -625,6 +639,42 @@ class Session:
         assert isinstance(message, m.Feed)
         reply = self._message(m.FEED_ACK, {}, message.header.id)
         return [ApplyChunk(message.feed.to_wire(), message.header.id, reply)]
+
+    # --- access during the session (replication/session_access.py) ----------------------
+
+    def _on_token_refresh(self, message: m.Body) -> list[Effect]:
+        assert isinstance(message, m.TokenRefresh)
+        return [RefreshToken(message.authToken, message.header.id)]
+
+    def token_refreshed(
+        self, *, expires_ms: int, scopes: list[str], read_only: bool, correlation_id: str
+    ) -> list[Effect]:
+        """The fresh token is good: the session goes on with it."""
+        if self.state is State.CLOSED:
+            return []
+        self.read_only = read_only
+        body = {"expires": expires_ms, "scopes": scopes, "readOnly": read_only}
+        return [Send(self._message(m.TOKEN_REFRESH_ACK, body, correlation_id))]
+
+    def removals(self, *, tombstones: dict[str, int], now: float) -> list[Effect]:
+        """Documents the user may no longer read leave the replica: a feed of tombstones.
+
+        Its marker range is empty (start = end = what was sent): these are not changes of
+        the collection, so the client's position does not move. Only a live session gets
+        it; other sessions are short and read through the new filter from now on.
+        """
+        self._now = now
+        if self.state is not State.LIVE or not tombstones:
+            return []
+        markers = Markers(self.sent_seq, self.epoch).to_wire()
+        body = {
+            "feed": {"changeSet": [], "tombstoneMap": tombstones},
+            "startMarkers": markers,
+            "endMarkers": markers,
+        }
+        message = self._message(m.FEED, body)
+        self._feed_sent(message["header"]["id"], self.sent_seq, now)
+        return [Send(message)]
 
     # --- the end ------------------------------------------------------------------------
 

@@ -49,6 +49,9 @@ BATCH_ACK = "no2.sync.batch.ack"
 BATCH_END_ACK = "no2.sync.batch.end.ack"
 FEED = "no2.sync.feed"
 FEED_ACK = "no2.sync.feed.ack"
+# A fresh token in the middle of a session (docs/protocol.md section 8, "Token refresh").
+TOKEN_REFRESH = "no2.sync.token.refresh"  # noqa: S105 (a message type, not a secret)
+TOKEN_REFRESH_ACK = "no2.sync.token.refresh.ack"  # noqa: S105
 
 CAPABILITY_LIVE = "live"
 MAX_LIST = 100_000
@@ -113,7 +116,9 @@ class Receipt(BaseModel):
 class Connect(Body):
     message_type = CONNECT
 
-    authToken: StrictStr = Field(min_length=1, max_length=4096)
+    # Missing or empty is not a schema error: it is a token that fails validation (DG-1001,
+    # close 4401), like every other bad token (PROTOCOL.md section 4, step 1).
+    authToken: StrictStr | None = Field(default=None, max_length=4096)
     replicaName: StrictStr | None = Field(default=None, max_length=200)
     capabilities: list[StrictStr] = Field(default_factory=list, max_length=64)
 
@@ -198,6 +203,20 @@ class FeedAck(Body):
     receipt: Receipt = Field(default_factory=Receipt)
 
 
+class TokenRefresh(Body):
+    message_type = TOKEN_REFRESH
+
+    authToken: StrictStr = Field(min_length=1, max_length=4096)
+
+
+class TokenRefreshAck(Body):
+    message_type = TOKEN_REFRESH_ACK
+
+    expires: StrictInt
+    scopes: list[StrictStr] = Field(default_factory=list)
+    readOnly: StrictBool = False
+
+
 Message = (
     Connect
     | ConnectAck
@@ -210,6 +229,8 @@ Message = (
     | BatchEndAck
     | Feed
     | FeedAck
+    | TokenRefresh
+    | TokenRefreshAck
 )
 
 MODELS: dict[str, type[Body]] = {
@@ -226,6 +247,8 @@ MODELS: dict[str, type[Body]] = {
         BatchEndAck,
         Feed,
         FeedAck,
+        TokenRefresh,
+        TokenRefreshAck,
     )
 }
 MESSAGE_TYPES = frozenset(MODELS)
@@ -309,6 +332,8 @@ __all__ = [
     "FEED_ACK",
     "MESSAGE_TYPES",
     "MODELS",
+    "TOKEN_REFRESH",
+    "TOKEN_REFRESH_ACK",
     "Body",
     "Message",
     "encode",

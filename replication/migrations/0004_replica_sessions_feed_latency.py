@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('replication', '0002_maintenance'),
+        ('replication', '0003_merge_0002_collection_permissions_0002_maintenance'),
     ]
 
     operations = [
