@@ -15,13 +15,14 @@ from collections import deque
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-from channels.consumer import AsyncConsumer, get_handler_name
+from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
 from datagate_site import metrics
 from replication import selectors, services
+from replication.consumer_support import DirectDispatchMixin
 from replication.daphne_support import allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
 from replication.markers import Markers
@@ -40,20 +41,10 @@ allow_protocol_close_codes()
 NO_CHANNEL_LAYER = "datagate.sessions-listen-through-the-live-hub"
 
 
-class ReplicationConsumer(AsyncConsumer):
+class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
     """`/ws/datagate/{tenant}/{collection}/[{user}/]`: one replication session per socket."""
 
     channel_layer_alias = NO_CHANNEL_LAYER
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels' dispatch hops to a thread to run close_old_connections before every
-        # message: about 40% of the CPU of a busy consumer. We skip it on purpose: every ORM
-        # call here goes through database_sync_to_async, which closes stale connections in
-        # its own thread before and after each call, so nothing relies on the hop.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
 
     # --- the socket ----------------------------------------------------------------------
 

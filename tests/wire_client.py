@@ -15,17 +15,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-CONNECT = "no2.sync.connect"
-CONNECT_ACK = "no2.sync.connect.ack"
-ERROR = "no2.sync.error"
-DISCONNECT = "no2.sync.disconnect"
-BATCH_START = "no2.sync.batch.start"
-BATCH_CONTINUE = "no2.sync.batch.continue"
-BATCH_END = "no2.sync.batch.end"
-BATCH_ACK = "no2.sync.batch.ack"
-BATCH_END_ACK = "no2.sync.batch.end.ack"
-FEED = "no2.sync.feed"
-FEED_ACK = "no2.sync.feed.ack"
+from replication.protocol.messages import (
+    BATCH_ACK,
+    BATCH_CONTINUE,
+    BATCH_END,
+    BATCH_END_ACK,
+    BATCH_START,
+    CONNECT,
+    CONNECT_ACK,
+    DISCONNECT,
+    ERROR,
+    FEED,
+    FEED_ACK,
+)
 
 ZERO_MARKERS = {"collectionMarker": 0, "tombstoneMarker": 0}
 

@@ -18,11 +18,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from replication.consumer_support import DirectDispatchMixin
 from replication.daphne_support import allow_protocol_close_codes
 from replication.live import get_hub as process_sessions
 from replication.protocol.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
@@ -41,17 +41,8 @@ allow_protocol_close_codes()  # 1009 for a frame too large
 NO_CHANNEL_LAYER = "datagate.topics-listen-through-the-hub"
 
 
-class TopicsConsumer(AsyncWebsocketConsumer):
+class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     channel_layer_alias = NO_CHANNEL_LAYER
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels' dispatch hops to a thread to close old database connections before every
-        # message. Skipped on purpose, as in replication.consumers: every ORM call here goes
-        # through database_sync_to_async, which does that in its own thread.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
 
     async def connect(self) -> None:
         knobs = settings.DATAGATE
