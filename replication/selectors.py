@@ -77,3 +77,44 @@ def collection_state(*, collection_id: int) -> dict[str, Any]:
         t.doc_id: t.deleted_at for t in Tombstone.objects.filter(collection_id=collection_id)
     }
     return {"documents": documents, "tombstones": tombstones}
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """A page of changes: it covers every seq in (after_seq, covered], read at `head`."""
+
+    changes: list[Change]
+    covered: int
+    head: int
+    epoch: int
+
+
+def change_page(
+    *, collection_id: int, after_seq: int, limit: int, up_to_seq: int | None = None
+) -> ChangePage:
+    """The next page after `after_seq` (at most `limit` changes, up to `up_to_seq`).
+
+    The collection's counter is read first: every change at or below it has committed, so the
+    page covers (after_seq, covered] without a gap (docs/decisions/0002).
+    """
+    last_seq, epoch = (
+        Collection.objects.filter(pk=collection_id).values_list("last_seq", "epoch").get()
+    )
+    bound = last_seq if up_to_seq is None else min(up_to_seq, last_seq)
+    if bound <= after_seq:
+        return ChangePage([], after_seq, int(last_seq), int(epoch))
+    changes = changes_since(
+        collection_id=collection_id, after_seq=after_seq, limit=limit, up_to_seq=bound
+    )
+    covered = changes[-1].seq if len(changes) >= limit else bound
+    return ChangePage(changes, covered, int(last_seq), int(epoch))
+
+
+def collection_head(*, collection_id: int) -> tuple[int, int, int]:
+    """(last_seq, purge_seq, epoch) of a collection: where a pull starts and ends."""
+    row = (
+        Collection.objects.filter(pk=collection_id)
+        .values_list("last_seq", "purge_seq", "epoch")
+        .get()
+    )
+    return int(row[0]), int(row[1]), int(row[2])

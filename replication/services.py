@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -411,3 +412,170 @@ def error_event_record(
         collection=collection[:64],
         context=dict(context or {}),
     )
+
+
+# --- replication sessions (docs/protocol.md): what the websocket consumer does in the database
+
+
+@dataclass
+class SessionGrant:
+    """Who a session is and what it may do, decided once at Connect."""
+
+    user: Any
+    user_name: str
+    tenant: Tenant
+    collection_id: int
+    replica_pk: int
+    may_push: bool
+    write_scope: bool
+    last_seq: int
+    epoch: int
+    read_filter: Callable[[str], bool] | None
+
+
+def session_open(
+    *,
+    tenant_slug: str,
+    collection_name: str,
+    url_user: str | None,
+    raw_token: object,
+    origin: str,
+    replica_name: str = "",
+    address: str = "",
+) -> SessionGrant:
+    """Authenticate a Connect and register the replica (PROTOCOL.md section 4, step 1).
+
+    Raises a fatal DataGateError: DG-1001 for a bad, expired or revoked token, DG-1002 without
+    the `read` scope, DG-1003 when the URL names another user, DG-3001 when the collection does
+    not exist or the user may not read it (the two look alike on purpose).
+    """
+    from accounts import access
+    from accounts.tokens import TokenRejected, token_authenticate
+
+    try:
+        token = token_authenticate(raw_token)
+    except TokenRejected as rejected:
+        raise DataGateError(ErrorCode.TOKEN_INVALID, fatal=True, reason=rejected.reason) from None
+    user = token.user
+    user_name = user.get_username()
+    if url_user is not None and url_user != user_name:
+        raise DataGateError(ErrorCode.USER_MISMATCH, fatal=True, user=url_user)
+    if "read" not in token.scopes:
+        raise DataGateError(ErrorCode.TOKEN_SCOPE, fatal=True, scope="read")
+    not_found = DataGateError(
+        ErrorCode.COLLECTION_NOT_FOUND, fatal=True, tenant=tenant_slug, collection=collection_name
+    )
+    tenant = Tenant.objects.filter(slug=tenant_slug).first()
+    if tenant is None:
+        raise not_found
+    if not access.access_collection_read(user=user, tenant=tenant, collection_name=collection_name):
+        raise not_found
+    collection = Collection.objects.filter(tenant=tenant, name=collection_name).first()
+    if collection is None:
+        may_create = (
+            settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
+            and "write" in token.scopes
+            and access.access_collection_create(user=user, tenant=tenant)
+        )
+        if not may_create:
+            raise not_found
+        try:
+            collection, _ = collection_get_or_create(tenant=tenant, name=collection_name)
+        except ValidationError:
+            raise not_found from None
+    may_push = "write" in token.scopes and access.access_collection_write(
+        user=user, tenant=tenant, collection_name=collection_name
+    )
+    replica = replica_connected(
+        collection_id=collection.pk,
+        replica_id=origin,
+        user_id=user.pk,
+        name=replica_name,
+        address=address,
+    )
+    return SessionGrant(
+        user=user,
+        user_name=user_name,
+        tenant=tenant,
+        collection_id=collection.pk,
+        replica_pk=replica.pk,
+        may_push=may_push,
+        write_scope="write" in token.scopes,
+        last_seq=collection.last_seq,
+        epoch=collection.epoch,
+        read_filter=access.document_read_filter(
+            user=user, tenant=tenant, collection_name=collection_name
+        ),
+    )
+
+
+def session_guard(*, grant: SessionGrant, collection_name: str) -> ChangeGuard:
+    """The per-change write check of a session: every decision goes through accounts.access."""
+    from accounts import access
+
+    def guard(version: Version) -> DataGateError | None:
+        if not grant.write_scope:
+            return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
+        if not grant.may_push:
+            return DataGateError(ErrorCode.READ_ONLY, user=grant.user_name)
+        check = (
+            access.access_document_write if version.kind == WRITE else access.access_document_delete
+        )
+        if check(
+            user=grant.user,
+            tenant=grant.tenant,
+            collection_name=collection_name,
+            doc_id=version.doc_id,
+        ):
+            return None
+        code = ErrorCode.KEY_WRITE_DENIED if version.kind == WRITE else ErrorCode.KEY_DELETE_DENIED
+        return DataGateError(code, doc_id=version.doc_id)
+
+    return guard
+
+
+def session_chunk_apply(
+    *,
+    grant: SessionGrant,
+    guard: ChangeGuard,
+    feed: Mapping[str, Any],
+    origin: str,
+    message_id: str,
+    collection_name: str,
+) -> ApplyResult:
+    """Apply one pushed chunk or live feed and record it on the replica (one database step).
+
+    Rejected changes are recorded as error events, one per error code and chunk.
+    """
+    result = batch_apply(
+        collection_id=grant.collection_id,
+        feed=feed,
+        origin=origin,
+        user_id=grant.user.pk,
+        replica_pk=grant.replica_pk,
+        message_id=message_id,
+        guard=guard,
+    )
+    replica_pushed(
+        replica_pk=grant.replica_pk,
+        applied=result.applied,
+        rejected=len(result.rejected),
+        last_seq=result.last_seq,
+    )
+    by_code: dict[str, list[Rejection]] = {}
+    for rejection in result.rejected:
+        by_code.setdefault(rejection.error.code, []).append(rejection)
+    for rejections in by_code.values():
+        error_event_record(
+            error=rejections[0].error,
+            user_id=grant.user.pk,
+            replica_pk=grant.replica_pk,
+            tenant=grant.tenant.slug,
+            collection=collection_name,
+            context={
+                "message_id": message_id,
+                "rejected": len(rejections),
+                "ids": [r.doc_id for r in rejections[:20]],
+            },
+        )
+    return result

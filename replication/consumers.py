@@ -1,0 +1,328 @@
+"""The replication websocket consumer: a thin I/O shell around `protocol.machine.Session`.
+
+It parses each frame once, hands the message to the session machine and performs the effects
+the machine returns: sends, and database steps, each one `database_sync_to_async` call into
+`services` or `selectors`. Live feeds come from the process's `live.LiveHub`, not from a
+channel-layer subscription per consumer (docs/protocol.md, "Live").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from channels.consumer import AsyncConsumer, get_handler_name
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from django.conf import settings
+
+from replication import selectors, services
+from replication.daphne_support import allow_protocol_close_codes
+from replication.live import FeedBlock, LiveHub, get_hub
+from replication.markers import Markers
+from replication.protocol import machine as mc
+from replication.protocol.errors import DataGateError, ErrorCode
+from replication.protocol.messages import encode, parse_message, splice
+from replication.selectors import Change
+
+logger = logging.getLogger(__name__)
+
+allow_protocol_close_codes()
+
+# Not a configured alias: Channels then gives the consumer no layer channel of its own. Live
+# sessions hear about changes through the process's LiveHub, which listens once per process.
+NO_CHANNEL_LAYER = "datagate.sessions-listen-through-the-live-hub"
+
+
+class ReplicationConsumer(AsyncConsumer):
+    """`/ws/datagate/{tenant}/{collection}/[{user}/]`: one replication session per socket."""
+
+    channel_layer_alias = NO_CHANNEL_LAYER
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' dispatch hops to a thread to run close_old_connections before every
+        # message: about 40% of the CPU of a busy consumer. We skip it on purpose: every ORM
+        # call here goes through database_sync_to_async, which closes stale connections in
+        # its own thread before and after each call, so nothing relies on the hop.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
+    # --- the socket ----------------------------------------------------------------------
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        route = self.scope["url_route"]["kwargs"]
+        knobs = settings.DATAGATE
+        self.tenant_slug: str = route["tenant"]
+        self.collection_name: str = route["collection"]
+        self.url_user: str | None = route.get("user")
+        self.max_frame = int(knobs["MAX_FRAME_BYTES"])
+        self.session = mc.Session(
+            tenant=self.tenant_slug,
+            collection=self.collection_name,
+            server_id=str(knobs["SERVER_ID"]),
+            limits=mc.Limits(
+                chunk_size=int(knobs["CHUNK_SIZE"]),
+                chunks_in_flight=int(knobs["PULL_CHUNKS_IN_FLIGHT"]),
+                feed_window=int(knobs["FEED_WINDOW"]),
+                feed_ack_timeout=float(knobs["FEED_ACK_TIMEOUT"]),
+                tombstone_ttl_days=int(knobs["TOMBSTONE_TTL_DAYS"]),
+            ),
+        )
+        self.grant: services.SessionGrant | None = None
+        self.guard: services.ChangeGuard | None = None
+        self.closed = False
+        self.cleaned_up = False
+        self.live_joined = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.loop = asyncio.get_running_loop()
+        self.hub: LiveHub = get_hub()
+        await self.base_send({"type": "websocket.accept"})
+        self.hub.register(self)
+        if self.hub.shutting_down:
+            await self.shut_down()
+            return
+        self.connect_timer = self.loop.call_later(
+            float(knobs["CONNECT_TIMEOUT"]), self._connect_timed_out
+        )
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        frame: str | bytes | None = message.get("text")
+        if frame is None:
+            frame = message.get("bytes") or b""
+        size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        if size > self.max_frame:
+            error = DataGateError(ErrorCode.FRAME_TOO_LARGE, size=size, limit=self.max_frame)
+            await self.run(self.session.fail(error))
+            return
+        try:
+            parsed = parse_message(frame)
+        except DataGateError as error:
+            effects = self.session.frame_rejected(error)
+        else:
+            effects = self.session.receive(parsed, now=self.loop.time())
+        await self.run(effects)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self.closed = True
+        self.session.state = mc.State.CLOSED
+        await self._clean_up()
+        raise StopConsumer
+
+    def _connect_timed_out(self) -> None:
+        if self.closed or self.session.state is not mc.State.OPEN or self.session.connecting:
+            return
+        error = DataGateError(
+            ErrorCode.CONNECT_TIMEOUT, seconds=settings.DATAGATE["CONNECT_TIMEOUT"]
+        )
+        self._spawn(self.run(self.session.fail(error)))
+
+    # --- running effects -----------------------------------------------------------------
+
+    async def run(self, effects: Iterable[mc.Effect]) -> None:
+        """Perform effects in order; an effect's follow-ups run before the next effect."""
+        queue = deque(effects)
+        while queue:
+            effect = queue.popleft()
+            try:
+                more = await self._perform(effect)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                reference = uuid.uuid4().hex[:12]
+                logger.exception("replication session failed (reference %s)", reference)
+                more = self.session.fail(DataGateError(ErrorCode.INTERNAL, reference=reference))
+                queue.clear()
+            queue.extendleft(reversed(more))
+
+    async def _perform(self, effect: mc.Effect) -> list[mc.Effect]:
+        if isinstance(effect, mc.Send):
+            await self._send_text(encode(effect.message))
+            return []
+        if isinstance(effect, mc.ReportError):
+            await self._report(effect.error)
+            return []
+        if isinstance(effect, mc.Close):
+            await self._close(effect.code)
+            return []
+        if isinstance(effect, mc.Authenticate):
+            return await self._authenticate(effect)
+        grant = self.grant
+        assert grant is not None, f"{effect} before the session was authenticated"
+        if isinstance(effect, mc.ApplyChunk):
+            assert self.guard is not None
+            result = await database_sync_to_async(services.session_chunk_apply)(
+                grant=grant,
+                guard=self.guard,
+                feed=effect.feed,
+                origin=self.session.origin or "",
+                message_id=effect.message_id,
+                collection_name=self.collection_name,
+            )
+            reply = dict(effect.reply)
+            reply["receipt"] = result.receipt()
+            await self._send_text(encode(reply))
+            return []
+        if isinstance(effect, mc.ReadPosition):
+            last_seq, purge_seq, epoch = await database_sync_to_async(selectors.collection_head)(
+                collection_id=grant.collection_id
+            )
+            return self.session.position_done(last_seq=last_seq, purge_seq=purge_seq, epoch=epoch)
+        if isinstance(effect, mc.ReadChunk):
+            page = await database_sync_to_async(selectors.change_page)(
+                collection_id=grant.collection_id,
+                after_seq=effect.after_seq,
+                limit=effect.limit,
+                up_to_seq=effect.up_to_seq,
+            )
+            return self.session.chunk_done(
+                feed=self._feed(page.changes), covered=page.covered, count=len(page.changes)
+            )
+        if isinstance(effect, mc.ReadFeed):
+            page = await database_sync_to_async(selectors.change_page)(
+                collection_id=grant.collection_id,
+                after_seq=effect.after_seq,
+                limit=effect.limit,
+                up_to_seq=effect.up_to_seq,
+            )
+            return self.session.feed_done(
+                feed=self._feed(page.changes),
+                covered=page.covered,
+                count=len(page.changes),
+                now=self.loop.time(),
+            )
+        if isinstance(effect, mc.RecordAck):
+            await database_sync_to_async(services.replica_acked)(
+                replica_pk=grant.replica_pk, seq=effect.seq, pulled=effect.pulled
+            )
+            return []
+        if isinstance(effect, mc.GoLive):
+            head = await self.hub.join(
+                self, collection_id=grant.collection_id, from_seq=effect.from_seq
+            )
+            self.live_joined = True
+            return self.session.notice_head(head=head, now=self.loop.time())
+        if isinstance(effect, mc.SendShared):
+            raise AssertionError("SendShared outside offer()")
+        raise AssertionError(f"unknown effect {effect!r}")
+
+    async def _authenticate(self, effect: mc.Authenticate) -> list[mc.Effect]:
+        connect = effect.connect
+        client = self.scope.get("client") or ("", 0)
+        try:
+            grant = await database_sync_to_async(services.session_open)(
+                tenant_slug=self.tenant_slug,
+                collection_name=self.collection_name,
+                url_user=self.url_user,
+                raw_token=connect.authToken,
+                origin=self.session.origin or "",
+                replica_name=connect.replicaName or "",
+                address=str(client[0] or ""),
+            )
+        except DataGateError as error:
+            return self.session.connect_refused(error)
+        self.connect_timer.cancel()
+        self.grant = grant
+        self.guard = services.session_guard(grant=grant, collection_name=self.collection_name)
+        if self.closed:  # the socket went away while we were authenticating
+            await self._clean_up()
+            return []
+        return self.session.connect_accepted(
+            user_name=grant.user_name,
+            read_only=not grant.may_push,
+            end_markers=Markers(grant.last_seq, grant.epoch),
+        )
+
+    def _feed(self, changes: list[Change]) -> dict[str, Any]:
+        """The wire feed of `changes`, without those the user may not read (markers still
+        advance over them: the caller passes the unfiltered count and range)."""
+        read_filter = self.grant.read_filter if self.grant is not None else None
+        if read_filter is not None:
+            changes = [change for change in changes if read_filter(change.doc_id)]
+        return selectors.feed_from_changes(changes)
+
+    async def _report(self, error: DataGateError) -> None:
+        await self._send_text(encode(self.session.error_message(error)))
+        grant = self.grant
+        try:
+            await database_sync_to_async(services.error_event_record)(
+                error=error,
+                user_id=grant.user.pk if grant is not None else None,
+                replica_pk=grant.replica_pk if grant is not None else None,
+                tenant=self.tenant_slug,
+                collection=self.collection_name,
+                context={"state": self.session.state.value, "origin": self.session.origin or ""},
+            )
+        except Exception:
+            logger.warning("could not record error event %s", error.code, exc_info=True)
+
+    async def _send_text(self, text: str) -> None:
+        if not self.closed:
+            await self.base_send({"type": "websocket.send", "text": text})
+
+    async def _close(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.base_send({"type": "websocket.close", "code": int(code)})
+        await self._clean_up()
+
+    async def _clean_up(self) -> None:
+        if self.cleaned_up:
+            return
+        self.cleaned_up = True
+        timer = getattr(self, "connect_timer", None)
+        if timer is not None:
+            timer.cancel()
+        self.hub.unregister(self)
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current:
+                task.cancel()
+        grant = self.grant
+        if grant is None:
+            return
+        if self.live_joined:
+            await self.hub.leave(self, collection_id=grant.collection_id)
+        await database_sync_to_async(services.replica_disconnected)(replica_pk=grant.replica_pk)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- what the live hub calls -----------------------------------------------------------
+
+    async def offer(self, block: FeedBlock) -> None:
+        """A new block of the collection's feed: send it, or catch up on it later."""
+        if self.closed or self.grant is None:
+            return
+        effects = self.session.offer_feed(
+            start=block.start,
+            end=block.end,
+            shareable=self.grant.read_filter is None,
+            now=self.loop.time(),
+        )
+        rest: list[mc.Effect] = []
+        for effect in effects:
+            if isinstance(effect, mc.SendShared):
+                await self._send_text(splice(effect.header, block.body))
+            else:
+                rest.append(effect)
+        if rest:  # a database read: not on the hub's path
+            self._spawn(self.run(rest))
+
+    def tick(self, now: float) -> None:
+        effects = self.session.tick(now=now)
+        if effects:
+            self._spawn(self.run(effects))
+
+    async def shut_down(self) -> None:
+        await self.run(self.session.shutdown())

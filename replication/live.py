@@ -1,0 +1,309 @@
+"""The live feed hub: one doorbell listener per process, one database read per change.
+
+Fan-out is where the time goes (docs/STYLE, "Fan-out"), so live sessions do not each listen to
+the channel layer. Each process (each event loop) has one `LiveHub`. It owns one channel on
+the layer and joins the doorbell group of every collection that has a live session here,
+once, re-joining well within the layer's `group_expiry`. On each bell (or every
+`POLL_INTERVAL` seconds, so a lost bell only delays a feed) a collection's `CollectionFeed`
+reads the new changes from the database once, encodes the feed body once, and offers that
+`FeedBlock` to every local session of the collection. A session that is up to date sends the
+same bytes under its own header; one that is behind, has a full window or filters what its
+user may read, reads its own coalesced feed (docs/protocol.md, "Live").
+
+The database is the truth, the bell only says "collection 7 is at seq 1042"
+(docs/decisions/0002-the-database-is-the-truth.md).
+
+The hub also knows every open session of the process, so that a server shutdown (SIGTERM or
+SIGINT under daphne) can send each a Disconnect and close it with 1001 before daphne cancels
+the applications (`install_shutdown_handler`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from replication import selectors
+from replication.doorbell import COLLECTION_CHANGED, collection_group
+from replication.markers import Markers
+from replication.protocol.messages import encode_body
+from replication.selectors import Change
+
+logger = logging.getLogger(__name__)
+
+# Seconds between database checks of a collection with live sessions: a lost bell delays a
+# feed by at most this long. Also how often sessions check their feed.ack deadline.
+POLL_INTERVAL = 2.0
+# How long a shutdown waits for sessions to close after their Disconnect before daphne goes on.
+SHUTDOWN_GRACE = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedBlock:
+    """Changes of one collection covering (start, end], with their feed body encoded once."""
+
+    collection_id: int
+    start: int
+    end: int
+    epoch: int
+    changes: list[Change]
+    body: str
+
+
+class LiveSession(Protocol):
+    """What the hub needs of a session (the consumer implements it)."""
+
+    async def offer(self, block: FeedBlock) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    async def shut_down(self) -> None: ...
+
+
+def _rejoin_interval() -> float:
+    layers: dict[str, Any] = getattr(settings, "CHANNEL_LAYERS", {})
+    for config in layers.values():
+        expiry = config.get("CONFIG", {}).get("group_expiry")
+        if expiry:
+            return max(1.0, min(float(expiry) / 3, 300.0))
+    return 300.0
+
+
+class CollectionFeed:
+    """The live feed of one collection in this process."""
+
+    def __init__(self, hub: LiveHub, collection_id: int, position: int) -> None:
+        self.hub = hub
+        self.collection_id = collection_id
+        self.position = position
+        self.sessions: set[LiveSession] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"live-{self.collection_id}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def ring(self, seq: int) -> None:
+        if seq > self.position:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+            self._wake.clear()
+            try:
+                await self.pump()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("live feed of collection %s failed to read", self.collection_id)
+            now = loop.time()
+            for session in list(self.sessions):
+                session.tick(now)
+
+    async def pump(self) -> None:
+        """Read what is new since `position` and offer it to every session, page by page."""
+        limit = int(settings.DATAGATE["CHUNK_SIZE"])
+        while self.sessions:
+            page = await database_sync_to_async(selectors.change_page)(
+                collection_id=self.collection_id, after_seq=self.position, limit=limit
+            )
+            if page.covered <= self.position:
+                return
+            body = encode_body(
+                {
+                    "feed": selectors.feed_from_changes(page.changes),
+                    "startMarkers": Markers(self.position, page.epoch).to_wire(),
+                    "endMarkers": Markers(page.covered, page.epoch).to_wire(),
+                }
+            )
+            block = FeedBlock(
+                self.collection_id, self.position, page.covered, page.epoch, page.changes, body
+            )
+            self.position = page.covered
+            for session in list(self.sessions):
+                await session.offer(block)
+            if page.covered >= page.head:
+                return
+
+
+class LiveHub:
+    """One per event loop (= per daphne process): see the module docstring."""
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.feeds: dict[int, CollectionFeed] = {}
+        self.sessions: set[LiveSession] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._rejoiner: asyncio.Task[None] | None = None
+        self.shutting_down = False
+        self._all_gone = asyncio.Event()
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def register(self, session: LiveSession) -> None:
+        self.sessions.add(session)
+
+    def unregister(self, session: LiveSession) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._all_gone.set()
+
+    async def join(self, session: LiveSession, *, collection_id: int, from_seq: int) -> int:
+        """Offer the collection's feed to `session` (it has all up to from_seq) from now on.
+
+        Returns the position the hub has offered up to: a session behind it catches up itself.
+        """
+        feed = self.feeds.get(collection_id)
+        if feed is None:
+            feed = CollectionFeed(self, collection_id, from_seq)
+            self.feeds[collection_id] = feed
+            feed.sessions.add(session)
+            feed.start()
+            await self._group_add(collection_id)
+        else:
+            feed.sessions.add(session)
+        # Whatever committed between the pull's end and now is read on the next pump.
+        feed.ring(feed.position + 1)
+        return feed.position
+
+    async def leave(self, session: LiveSession, *, collection_id: int) -> None:
+        feed = self.feeds.get(collection_id)
+        if feed is None:
+            return
+        feed.sessions.discard(session)
+        if not feed.sessions:
+            feed.stop()
+            del self.feeds[collection_id]
+            if self.layer is not None and self.channel is not None:
+                with contextlib.suppress(Exception):
+                    await self.layer.group_discard(collection_group(collection_id), self.channel)
+
+    # --- the doorbell ----------------------------------------------------------------------
+
+    async def _group_add(self, collection_id: int) -> None:
+        if self.layer is None:
+            return
+        try:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel("datagate-live.")
+                self._reader = asyncio.create_task(self._read_bells(), name="live-doorbell")
+                self._rejoiner = asyncio.create_task(self._rejoin(), name="live-rejoin")
+            await self.layer.group_add(collection_group(collection_id), self.channel)
+        except Exception:
+            # Without the layer, feeds still arrive by polling (POLL_INTERVAL).
+            logger.warning(
+                "could not join the doorbell of collection %s", collection_id, exc_info=True
+            )
+
+    async def _read_bells(self) -> None:
+        assert self.layer is not None and self.channel is not None
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("doorbell receive failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            if message.get("type") != COLLECTION_CHANGED:
+                continue
+            feed = self.feeds.get(message.get("collection", -1))
+            if feed is not None:
+                feed.ring(int(message.get("seq", 0)))
+
+    async def _rejoin(self) -> None:
+        """Re-join every group well within group_expiry, so membership never lapses."""
+        interval = _rejoin_interval()
+        while True:
+            await asyncio.sleep(interval)
+            for collection_id in list(self.feeds):
+                await self._group_add(collection_id)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def shut_down(self) -> None:
+        """Send every session Disconnect and close 1001; wait a little for them to go."""
+        self.shutting_down = True
+        sessions = list(self.sessions)
+        logger.info("shutting down: closing %d replication sessions", len(sessions))
+        await asyncio.gather(*(s.shut_down() for s in sessions), return_exceptions=True)
+        if self.sessions:
+            self._all_gone.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), SHUTDOWN_GRACE)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveHub] = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> LiveHub:
+    """This event loop's hub (one per daphne process; one per test event loop)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = LiveHub()
+        _hubs[loop] = hub
+        install_shutdown_handler(loop, hub)
+    return hub
+
+
+def install_shutdown_handler(loop: asyncio.AbstractEventLoop, hub: LiveHub) -> None:
+    """Under daphne, close sessions properly on SIGTERM/SIGINT, then let daphne stop.
+
+    Daphne stops on SIGTERM by stopping the Twisted reactor, whose shutdown cancels every
+    application and then drops the sockets: replicas would see an abnormal close (1006) and no
+    Disconnect. So, in a daphne process only, this wraps the reactor's handlers: on the signal
+    every session gets Disconnect and close 1001 (PROTOCOL.md section 4, step 6), and after
+    they closed (at most SHUTDOWN_GRACE seconds) the reactor's own handler runs as before.
+    """
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or not getattr(reactor, "running", False):
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+        signal.signal(signum, _shutdown_handler(loop, hub, previous))
+
+
+def _shutdown_handler(
+    loop: asyncio.AbstractEventLoop, hub: LiveHub, previous: Callable[..., Any]
+) -> Callable[[int, Any], None]:
+    started = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal started
+        if started:  # a second signal: stop right away
+            previous(signum, frame)
+            return
+        started = True
+
+        async def close_then_stop() -> None:
+            try:
+                await hub.shut_down()
+            finally:
+                previous(signum, None)
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(close_then_stop()))
+
+    return handler

@@ -1,0 +1,638 @@
+"""The replication session as a pure state machine: messages in, effects out.
+
+No Django, no I/O, no clock of its own (ids and timestamps come from injected callables, time
+from the caller). `replication/consumers.py` is the I/O shell: it parses frames, feeds them to
+`Session.receive`, runs the effects it gets back, and reports the results of database effects
+with the `*_done` methods, which return more effects.
+
+Rules (PROTOCOL.md section 4, docs/protocol.md):
+
+1. A session starts OPEN. The only message allowed there is Connect. Anything else, a frame
+   that is not JSON included, is fatal: an error, then close.
+2. A valid Connect yields `Authenticate`; the shell checks the token and the collection and
+   answers with `connect_accepted` (ConnectAck, state CONNECTED) or `connect_refused`.
+3. In CONNECTED the client pushes: batch.start / batch.continue yield `ApplyChunk` (the shell
+   applies the chunk and sends batch.ack with the receipt). batch.end ends the push: the
+   server answers batch.end.ack, and the session moves to PULLING.
+4. In PULLING the server sends the changes after the client's markers in chunks, at most
+   `chunks_in_flight` ahead of the client's batch.ack, then batch.end; the client's
+   batch.end.ack ends the pull. A client with the `live` capability moves to LIVE; one
+   without gets a Disconnect and the session CLOSES.
+5. In LIVE the server offers feeds (`offer_feed`), at most `feed_window` unacknowledged; the
+   client's feed.ack frees the window. What could not be sent while the window was full is
+   read again from the database as one coalesced feed (`ReadFeed`). The client's own feeds
+   are applied like push chunks and answered with feed.ack. `tick` closes a session that has
+   acknowledged nothing for `feed_ack_timeout` seconds while feeds are outstanding.
+6. Disconnect, from either side, closes the session (1000); `shutdown` sends Disconnect and
+   closes with 1001.
+
+Every (state, message type) pair is either a transition in `TRANSITIONS` or a protocol error
+DG-2006 that names the message and the state (fatal, 4409). After ConnectAck, a frame that is
+not JSON, has no header, names an unknown type or fails validation gets a non-fatal error and
+changes nothing; a header naming another tenant, collection, user, transaction or origin is
+fatal (DG-2005, 4409).
+
+Theory of operation: the machine only counts positions (sequence numbers) and messages in
+flight; documents never pass through it except as opaque feeds it hands to the shell. The
+shell reads and writes the database; the machine decides what to read and what to send next.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from replication.markers import Markers, PullStart, pull_start
+from replication.protocol import messages as m
+from replication.protocol.errors import CloseCode, DataGateError, ErrorCode
+
+
+class State(enum.Enum):
+    OPEN = "OPEN"
+    CONNECTED = "CONNECTED"  # pushing
+    PULLING = "PULLING"
+    LIVE = "LIVE"
+    CLOSED = "CLOSED"
+
+
+# --- effects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send this message (header included) to the client."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SendShared:
+    """Send the feed body the shell is offering (`offer_feed`) under this header."""
+
+    header: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReportError:
+    """Send this error to the client and record it as an error event."""
+
+    error: DataGateError
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """Check the Connect's token and the collection; answer with connect_accepted/refused."""
+
+    connect: m.Connect
+
+
+@dataclass(frozen=True)
+class ApplyChunk:
+    """Apply a pushed feed; send `reply` with the apply's `receipt` added."""
+
+    feed: dict[str, Any]
+    message_id: str
+    reply: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReadPosition:
+    """Read the collection's (last_seq, purge_seq, epoch); answer with `position_read`."""
+
+
+@dataclass(frozen=True)
+class ReadChunk:
+    """Read changes with after_seq < seq <= up_to_seq, at most `limit`; answer `chunk_read`."""
+
+    after_seq: int
+    up_to_seq: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class ReadFeed:
+    """Read a coalesced live feed after_seq < seq <= up_to_seq; answer with `feed_read`."""
+
+    after_seq: int
+    up_to_seq: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class RecordAck:
+    """The replica acknowledged everything up to `seq` (`pulled` changes more)."""
+
+    seq: int
+    pulled: int = 0
+
+
+@dataclass(frozen=True)
+class GoLive:
+    """Join the collection's live feed; the session has everything up to `from_seq`."""
+
+    from_seq: int
+
+
+Effect = (
+    Send
+    | SendShared
+    | ReportError
+    | Close
+    | Authenticate
+    | ApplyChunk
+    | ReadPosition
+    | ReadChunk
+    | ReadFeed
+    | RecordAck
+    | GoLive
+)
+
+
+# --- the table ------------------------------------------------------------------------------
+
+# (state, message type) -> name of the handler. Every pair not listed is DG-2006.
+TRANSITIONS: dict[tuple[State, str], str] = {
+    (State.OPEN, m.CONNECT): "_on_connect",
+    (State.OPEN, m.DISCONNECT): "_on_disconnect",
+    (State.CONNECTED, m.BATCH_START): "_on_push_chunk",
+    (State.CONNECTED, m.BATCH_CONTINUE): "_on_push_chunk",
+    (State.CONNECTED, m.BATCH_END): "_on_push_end",
+    (State.CONNECTED, m.DISCONNECT): "_on_disconnect",
+    (State.PULLING, m.BATCH_ACK): "_on_pull_ack",
+    (State.PULLING, m.BATCH_END_ACK): "_on_pull_end_ack",
+    (State.PULLING, m.DISCONNECT): "_on_disconnect",
+    (State.LIVE, m.FEED): "_on_client_feed",
+    (State.LIVE, m.FEED_ACK): "_on_feed_ack",
+    (State.LIVE, m.DISCONNECT): "_on_disconnect",
+}
+
+
+@dataclass
+class _PullChunk:
+    last_seq: int
+    count: int
+
+
+@dataclass
+class _Pull:
+    start: Markers  # what the client holds (or zeros on reset)
+    end: Markers  # the server position at the start of the pull
+    reset: bool
+    limit: int
+    cursor: int  # next chunk reads after this seq
+    exhausted: bool = False
+    position_known: bool = False
+    reading: bool = False
+    chunks_sent: int = 0
+    offset: int = 0
+    in_flight: OrderedDict[str, _PullChunk] = field(default_factory=OrderedDict)
+    end_sent: bool = False
+
+
+@dataclass
+class Limits:
+    chunk_size: int = 500
+    chunks_in_flight: int = 4
+    feed_window: int = 64
+    feed_ack_timeout: float = 60.0
+    tombstone_ttl_days: int = 30
+
+
+class Session:
+    """One replication session (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        collection: str,
+        server_id: str,
+        limits: Limits | None = None,
+        new_id: Callable[[], str] | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.collection = collection
+        self.server_id = server_id
+        self.limits = limits or Limits()
+        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.state = State.OPEN
+        self.connecting = False  # a Connect is being authenticated
+        self.transaction_id: str | None = None
+        self.origin: str | None = None
+        self.user_name: str | None = None
+        self.capabilities: frozenset[str] = frozenset()
+        self.read_only = False
+        self.epoch = 0
+        self.pull: _Pull | None = None
+        # live phase
+        self.sent_seq = 0
+        self.acked_seq = 0
+        self.head_seq = 0
+        self.catching_up = False
+        self.feeds_in_flight: OrderedDict[str, int] = OrderedDict()
+        self.waiting_since: float | None = None
+        self._now = 0.0
+        self._connect_id: str | None = None
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return m.CAPABILITY_LIVE in self.capabilities
+
+    def header(self, message_type: str, correlation_id: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self._new_id(),
+            "transactionId": self.transaction_id,
+            "correlationId": correlation_id,
+            "tenant": self.tenant,
+            "collection": self.collection,
+            "userName": self.user_name,
+            "timestamp": self._clock_ms(),
+            "messageType": message_type,
+            "origin": self.server_id,
+        }
+
+    def _message(
+        self,
+        message_type: str,
+        body: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"header": self.header(message_type, correlation_id)}
+        message.update(body or {})
+        return message
+
+    def error_message(self, error: DataGateError) -> dict[str, Any]:
+        return self._message(
+            m.ERROR, {"error": error.text, "code": error.code, "fatal": error.fatal}
+        )
+
+    def _fatal(self, error: DataGateError) -> list[Effect]:
+        error.fatal = True
+        self.state = State.CLOSED
+        return [ReportError(error), Close(int(error.close_code))]
+
+    # --- input: frames ------------------------------------------------------------------
+
+    def frame_rejected(self, error: DataGateError) -> list[Effect]:
+        """A frame that could not be parsed (not JSON, no header, unknown type, invalid)."""
+        if self.state is State.CLOSED:
+            return []
+        if self.state is State.OPEN:
+            return self._fatal(error)
+        return [ReportError(error)]
+
+    def receive(self, message: m.Body, *, now: float | None = None) -> list[Effect]:
+        """A parsed client message, received at `now` (seconds, any monotonic clock)."""
+        if now is not None:
+            self._now = now
+        if self.state is State.CLOSED:
+            return []
+        message_type = message.header.messageType
+        mismatch = self._header_mismatch(message)
+        if mismatch is not None:
+            return self._fatal(mismatch)
+        handler = TRANSITIONS.get((self.state, message_type))
+        if handler is None or (self.connecting and message_type != m.DISCONNECT):
+            return self._fatal(
+                DataGateError(
+                    ErrorCode.WRONG_STATE, message_type=message_type, state=self.state.value
+                )
+            )
+        effects: list[Effect] = getattr(self, handler)(message)
+        return effects
+
+    def _header_mismatch(self, message: m.Body) -> DataGateError | None:
+        header = message.header
+        expected: list[tuple[str, str | None, str | None]] = [
+            ("tenant", header.tenant, self.tenant),
+            ("collection", header.collection, self.collection),
+        ]
+        if self.state is not State.OPEN:
+            expected += [
+                ("transactionId", header.transactionId, self.transaction_id),
+                ("userName", header.userName, self.user_name),
+                ("origin", header.origin, self.origin),
+            ]
+        for name, got, want in expected:
+            if got is not None and want is not None and got != want:
+                return DataGateError(ErrorCode.HEADER_MISMATCH, field=name, got=got, expected=want)
+        return None
+
+    # --- connect ------------------------------------------------------------------------
+
+    def _on_connect(self, message: m.Body) -> list[Effect]:
+        assert isinstance(message, m.Connect)
+        if not message.header.origin:
+            return self._fatal(
+                DataGateError(
+                    ErrorCode.INVALID_MESSAGE,
+                    message_type=m.CONNECT,
+                    detail="header.origin: the replica id is required",
+                )
+            )
+        self.connecting = True
+        self.origin = message.header.origin
+        self.transaction_id = message.header.transactionId or self._new_id()
+        self.capabilities = frozenset(message.capabilities)
+        self._connect_id = message.header.id
+        return [Authenticate(message)]
+
+    def connect_accepted(
+        self, *, user_name: str, read_only: bool, end_markers: Markers
+    ) -> list[Effect]:
+        """The token and collection are fine: ConnectAck, and the push phase begins."""
+        self.connecting = False
+        self.state = State.CONNECTED
+        self.user_name = user_name
+        self.read_only = read_only
+        self.epoch = end_markers.epoch
+        body = {
+            "tombstoneTtl": self.limits.tombstone_ttl_days,
+            "batchSize": self.limits.chunk_size,
+            "endMarkers": end_markers.to_wire(),
+            "capabilities": sorted(self.capabilities & {m.CAPABILITY_LIVE}),
+            "readOnly": read_only,
+        }
+        return [Send(self._message(m.CONNECT_ACK, body, self._connect_id))]
+
+    def connect_refused(self, error: DataGateError) -> list[Effect]:
+        self.connecting = False
+        return self._fatal(error)
+
+    # --- push ---------------------------------------------------------------------------
+
+    def _on_push_chunk(self, message: m.Body) -> list[Effect]:
+        assert isinstance(message, m.BatchChunk)
+        reply = self._message(
+            m.BATCH_ACK,
+            {
+                "nextOffset": message.nextOffset,
+                "batchSize": message.batchSize,
+                "startMarkers": _echo(message.startMarkers),
+                "endMarkers": _echo(message.endMarkers),
+            },
+            message.header.id,
+        )
+        return [ApplyChunk(message.feed.to_wire(), message.header.id, reply)]
+
+    def _on_push_end(self, message: m.Body) -> list[Effect]:
+        assert isinstance(message, m.BatchEnd)
+        self.state = State.PULLING
+        limit = self.limits.chunk_size
+        if message.batchSize is not None:
+            limit = min(limit, message.batchSize)
+        start = m.markers_or_zero(message.startMarkers)
+        self.pull = _Pull(start=start, end=Markers(), reset=False, limit=limit, cursor=start.seq)
+        ack = self._message(
+            m.BATCH_END_ACK,
+            {
+                "startMarkers": _echo(message.startMarkers),
+                "endMarkers": _echo(message.endMarkers),
+            },
+            message.header.id,
+        )
+        return [Send(ack), ReadPosition()]
+
+    # --- pull ---------------------------------------------------------------------------
+
+    def position_done(self, *, last_seq: int, purge_seq: int, epoch: int) -> list[Effect]:
+        """The collection's position at the start of the pull."""
+        pull = self.pull
+        if self.state is not State.PULLING or pull is None:
+            return []
+        self.epoch = epoch
+        how = pull_start(client=pull.start, last_seq=last_seq, purge_seq=purge_seq, epoch=epoch)
+        pull.reset = how is not PullStart.FROM_MARKER
+        if pull.reset:
+            pull.start = Markers(0, epoch)
+            pull.cursor = 0
+        pull.end = Markers(last_seq, epoch)
+        pull.position_known = True
+        if pull.cursor >= last_seq and not pull.reset:
+            pull.exhausted = True
+            return self._pull_progress()
+        return self._next_read()
+
+    def _next_read(self) -> list[Effect]:
+        pull = self.pull
+        assert pull is not None
+        if pull.exhausted or pull.reading or len(pull.in_flight) >= self.limits.chunks_in_flight:
+            return []
+        pull.reading = True
+        return [ReadChunk(pull.cursor, pull.end.seq, pull.limit)]
+
+    def chunk_done(self, *, feed: dict[str, Any], covered: int, count: int) -> list[Effect]:
+        """A chunk was read: `count` changes (before any read filter), covering up to `covered`."""
+        pull = self.pull
+        if self.state is not State.PULLING or pull is None:
+            return []
+        pull.reading = False
+        covered = max(covered, pull.cursor)
+        if covered >= pull.end.seq:
+            pull.exhausted = True
+        effects: list[Effect] = []
+        if count or pull.reset or pull.chunks_sent:
+            message_type = m.BATCH_START if pull.chunks_sent == 0 else m.BATCH_CONTINUE
+            body: dict[str, Any] = {
+                "feed": feed,
+                "nextOffset": pull.offset + count,
+                "batchSize": pull.limit,
+                "startMarkers": pull.start.to_wire(),
+                "endMarkers": pull.end.to_wire(),
+            }
+            if pull.reset and pull.chunks_sent == 0:
+                body["reset"] = True
+            message = self._message(message_type, body)
+            pull.in_flight[message["header"]["id"]] = _PullChunk(covered, count)
+            pull.chunks_sent += 1
+            pull.offset += count
+            effects.append(Send(message))
+        pull.cursor = covered
+        effects += self._pull_progress()
+        return effects
+
+    def _pull_progress(self) -> list[Effect]:
+        pull = self.pull
+        assert pull is not None
+        if not pull.exhausted:
+            return self._next_read()
+        if pull.in_flight or pull.end_sent:
+            return []
+        pull.end_sent = True
+        body = {
+            "startMarkers": pull.start.to_wire(),
+            "endMarkers": pull.end.to_wire(),
+            "batchSize": pull.limit,
+        }
+        return [Send(self._message(m.BATCH_END, body))]
+
+    def _on_pull_ack(self, message: m.Body) -> list[Effect]:
+        pull = self.pull
+        assert pull is not None
+        if not pull.in_flight:
+            return self._fatal(
+                DataGateError(
+                    ErrorCode.WRONG_STATE,
+                    message_type=m.BATCH_ACK,
+                    state=f"{self.state.value} (no chunk awaits an ack)",
+                )
+            )
+        correlation = message.header.correlationId
+        if correlation is not None and correlation in pull.in_flight:
+            chunk = pull.in_flight.pop(correlation)
+        else:
+            _, chunk = pull.in_flight.popitem(last=False)
+        return [RecordAck(chunk.last_seq, chunk.count), *self._pull_progress()]
+
+    def _on_pull_end_ack(self, message: m.Body) -> list[Effect]:
+        pull = self.pull
+        assert pull is not None
+        if not pull.end_sent:
+            return self._fatal(
+                DataGateError(
+                    ErrorCode.WRONG_STATE,
+                    message_type=m.BATCH_END_ACK,
+                    state=f"{self.state.value} (the server's batch.end was not sent yet)",
+                )
+            )
+        end = pull.end.seq
+        effects: list[Effect] = [RecordAck(end)]
+        if not self.live:
+            self.state = State.CLOSED
+            return [*effects, Send(self._message(m.DISCONNECT)), Close(CloseCode.NORMAL)]
+        self.state = State.LIVE
+        self.sent_seq = self.acked_seq = self.head_seq = end
+        return [*effects, GoLive(end)]
+
+    # --- live ---------------------------------------------------------------------------
+
+    def _window_full(self) -> bool:
+        return len(self.feeds_in_flight) >= self.limits.feed_window
+
+    def offer_feed(self, *, start: int, end: int, shareable: bool, now: float) -> list[Effect]:
+        """The collection moved to `end`; the shell holds the feed for (start, end]."""
+        self._now = now
+        if self.state is not State.LIVE:
+            return []
+        self.head_seq = max(self.head_seq, end)
+        if end <= self.sent_seq or self.catching_up or self._window_full():
+            return []
+        if start == self.sent_seq and shareable:
+            header = self.header(m.FEED)
+            self._feed_sent(header["id"], end, now)
+            return [SendShared(header)]
+        return self._catch_up()
+
+    def notice_head(self, *, head: int, now: float) -> list[Effect]:
+        """The collection is known to be at `head`: catch up if the session is behind."""
+        self._now = now
+        if self.state is not State.LIVE:
+            return []
+        self.head_seq = max(self.head_seq, head)
+        return self._catch_up()
+
+    def _catch_up(self) -> list[Effect]:
+        if self.catching_up or self._window_full() or self.head_seq <= self.sent_seq:
+            return []
+        self.catching_up = True
+        return [ReadFeed(self.sent_seq, self.head_seq, self.limits.chunk_size)]
+
+    def feed_done(
+        self, *, feed: dict[str, Any], covered: int, count: int, now: float
+    ) -> list[Effect]:
+        """A coalesced feed was read: `count` changes (before any read filter), up to `covered`."""
+        self._now = now
+        self.catching_up = False
+        if self.state is not State.LIVE:
+            return []
+        start = self.sent_seq
+        if covered <= start:
+            return self._catch_up()
+        body = {
+            "feed": feed,
+            "startMarkers": Markers(start, self.epoch).to_wire(),
+            "endMarkers": Markers(covered, self.epoch).to_wire(),
+        }
+        message = self._message(m.FEED, body)
+        self._feed_sent(message["header"]["id"], covered, now)
+        return [Send(message), *self._catch_up()]
+
+    def _feed_sent(self, message_id: str, end: int, now: float) -> None:
+        if not self.feeds_in_flight:
+            self.waiting_since = now
+        self.feeds_in_flight[message_id] = end
+        self.sent_seq = end
+
+    def _on_feed_ack(self, message: m.Body) -> list[Effect]:
+        if not self.feeds_in_flight:
+            return []  # an ack for nothing outstanding changes nothing
+        correlation = message.header.correlationId
+        if correlation is not None and correlation in self.feeds_in_flight:
+            # Feeds are acked in order: an ack covers every older feed too.
+            end = self.feeds_in_flight[correlation]
+            while self.feeds_in_flight:
+                _, seq = self.feeds_in_flight.popitem(last=False)
+                if seq == end:
+                    break
+        else:
+            _, end = self.feeds_in_flight.popitem(last=False)
+        self.acked_seq = max(self.acked_seq, end)
+        self.waiting_since = self._now if self.feeds_in_flight else None
+        return [RecordAck(self.acked_seq), *self._catch_up()]
+
+    def tick(self, *, now: float) -> list[Effect]:
+        """Time passes: close a live session that stopped acknowledging (DG-5001, 4429)."""
+        self._now = now
+        if self.state is not State.LIVE or not self.feeds_in_flight or self.waiting_since is None:
+            return []
+        if now - self.waiting_since < self.limits.feed_ack_timeout:
+            return []
+        return self._fatal(
+            DataGateError(
+                ErrorCode.FEED_ACK_TIMEOUT,
+                seconds=int(self.limits.feed_ack_timeout),
+                outstanding=len(self.feeds_in_flight),
+            )
+        )
+
+    def _on_client_feed(self, message: m.Body) -> list[Effect]:
+        assert isinstance(message, m.Feed)
+        reply = self._message(m.FEED_ACK, {}, message.header.id)
+        return [ApplyChunk(message.feed.to_wire(), message.header.id, reply)]
+
+    # --- the end ------------------------------------------------------------------------
+
+    def _on_disconnect(self, message: m.Body) -> list[Effect]:
+        self.state = State.CLOSED
+        return [Close(CloseCode.NORMAL)]
+
+    def shutdown(self) -> list[Effect]:
+        """The server is going away: Disconnect, then close 1001."""
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.CLOSED
+        return [Send(self._message(m.DISCONNECT)), Close(CloseCode.GOING_AWAY)]
+
+    def fail(self, error: DataGateError) -> list[Effect]:
+        """The shell hit an error it cannot recover from (e.g. an internal error)."""
+        if self.state is State.CLOSED:
+            return []
+        return self._fatal(error)
+
+
+def _echo(raw: m.WireMarkers | None) -> dict[str, int | None] | None:
+    return raw.to_wire() if raw is not None else None

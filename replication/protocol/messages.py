@@ -1,0 +1,319 @@
+"""Typed bodies of every replication message (PROTOCOL.md sections 2-4, docs/protocol.md).
+
+`parse_message(frame)` turns one websocket text frame into a typed message: the frame is
+decoded once (`envelope.decode_frame`), the header validated, then the body validated against
+the model its `messageType` names. Every failure becomes a DataGateError with its own code:
+
+    not JSON                    DG-2001
+    no header object            DG-2002
+    header fails validation     DG-2004 (the field is named)
+    unknown messageType         DG-2003
+    body fails validation       DG-2004 (the field is named)
+
+A feed's documents are not validated here: each change is checked on its own by
+`replication.changes.parse_feed`, so one bad document is rejected in the receipt and the rest
+of its chunk still applies (PROTOCOL.md section 5).
+
+No Django here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from replication.markers import Markers
+from replication.protocol.envelope import Header, decode_frame, make_header
+from replication.protocol.errors import DataGateError, ErrorCode
+
+# --- message type codes (PROTOCOL.md section 3) --------------------------------------------
+
+CONNECT = "no2.sync.connect"
+CONNECT_ACK = "no2.sync.connect.ack"
+ERROR = "no2.sync.error"
+DISCONNECT = "no2.sync.disconnect"
+BATCH_START = "no2.sync.batch.start"
+BATCH_CONTINUE = "no2.sync.batch.continue"
+BATCH_END = "no2.sync.batch.end"
+BATCH_ACK = "no2.sync.batch.ack"
+BATCH_END_ACK = "no2.sync.batch.end.ack"
+FEED = "no2.sync.feed"
+FEED_ACK = "no2.sync.feed.ack"
+
+CAPABILITY_LIVE = "live"
+MAX_LIST = 100_000
+
+
+class Body(BaseModel):
+    """A message: its header plus the body fields. Unknown body keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    message_type: ClassVar[str]
+
+    header: Header
+
+
+class WireMarkers(BaseModel):
+    """`markers` as sent: null values are allowed (a push chunk's markers may be null)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    collectionMarker: StrictInt | None = Field(default=None, ge=0)
+    tombstoneMarker: StrictInt | None = Field(default=None, ge=0)
+
+    def markers(self) -> Markers:
+        return Markers(self.collectionMarker or 0, self.tombstoneMarker or 0)
+
+    def to_wire(self) -> dict[str, int | None]:
+        return {"collectionMarker": self.collectionMarker, "tombstoneMarker": self.tombstoneMarker}
+
+
+def markers_or_zero(raw: WireMarkers | None) -> Markers:
+    return raw.markers() if raw is not None else Markers()
+
+
+class WireFeed(BaseModel):
+    """A `feed`: the shape only. Each change is validated on its own when applied."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    changeSet: list[Any] = Field(default_factory=list, max_length=MAX_LIST)
+    tombstoneMap: dict[str, Any] = Field(default_factory=dict, max_length=MAX_LIST)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"changeSet": self.changeSet, "tombstoneMap": self.tombstoneMap}
+
+
+class Rejected(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: StrictStr
+    code: StrictStr
+    error: StrictStr
+
+
+class Receipt(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    added: list[StrictStr] = Field(default_factory=list)
+    removed: list[StrictStr] = Field(default_factory=list)
+    rejected: list[Rejected] = Field(default_factory=list)
+
+
+class Connect(Body):
+    message_type = CONNECT
+
+    authToken: StrictStr = Field(min_length=1, max_length=4096)
+    replicaName: StrictStr | None = Field(default=None, max_length=200)
+    capabilities: list[StrictStr] = Field(default_factory=list, max_length=64)
+
+
+class ConnectAck(Body):
+    message_type = CONNECT_ACK
+
+    tombstoneTtl: StrictInt
+    batchSize: StrictInt
+    endMarkers: WireMarkers
+    capabilities: list[StrictStr] = Field(default_factory=list)
+    readOnly: StrictBool = False
+
+
+class Error(Body):
+    message_type = ERROR
+
+    error: StrictStr
+    code: StrictStr | None = None
+    fatal: StrictBool = False
+
+
+class Disconnect(Body):
+    message_type = DISCONNECT
+
+
+class BatchChunk(Body):
+    """batch.start and batch.continue: one chunk of changes."""
+
+    feed: WireFeed = Field(default_factory=WireFeed)
+    nextOffset: StrictInt | None = None
+    batchSize: StrictInt | None = None
+    startMarkers: WireMarkers | None = None
+    endMarkers: WireMarkers | None = None
+    reset: StrictBool = False
+
+
+class BatchStart(BatchChunk):
+    message_type = BATCH_START
+
+
+class BatchContinue(BatchChunk):
+    message_type = BATCH_CONTINUE
+
+
+class BatchEnd(Body):
+    message_type = BATCH_END
+
+    startMarkers: WireMarkers | None = None
+    endMarkers: WireMarkers | None = None
+    batchSize: StrictInt | None = Field(default=None, ge=1)
+
+
+class BatchAck(Body):
+    message_type = BATCH_ACK
+
+    receipt: Receipt = Field(default_factory=Receipt)
+    nextOffset: StrictInt | None = None
+    batchSize: StrictInt | None = None
+    startMarkers: WireMarkers | None = None
+    endMarkers: WireMarkers | None = None
+
+
+class BatchEndAck(Body):
+    message_type = BATCH_END_ACK
+
+    startMarkers: WireMarkers | None = None
+    endMarkers: WireMarkers | None = None
+
+
+class Feed(Body):
+    message_type = FEED
+
+    feed: WireFeed = Field(default_factory=WireFeed)
+    startMarkers: WireMarkers | None = None
+    endMarkers: WireMarkers | None = None
+
+
+class FeedAck(Body):
+    message_type = FEED_ACK
+
+    receipt: Receipt = Field(default_factory=Receipt)
+
+
+Message = (
+    Connect
+    | ConnectAck
+    | Error
+    | Disconnect
+    | BatchStart
+    | BatchContinue
+    | BatchEnd
+    | BatchAck
+    | BatchEndAck
+    | Feed
+    | FeedAck
+)
+
+MODELS: dict[str, type[Body]] = {
+    model.message_type: model
+    for model in (
+        Connect,
+        ConnectAck,
+        Error,
+        Disconnect,
+        BatchStart,
+        BatchContinue,
+        BatchEnd,
+        BatchAck,
+        BatchEndAck,
+        Feed,
+        FeedAck,
+    )
+}
+MESSAGE_TYPES = frozenset(MODELS)
+
+
+def _describe(error: ValidationError, prefix: str = "") -> str:
+    """The first validation failure, naming its field: `header.id: Field required`."""
+    first = error.errors(include_url=False)[0]
+    location = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"{prefix}{location}: {first['msg']}"
+
+
+def parse_message(frame: str | bytes) -> Body:
+    """Parse one frame into its typed message, or raise DataGateError (see module docstring)."""
+    raw = decode_frame(frame)
+    return parse_decoded(raw)
+
+
+def parse_decoded(raw: dict[str, Any]) -> Body:
+    """Validate an already decoded frame (a dict with a header dict)."""
+    try:
+        header = Header.model_validate(raw["header"])
+    except ValidationError as error:
+        raise DataGateError(
+            ErrorCode.INVALID_MESSAGE,
+            message_type="header",
+            detail=_describe(error, "header."),
+        ) from error
+    model = MODELS.get(header.messageType)
+    if model is None:
+        raise DataGateError(ErrorCode.UNKNOWN_MESSAGE_TYPE, message_type=header.messageType)
+    body = dict(raw)
+    body["header"] = header
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        raise DataGateError(
+            ErrorCode.INVALID_MESSAGE, message_type=header.messageType, detail=_describe(error)
+        ) from error
+
+
+def message_type_of(raw: dict[str, Any]) -> str | None:
+    """The messageType a decoded frame claims, if it is a string (for error reports)."""
+    value = raw.get("header", {}).get("messageType") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+# --- encoding what the server sends -------------------------------------------------------
+
+
+def encode(message: dict[str, Any]) -> str:
+    """One JSON text frame. Compact separators: feeds are the bulk of the traffic."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_body(body: dict[str, Any]) -> str:
+    """A body without header, encoded once so many sessions can share it (see `splice`)."""
+    return encode(body)
+
+
+def splice(header: dict[str, Any], encoded_body: str) -> str:
+    """A frame from a header and a body `encode_body` made: the body's bytes are reused."""
+    head = '{"header":' + encode(header)
+    if encoded_body == "{}":
+        return head + "}"
+    return head + "," + encoded_body[1:]
+
+
+__all__ = [
+    "BATCH_ACK",
+    "BATCH_CONTINUE",
+    "BATCH_END",
+    "BATCH_END_ACK",
+    "BATCH_START",
+    "CAPABILITY_LIVE",
+    "CONNECT",
+    "CONNECT_ACK",
+    "DISCONNECT",
+    "ERROR",
+    "FEED",
+    "FEED_ACK",
+    "MESSAGE_TYPES",
+    "MODELS",
+    "Body",
+    "Message",
+    "encode",
+    "encode_body",
+    "make_header",
+    "parse_message",
+    "splice",
+]
