@@ -1,0 +1,613 @@
+"""The sync engine: one replica's conversation with a DataGate server (PROTOCOL.md section 4).
+
+A session runs: Connect → push the journal in chunks (batch.start / batch.continue, each
+answered by a batch.ack whose receipt settles the journal) → batch.end with the stored markers
+→ pull (apply each chunk by the conflict rule, ack it) → store the pull's endMarkers → then,
+for a live session, feeds in both directions until either side disconnects.
+
+What makes it safe to stop anywhere (a crash, a killed server, a lost network):
+- a local change leaves the journal only when a receipt lists it, so an unacknowledged change is
+  sent again by the next session (the server applies a change idempotently);
+- markers are stored only at the end of a pull, or with the feed they came with, in the same
+  transaction as the changes, so a session cut short pulls again from where it was;
+- a pull whose first chunk says `reset` is a full snapshot: ids it lacks and the journal does
+  not hold are dropped; if the server went back in time (its epoch changed, or its position is
+  behind ours) what we hold that the snapshot lacks or has older is journaled and pushed again;
+- a live feed whose marker range does not start where we are is a gap: the session ends and
+  the next one resumes from the stored markers.
+
+`SyncEngine.run()` keeps a live session up, reconnecting with exponential back-off and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from datagate_replica.clock import DELETE, WRITE, VersionKey
+from datagate_replica.store import Change, Markers, PendingChange, RejectedChange, Store, Version
+
+log = logging.getLogger("datagate_replica")
+
+CONNECT = "no2.sync.connect"
+CONNECT_ACK = "no2.sync.connect.ack"
+ERROR = "no2.sync.error"
+DISCONNECT = "no2.sync.disconnect"
+BATCH_START = "no2.sync.batch.start"
+BATCH_CONTINUE = "no2.sync.batch.continue"
+BATCH_END = "no2.sync.batch.end"
+BATCH_ACK = "no2.sync.batch.ack"
+BATCH_END_ACK = "no2.sync.batch.end.ack"
+FEED = "no2.sync.feed"
+FEED_ACK = "no2.sync.feed.ack"
+
+# Close codes after which trying again with the same token cannot help.
+CLOSE_NOT_AUTHENTICATED = 4401
+ID_MAX_LENGTH = 128
+
+
+class SyncError(Exception):
+    """A session ended abnormally. The next session resumes from what is stored."""
+
+    def __init__(self, message: str, *, code: str = "", close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.close_code = close_code
+
+
+class AuthenticationError(SyncError):
+    """The server refused the token (close 4401): reconnecting with it will not help."""
+
+
+class GapError(SyncError):
+    """A live feed did not start where this replica is: reconnect and pull what was missed."""
+
+
+@dataclass
+class SessionReport:
+    """What one session did."""
+
+    pushed: int = 0
+    rejected: list[RejectedChange] = field(default_factory=list)
+    pulled: int = 0
+    reset: bool = False
+    restored: bool = False
+    requeued: int = 0
+    markers: Markers = field(default_factory=Markers)
+    read_only: bool = False
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_feed(feed: object) -> tuple[list[Version], list[dict[str, str]]]:
+    """The versions of a wire feed, and a `rejected` receipt entry for each malformed change."""
+    versions: list[Version] = []
+    rejected: list[dict[str, str]] = []
+    if not isinstance(feed, Mapping):
+        return versions, rejected
+    for index, raw in enumerate(feed.get("changeSet") or []):
+        if not isinstance(raw, Mapping):
+            rejected.append({"id": "", "code": "DG-4001", "error": f"change #{index} not object"})
+            continue
+        doc_id, revision, modified = raw.get("_id"), raw.get("_revision"), raw.get("_modified")
+        if not isinstance(doc_id, str) or not doc_id or len(doc_id) > ID_MAX_LENGTH:
+            rejected.append({"id": "", "code": "DG-4002", "error": "DG-4002 bad _id"})
+            continue
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+            rejected.append({"id": doc_id, "code": "DG-4003", "error": "DG-4003 bad _revision"})
+            continue
+        if not isinstance(modified, int) or isinstance(modified, bool) or modified < 0:
+            rejected.append({"id": doc_id, "code": "DG-4004", "error": "DG-4004 bad _modified"})
+            continue
+        origin = raw.get("_origin")
+        body = {k: v for k, v in raw.items() if isinstance(k, str) and not k.startswith("_")}
+        versions.append(
+            Version(
+                doc_id, WRITE, modified, revision, origin if isinstance(origin, str) else "", body
+            )
+        )
+    tombstones = feed.get("tombstoneMap") or {}
+    if isinstance(tombstones, Mapping):
+        for doc_id, deleted_at in tombstones.items():
+            if not isinstance(doc_id, str) or not doc_id or not _is_int(deleted_at):
+                rejected.append(
+                    {
+                        "id": str(doc_id)[:ID_MAX_LENGTH],
+                        "code": "DG-4007",
+                        "error": "DG-4007 bad tombstone",
+                    }
+                )
+                continue
+            versions.append(Version(doc_id, DELETE, deleted_at, 0, "", None))
+    return versions, rejected
+
+
+def feed_of(changes: list[PendingChange]) -> tuple[dict[str, Any], dict[str, int]]:
+    """The wire feed for journal entries, and the `sent` map (id -> change_no) to settle it."""
+    change_set = [c.version.to_document() for c in changes if not c.version.deleted]
+    tombstone_map = {c.version.doc_id: c.version.modified for c in changes if c.version.deleted}
+    sent = {c.version.doc_id: c.change_no for c in changes}
+    return {"changeSet": change_set, "tombstoneMap": tombstone_map}, sent
+
+
+def receipt_of(versions: list[Version], rejected: list[dict[str, str]]) -> dict[str, Any]:
+    """Our receipt for a chunk or feed we processed: every id, applied or superseded."""
+    added = list(dict.fromkeys(v.doc_id for v in versions if not v.deleted))
+    removed = list(dict.fromkeys(v.doc_id for v in versions if v.deleted))
+    return {"added": added, "removed": removed, "rejected": rejected}
+
+
+def is_restore(stored: Markers, server: Markers) -> bool:
+    """The server went back in time (restored from an older backup) since we last synced."""
+    if stored.is_zero:
+        return False
+    return (stored.epoch != 0 and stored.epoch != server.epoch) or stored.seq > server.seq
+
+
+class _Session:
+    """One websocket conversation: headers, sending, receiving with errors turned into raises."""
+
+    def __init__(self, ws: ClientConnection, *, tenant: str, collection: str, origin: str):
+        self.ws = ws
+        self.tenant = tenant
+        self.collection = collection
+        self.origin = origin
+        self.transaction_id = str(uuid.uuid4())
+        self.user_name: str | None = None
+
+    async def send(
+        self, message_type: str, *, correlation_id: str | None = None, **body: Any
+    ) -> str:
+        message_id = str(uuid.uuid4())
+        header = {
+            "id": message_id,
+            "transactionId": self.transaction_id,
+            "correlationId": correlation_id,
+            "tenant": self.tenant,
+            "collection": self.collection,
+            "userName": self.user_name,
+            "timestamp": time.time_ns() // 1_000_000,
+            "messageType": message_type,
+            "origin": self.origin,
+        }
+        await self.ws.send(json.dumps({"header": header, **body}, separators=(",", ":")))
+        return message_id
+
+    async def receive(self, seconds: float | None) -> dict[str, Any]:
+        """The next message; a server error raises SyncError (the session is over)."""
+        try:
+            async with asyncio.timeout(seconds):
+                frame = await self.ws.recv()
+        except TimeoutError as exc:
+            raise SyncError(f"no answer from the server within {seconds} s") from exc
+        except ConnectionClosed as exc:
+            raise _closed_error(exc) from exc
+        try:
+            message = json.loads(frame)
+            header = message["header"]
+            message_type = header["messageType"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SyncError(f"the server sent a malformed frame: {exc}") from exc
+        if message_type == ERROR:
+            code, text = str(message.get("code") or ""), str(message.get("error") or "")
+            close = None
+            if message.get("fatal"):
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                    async with asyncio.timeout(2):
+                        await self.ws.wait_closed()
+                close = self.ws.close_code
+            error_type = AuthenticationError if close == CLOSE_NOT_AUTHENTICATED else SyncError
+            raise error_type(text or f"server error {code}", code=code, close_code=close)
+        return dict(message)
+
+    async def expect(self, message_type: str, seconds: float | None) -> dict[str, Any]:
+        message = await self.receive(seconds)
+        kind = message["header"]["messageType"]
+        if kind != message_type:
+            raise SyncError(f"expected {message_type}, the server sent {kind}")
+        return message
+
+
+def _closed_error(exc: ConnectionClosed) -> SyncError:
+    code = exc.rcvd.code if exc.rcvd is not None else None
+    reason = exc.rcvd.reason if exc.rcvd is not None else ""
+    error_type = AuthenticationError if code == CLOSE_NOT_AUTHENTICATED else SyncError
+    return error_type(f"connection closed ({code} {reason})".strip(), close_code=code)
+
+
+ChangeListener = Callable[[list[Change]], None]
+ProgressListener = Callable[[int, int], None]
+
+
+class SyncEngine:
+    """Syncs one Store with one collection of a DataGate server."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        url: str,
+        tenant: str,
+        collection: str,
+        token: str,
+        name: str | None = None,
+        pull_batch_size: int = 500,
+        push_chunk_size: int = 200,
+        push_chunk_bytes: int = 256 * 1024,
+        reply_timeout: float = 60.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        on_changes: ChangeListener | None = None,
+        on_progress: ProgressListener | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.url = url.rstrip("/")
+        self.tenant = tenant
+        self.collection = collection
+        self.token = token
+        self.name = name
+        self.pull_batch_size = pull_batch_size
+        self.push_chunk_size = push_chunk_size
+        self.push_chunk_bytes = push_chunk_bytes
+        self.reply_timeout = reply_timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.on_changes = on_changes
+        self.on_progress = on_progress
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.live = False  # True while a live session is up
+        self.went_live = False  # the last session reached the live phase
+        self._sent_upto = 0
+        self.last_error: SyncError | None = None
+        self._wake = asyncio.Event()
+        self._live_event = asyncio.Event()
+
+    @property
+    def endpoint(self) -> str:
+        base = self.url
+        if base.startswith("http"):
+            base = "ws" + base[4:]
+        return f"{base}/ws/datagate/{quote(self.tenant)}/{quote(self.collection)}/"
+
+    def poke(self) -> None:
+        """A local change was made: a live session sends it now rather than at the next poll."""
+        self._wake.set()
+
+    async def wait_live(self, timeout: float) -> None:  # noqa: ASYNC109 - public API
+        async with asyncio.timeout(timeout):
+            await self._live_event.wait()
+
+    # -- a session --------------------------------------------------------------------------
+
+    async def session(self, *, live: bool, stop: asyncio.Event | None = None) -> SessionReport:
+        """Connect, push, pull; with `live`, stay live until `stop` is set or the link drops."""
+        report = SessionReport()
+        try:
+            async with connect(
+                self.endpoint,
+                open_timeout=self.reply_timeout,
+                max_size=None,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=5,
+            ) as ws:
+                conn = _Session(
+                    ws, tenant=self.tenant, collection=self.collection, origin=self.store.replica_id
+                )
+                await self._run_session(conn, report, live=live, stop=stop)
+        except (OSError, InvalidHandshake) as exc:
+            raise SyncError(f"cannot connect to {self.endpoint}: {exc}") from exc
+        except ConnectionClosed as exc:
+            raise _closed_error(exc) from exc
+        finally:
+            self.live = False
+            self._live_event.clear()
+        return report
+
+    async def _run_session(
+        self, conn: _Session, report: SessionReport, *, live: bool, stop: asyncio.Event | None
+    ) -> None:
+        await conn.send(
+            CONNECT,
+            authToken=self.token,
+            replicaName=self.name,
+            capabilities=["live"] if live else [],
+        )
+        ack = await conn.expect(CONNECT_ACK, self.reply_timeout)
+        conn.user_name = ack["header"].get("userName")
+        report.read_only = bool(ack.get("readOnly"))
+        server_position = Markers.from_wire(ack.get("endMarkers"))
+        stored = self.store.markers()
+        restore = is_restore(stored, server_position)
+
+        await self._push(conn, report)
+        await conn.send(
+            BATCH_END,
+            startMarkers=stored.to_wire(),
+            endMarkers=stored.to_wire(),
+            batchSize=self.pull_batch_size,
+        )
+        await conn.expect(BATCH_END_ACK, self.reply_timeout)
+        await self._pull(conn, report, stored=stored, server=server_position, restore=restore)
+        self.store.note("last_sync", time.time_ns() // 1_000_000)
+        if not live:
+            await self._finish(conn)
+            return
+        self.live = True
+        self.went_live = True
+        self._live_event.set()
+        self.last_error = None
+        await self._live(conn, report, stop=stop)
+
+    async def _finish(self, conn: _Session) -> None:
+        """Non-live: the server sends Disconnect after the pull; wait briefly, then close."""
+        with contextlib.suppress(SyncError):
+            while True:
+                message = await conn.receive(5.0)
+                if message["header"]["messageType"] == DISCONNECT:
+                    break
+        await conn.ws.close()
+
+    # -- push -------------------------------------------------------------------------------
+
+    def _next_chunk(self, after: int) -> list[PendingChange]:
+        """The next journal entries to send: at most push_chunk_size, about push_chunk_bytes."""
+        chunk: list[PendingChange] = []
+        size = 0
+        for change in self.store.journal(limit=self.push_chunk_size, after=after):
+            size += len(json.dumps(change.version.body or {})) + 100
+            if chunk and (size > self.push_chunk_bytes or len(chunk) >= self.push_chunk_size):
+                break
+            chunk.append(change)
+        return chunk
+
+    async def _push(self, conn: _Session, report: SessionReport) -> None:
+        after = 0
+        offset = 0
+        first = True
+        while True:
+            chunk = self._next_chunk(after)
+            if not chunk:
+                return
+            feed, sent = feed_of(chunk)
+            offset += len(chunk)
+            message_id = await conn.send(
+                BATCH_START if first else BATCH_CONTINUE,
+                feed=feed,
+                nextOffset=offset,
+                batchSize=len(chunk),
+                startMarkers=None,
+                endMarkers=None,
+            )
+            first = False
+            reply = await conn.expect(BATCH_ACK, self.reply_timeout)
+            if reply["header"].get("correlationId") not in (None, message_id):
+                raise SyncError("batch.ack answers another chunk")
+            settled = self.store.settle(
+                sent, reply.get("receipt") or {}, at_ms=time.time_ns() // 1_000_000
+            )
+            report.pushed += settled.dropped
+            report.rejected += settled.rejected
+            after = chunk[-1].change_no
+
+    # -- pull -------------------------------------------------------------------------------
+
+    async def _pull(
+        self,
+        conn: _Session,
+        report: SessionReport,
+        *,
+        stored: Markers,
+        server: Markers,
+        restore: bool,
+    ) -> None:
+        snapshot: dict[str, VersionKey] | None = None
+        estimate = max(server.seq - (0 if restore else stored.seq), 0)
+        while True:
+            message = await conn.receive(self.reply_timeout)
+            kind = message["header"]["messageType"]
+            if kind == BATCH_END:
+                if message.get("reset") and snapshot is None:
+                    snapshot = {}
+                end = Markers.from_wire(message.get("endMarkers"))
+                changes: list[Change] = []
+                if snapshot is None:
+                    self.store.markers_store(end)
+                else:
+                    report.reset = True
+                    report.restored = restore or is_restore(stored, end)
+                    changes, report.requeued = self.store.reset_complete(
+                        snapshot=snapshot, markers=end, restore=report.restored
+                    )
+                report.markers = end
+                self._notify(changes)
+                await conn.send(
+                    BATCH_END_ACK,
+                    correlation_id=message["header"].get("id"),
+                    startMarkers=message.get("startMarkers"),
+                    endMarkers=message.get("endMarkers"),
+                )
+                if self.on_progress is not None:
+                    self.on_progress(report.pulled, max(report.pulled, estimate))
+                return
+            if kind not in (BATCH_START, BATCH_CONTINUE):
+                raise SyncError(f"expected a pull chunk, the server sent {kind}")
+            if message.get("reset") and snapshot is None:
+                snapshot = {}
+            versions, rejected = parse_feed(message.get("feed"))
+            changes = self.store.apply_remote(versions)
+            if snapshot is not None:
+                for version in versions:
+                    key = version.key()
+                    if version.doc_id not in snapshot or key > snapshot[version.doc_id]:
+                        snapshot[version.doc_id] = key
+            report.pulled += len(versions)
+            self._notify(changes)
+            await conn.send(
+                BATCH_ACK,
+                correlation_id=message["header"].get("id"),
+                receipt=receipt_of(versions, rejected),
+                nextOffset=message.get("nextOffset"),
+                batchSize=message.get("batchSize"),
+                startMarkers=message.get("startMarkers"),
+                endMarkers=message.get("endMarkers"),
+            )
+            if self.on_progress is not None:
+                self.on_progress(report.pulled, max(report.pulled, estimate))
+
+    # -- live -------------------------------------------------------------------------------
+
+    async def _live(self, conn: _Session, report: SessionReport, *, stop: asyncio.Event | None):
+        inflight: dict[str, dict[str, int]] = {}  # feed id -> {doc id: change_no}
+        self._sent_upto = 0  # whatever the push phase left in the journal goes first
+        stop = stop or asyncio.Event()
+        reader = asyncio.ensure_future(conn.receive(None))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                await self._send_feeds(conn, inflight)
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait(
+                    {reader, stopper, waker}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
+                waker.cancel()
+                if stopper in done:
+                    with contextlib.suppress(ConnectionClosed):
+                        await conn.send(DISCONNECT)
+                    await conn.ws.close()
+                    return
+                if reader in done:
+                    message = reader.result()  # raises on a server error or a closed link
+                    reader = asyncio.ensure_future(conn.receive(None))
+                    if await self._on_live_message(conn, message, inflight, report):
+                        return
+        finally:
+            for task in (reader, stopper):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async def _send_feeds(self, conn: _Session, inflight: dict[str, dict[str, int]]) -> None:
+        """Send new journal entries as feeds, a few feeds in flight at most.
+
+        `change_no` only grows, so everything up to the highest one sent is in flight or
+        settled; an entry a receipt did not mention stays journaled for the next session.
+        """
+        while len(inflight) < 4:
+            chunk = self._next_chunk(self._sent_upto)
+            if not chunk:
+                return
+            feed, sent = feed_of(chunk)
+            message_id = await conn.send(FEED, feed=feed)
+            inflight[message_id] = sent
+            self._sent_upto = chunk[-1].change_no
+
+    async def _on_live_message(
+        self,
+        conn: _Session,
+        message: dict[str, Any],
+        inflight: dict[str, dict[str, int]],
+        report: SessionReport,
+    ) -> bool:
+        """Handle one message of the live phase; True when the session is over."""
+        header = message["header"]
+        kind = header["messageType"]
+        if kind == DISCONNECT:
+            await conn.ws.close()
+            return True
+        if kind == FEED_ACK:
+            sent = inflight.pop(header.get("correlationId") or "", None)
+            if sent is not None:
+                settled = self.store.settle(
+                    sent, message.get("receipt") or {}, at_ms=time.time_ns() // 1_000_000
+                )
+                report.pushed += settled.dropped
+                report.rejected += settled.rejected
+            return False
+        if kind == FEED:
+            stored = self.store.markers()
+            start = Markers.from_wire(message.get("startMarkers"))
+            end = Markers.from_wire(message.get("endMarkers"))
+            if end.epoch != stored.epoch or start.seq > stored.seq:
+                raise GapError(
+                    f"feed covers {start.seq}..{end.seq} but this replica is at {stored.seq}"
+                )
+            versions, rejected = parse_feed(message.get("feed"))
+            markers = end if end.seq > stored.seq else None
+            changes = self.store.apply_remote(versions, markers=markers)
+            report.pulled += len(versions)
+            self._notify(changes)
+            await conn.send(
+                FEED_ACK, correlation_id=header.get("id"), receipt=receipt_of(versions, rejected)
+            )
+            return False
+        log.warning("ignoring %s in the live phase", kind)
+        return False
+
+    def _notify(self, changes: list[Change]) -> None:
+        if changes and self.on_changes is not None:
+            self.on_changes(changes)
+
+    # -- sync once, stay live ---------------------------------------------------------------
+
+    async def sync_once(self) -> SessionReport:
+        """One push and pull. After a restore, a second session pushes what was requeued."""
+        report = await self.session(live=False)
+        if report.requeued:
+            again = await self.session(live=False)
+            again.reset, again.restored, again.requeued = True, True, report.requeued
+            again.pushed += report.pushed
+            again.pulled += report.pulled
+            again.rejected = report.rejected + again.rejected
+            report = again
+        return report
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay live until `stop`: reconnect after any failure, with back-off and jitter.
+
+        Raises AuthenticationError when the server refuses the token (nothing to retry).
+        """
+        attempt = 0
+        while not stop.is_set():
+            self.went_live = False
+            try:
+                await self.session(live=True, stop=stop)
+            except AuthenticationError as exc:
+                self.last_error = exc
+                self.store.note("last_error", str(exc))
+                raise
+            except SyncError as exc:
+                self.last_error = exc
+                self.store.note("last_error", str(exc))
+                log.info("sync session ended: %s", exc)
+            if self.went_live:
+                attempt = 0  # the link worked: the next failure starts the back-off afresh
+            attempt += 1
+            delay = backoff_delay(
+                attempt - 1, base=self.backoff_base, cap=self.backoff_cap, rng=self.rng
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
