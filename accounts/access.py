@@ -68,3 +68,42 @@ def document_read_filter(
     Callers that send documents (pull, live feeds, HTTP reads) apply it to every id.
     """
     return None
+
+
+# --- topics -------------------------------------------------------------------------------
+# Callers pass the topic's attributes, not the topic: accounts never imports topics.
+# A local topic the user may not see must look exactly like one that does not exist.
+
+
+def access_topic_connect(*, user: Any, tenant: Tenant) -> bool:
+    return membership_role(user=user, tenant=tenant) is not None
+
+
+def access_topic_see(*, user: Any, tenant: Tenant, scope: str, owner_id: int | None) -> bool:
+    if membership_role(user=user, tenant=tenant) is None:
+        return False
+    return scope == "global" or owner_id == user.pk
+
+
+def access_topic_create(*, user: Any, tenant: Tenant, scope: str) -> bool:
+    role = membership_role(user=user, tenant=tenant)
+    return role in (Role.ADMIN, Role.WRITER)
+
+
+def access_topic_publish(*, user: Any, tenant: Tenant, scope: str, owner_id: int | None) -> bool:
+    role = membership_role(user=user, tenant=tenant)
+    if role not in (Role.ADMIN, Role.WRITER):
+        return False
+    return access_topic_see(user=user, tenant=tenant, scope=scope, owner_id=owner_id)
+
+
+def access_topic_subscribe(*, user: Any, tenant: Tenant, scope: str, owner_id: int | None) -> bool:
+    return access_topic_see(user=user, tenant=tenant, scope=scope, owner_id=owner_id)
+
+
+def access_topic_delete(*, user: Any, tenant: Tenant, scope: str, owner_id: int | None) -> bool:
+    if not access_topic_see(user=user, tenant=tenant, scope=scope, owner_id=owner_id):
+        return False
+    if owner_id is not None and owner_id == user.pk:
+        return True
+    return membership_role(user=user, tenant=tenant) == Role.ADMIN

@@ -21,6 +21,9 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         "FEED_ACK_TIMEOUT",
         "PULL_CHUNKS_IN_FLIGHT",
         "ACCESS_TOKEN_TTL",
+        "TOPIC_PAGE_SIZE",
+        "TOPIC_MAX_PUBLISH",
+        "TOPIC_POLL_INTERVAL",
     )
     for name in positive:
         if knobs[name] <= 0:
@@ -34,6 +37,10 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
     if knobs["MAINTENANCE_INTERVAL"] < 0:
         problems.append(
             Error("DATAGATE MAINTENANCE_INTERVAL must not be negative.", id="datagate.E003")
+        )
+    if not 0.0 <= knobs["TOPIC_COMMIT_SHARE"] <= 1.0:
+        problems.append(
+            Error("DATAGATE TOPIC_COMMIT_SHARE must be between 0 and 1.", id="datagate.E004")
         )
     if knobs["CHUNK_SIZE"] > 5000:
         problems.append(

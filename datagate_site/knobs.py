@@ -42,6 +42,20 @@ KNOBS: tuple[Knob, ...] = (
         "Days journal entries are kept (live replicas' needs win).",
     ),
     Knob("ACCESS_TOKEN_TTL", 3600, int, "Lifetime in seconds of issued OAuth2 access tokens."),
+    Knob(
+        "TOPIC_COMMIT_SHARE",
+        0.5,
+        float,
+        "Share (0..1) of a topic batch to be committed before the next batch goes out.",
+    ),
+    Knob("TOPIC_PAGE_SIZE", 100, int, "Default page size (largest batch) of a new topic."),
+    Knob("TOPIC_MAX_PUBLISH", 1000, int, "Most messages one topic publish may carry."),
+    Knob(
+        "TOPIC_POLL_INTERVAL",
+        5.0,
+        float,
+        "Seconds between a process's checks of its subscribed topics (covers lost doorbells).",
+    ),
 )
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -170,6 +170,38 @@ class ErrorCode(Enum):
     SHUTTING_DOWN = _spec("DG-5004", CloseCode.GOING_AWAY, 503, "server is shutting down")
 
     # --- 6xxx topics -----------------------------------------------------------------------
+    TOPIC_TENANT_NOT_FOUND = _spec(
+        "DG-6001", CloseCode.FORBIDDEN, 404, "tenant not found: {tenant}"
+    )
+    TOPIC_NOT_FOUND = _spec("DG-6002", CloseCode.FORBIDDEN, 404, "topic not found: {topic}")
+    TOPIC_EXISTS = _spec("DG-6003", CloseCode.PROTOCOL_VIOLATION, 409, "topic {topic!r} exists")
+    TOPIC_CREATE_DENIED = _spec(
+        "DG-6004", CloseCode.FORBIDDEN, 403, "user {user!r} may not create {scope} topics"
+    )
+    TOPIC_DELETE_DENIED = _spec(
+        "DG-6005", CloseCode.FORBIDDEN, 403, "user {user!r} may not delete topic {topic!r}"
+    )
+    TOPIC_PUBLISH_DENIED = _spec(
+        "DG-6006", CloseCode.FORBIDDEN, 403, "user {user!r} may not publish to topic {topic!r}"
+    )
+    COMMIT_REGRESSION = _spec(
+        "DG-6007",
+        CloseCode.PROTOCOL_VIOLATION,
+        409,
+        "commit {offset} on {topic!r} is behind the committed offset {committed}",
+    )
+    COMMIT_BEYOND_END = _spec(
+        "DG-6008",
+        CloseCode.PROTOCOL_VIOLATION,
+        409,
+        "commit {offset} on {topic!r} is past its last offset {last}",
+    )
+    ALREADY_SUBSCRIBED = _spec(
+        "DG-6009", CloseCode.PROTOCOL_VIOLATION, 409, "already subscribed to {topic!r}"
+    )
+    NOT_SUBSCRIBED = _spec(
+        "DG-6010", CloseCode.PROTOCOL_VIOLATION, 409, "not subscribed to {topic!r}"
+    )
 
     # --- 7xxx maintenance and operator tools -----------------------------------------------
 
