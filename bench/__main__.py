@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.harness import FULL, QUICK, ROOT, as_dict, load, machine_facts, versions
+from bench.harness import ROOT, SIZES, as_dict, load, machine_facts, versions
 from bench.report import RESULTS_DIR, summary_lines, write_results_md
 from bench.run_pass import BENCHMARKS
 
@@ -95,8 +95,7 @@ def _run_pass(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         str(out_path),
         *extra,
     ]
-    if args.quick:
-        command.append("--quick")
+    command += ["--sizes", args.mode]
     if args.profile:
         command.append("--profile")
     started = time.monotonic()
@@ -124,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("BENCH_QUICK", "").lower() in {"1", "true", "yes"},
         help="small sizes, for a smoke test (also BENCH_QUICK=1)",
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="the smallest sizes (the harness's own test)"
+    )
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="benchmarks to run")
     parser.add_argument("--backends", default="sqlite,postgres", help="sqlite and/or postgres")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per pass")
     parser.add_argument("--json", help="also write this run's JSON here")
     args = parser.parse_args(argv)
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    args.quick = args.quick or args.smoke
     if args.timeout is None:
         args.timeout = 600.0 if args.quick else 3600.0
     for name in args.only.split(","):
@@ -147,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 
     run: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
+        "mode": args.mode,
         "only": args.only,
         "commit": _git_commit(),
         "machine": machine_facts(),
         "versions": versions(),
-        "sizes": as_dict(QUICK if args.quick else FULL),
+        "sizes": as_dict(SIZES[args.mode]),
         "load_start": load(),
         "passes": {},
     }

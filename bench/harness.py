@@ -68,6 +68,21 @@ QUICK = Sizes(
     client_processes=2,
     topic_messages=500,
 )
+# The smallest run that still goes through every step: the harness's own test.
+SMOKE = Sizes(
+    push_docs=400,
+    push_chunk=100,
+    push_window=2,
+    catchup_docs=400,
+    fanout_replicas=(4,),
+    fanout_rate=20,
+    fanout_seconds=0.5,
+    connections=20,
+    connections_hold=0.5,
+    client_processes=1,
+    topic_messages=100,
+)
+SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
 @dataclass

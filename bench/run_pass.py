@@ -15,7 +15,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from bench.harness import FULL, QUICK, TENANT, USER, PassContext, load, raise_nofile
+from bench.harness import SIZES, TENANT, USER, PassContext, load, raise_nofile
 
 BENCHMARKS = ("push_ingest", "catch_up", "fanout", "connections", "topics")
 
@@ -53,7 +53,7 @@ def _fixtures() -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_pass")
     parser.add_argument("--backend", choices=["sqlite", "postgres"], required=True)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", choices=sorted(SIZES), default="full")
     parser.add_argument("--only", default=",".join(BENCHMARKS))
     parser.add_argument("--out", required=True)
     parser.add_argument("--database-url", default="")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
 
-    sizes = QUICK if args.quick else FULL
+    sizes = SIZES[args.sizes]
     raise_nofile(sizes.connections * 2 + 1024)
     work_dir = Path(tempfile.mkdtemp(prefix=f"datagate-bench-{args.backend}-"))
     _configure_django(args.backend, work_dir, args.database_url)

@@ -113,6 +113,10 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # Keep each thread's connection: every database_sync_to_async call closes
+            # connections past their age, and with the default (0) each call opened a new
+            # one and ran the PRAGMAs again: 28% of a live server's CPU (bench/RESULTS.md).
+            "CONN_MAX_AGE": None,
             # A file, not shared-cache memory: tests with threads need SQLite's real locking.
             "TEST": {
                 "NAME": os.environ.get("DATAGATE_SQLITE_TEST_PATH", str(DATA_DIR / "test.sqlite3"))
