@@ -99,6 +99,21 @@ class LocalStore:
         return int(self.db.execute("SELECT count(*) FROM documents").fetchone()[0])
 
 
+async def _sdk_catch_up(port: int, ctx: PassContext, collection: str, path: Path) -> dict[str, Any]:
+    """The same catch-up by the SDK's replica (`datagate_replica.AsyncReplica.sync`)."""
+    from datagate_replica import AsyncReplica
+
+    start = time.perf_counter()
+    replica = AsyncReplica(f"ws://127.0.0.1:{port}", TENANT, collection, ctx.token, path=path)
+    try:
+        report = await replica.sync()
+        seconds = time.perf_counter() - start
+        stored = len(replica.list())
+    finally:
+        await replica.close()
+    return {"seconds": round(seconds, 3), "pulled": report.pulled, "stored": stored}
+
+
 async def _catch_up(url: str, ctx: PassContext, collection: str, store: LocalStore) -> float:
     start = time.perf_counter()
     session = await Session.open(url, token=ctx.token, tenant=TENANT, collection=collection)
@@ -136,6 +151,16 @@ def run(ctx: PassContext) -> dict[str, Any]:
         url = ctx.collection_url(server.port, name)
         with profiled(ctx, server.process.pid, "catch-up", 8):
             seconds = asyncio.run(_catch_up(url, ctx, name, store))
+        sdk: dict[str, Any] = {}
+        try:
+            sdk = asyncio.run(
+                _sdk_catch_up(server.port, ctx, name, ctx.work_dir / f"{name}-sdk.sqlite3")
+            )
+            sdk["docs_per_s"] = round(count / sdk["seconds"])
+            sdk["ratio_to_raw_read"] = ratio(sdk["seconds"], baseline["seconds"])
+        except Exception as exc:
+            sdk = {"error": f"{type(exc).__name__}: {exc}"}
+    result["sdk_replica"] = sdk
     stored = store.count()
     result["replica"] = {
         "seconds": round(seconds, 3),
@@ -145,7 +170,8 @@ def run(ctx: PassContext) -> dict[str, Any]:
         "ratio_to_changes_since": ratio(seconds, selector["seconds"]),
     }
     result["headline"] = (
-        f"{count} docs in {seconds:.2f} s ({stored} stored); raw read {baseline['seconds']} s,"
+        f"{count} docs in {seconds:.2f} s ({stored} stored), SDK {sdk.get('seconds')} s;"
+        f" raw read {baseline['seconds']} s,"
         f" changes_since {selector['seconds']} s"
     )
     return result

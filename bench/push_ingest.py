@@ -54,6 +54,13 @@ def direct_baseline(ctx: PassContext, docs: list[dict[str, Any]]) -> dict[str, A
 
     collection_id = _collection(f"push-direct-{time.time_ns()}")
     chunk = ctx.sizes.push_chunk
+    # Warm up (first queries, statement caches) on another collection, as the server is warm.
+    batch_apply(
+        collection_id=_collection(f"push-warm-{time.time_ns()}"),
+        feed={"changeSet": make_documents(chunk, prefix="warm", origin="bench-direct")},
+        origin="bench-direct",
+        user_id=ctx.user_id,
+    )
     start = time.perf_counter()
     for index in range(0, len(docs), chunk):
         batch_apply(
@@ -101,6 +108,41 @@ async def _push(
     }
 
 
+async def _sdk_push(
+    port: int, ctx: PassContext, collection: str, docs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The SDK's replica: put every document locally, then one `sync()` (push, then pull)."""
+    from datagate_replica import AsyncReplica
+
+    path = ctx.work_dir / f"{collection}-sdk.sqlite3"
+    replica = AsyncReplica(
+        f"ws://127.0.0.1:{port}",
+        TENANT,
+        collection,
+        ctx.token,
+        path=path,
+        push_chunk_size=ctx.sizes.push_chunk,
+    )
+    try:
+        start = time.perf_counter()
+        for doc in docs:
+            replica.put(doc["_id"], {k: v for k, v in doc.items() if not k.startswith("_")})
+        put_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        report = await replica.sync()
+        sync_seconds = time.perf_counter() - start
+    finally:
+        await replica.close()
+    return {
+        "docs": len(docs),
+        "local_puts_per_s": round(len(docs) / put_seconds),
+        "pushed": report.pushed,
+        "pulled_back": report.pulled,
+        "sync_seconds": round(sync_seconds, 3),
+        "docs_per_s": round(len(docs) / sync_seconds),
+    }
+
+
 def run(ctx: PassContext) -> dict[str, Any]:
     missing = replication_route_missing()
     count = ctx.sizes.push_docs
@@ -129,6 +171,21 @@ def run(ctx: PassContext) -> dict[str, Any]:
         url = ctx.collection_url(server.port, four_collection)
         four = asyncio.run(_push(url, ctx, four_collection, parts))
         four["stored"] = _stored(_collection(four_collection))
+        sdk_collection = f"push-sdk-{time.time_ns()}"
+        try:
+            sdk = asyncio.run(
+                _sdk_push(
+                    server.port,
+                    ctx,
+                    sdk_collection,
+                    make_documents(count, prefix="sdk", origin="bench-sdk"),
+                )
+            )
+            sdk["stored"] = _stored(_collection(sdk_collection))
+            sdk["ratio_to_baseline"] = ratio(sdk["docs_per_s"], baseline["docs_per_s"])
+        except Exception as exc:
+            sdk = {"error": f"{type(exc).__name__}: {exc}"}
+    result["sdk_replica"] = sdk
     one["ratio_to_baseline"] = ratio(one["docs_per_s"], baseline["docs_per_s"])
     four["ratio_to_baseline"] = ratio(four["docs_per_s"], baseline["docs_per_s"])
     result["one_replica"] = one

@@ -56,6 +56,16 @@ def push_rows(entry: dict[str, Any]) -> list[Row]:
             rows.append((label, figure, baseline, _r(got.get("ratio_to_baseline")), target))
         elif problem:
             rows.append((label, problem, baseline, "-", target))
+    sdk = entry.get("sdk_replica")
+    if sdk and "docs_per_s" in sdk:
+        figure = (
+            f"{_n(sdk['docs_per_s'], ' docs/s')}: sync() of {_n(sdk['pushed'])} pushed and "
+            f"{_n(sdk['pulled_back'])} pulled back in {_n(sdk['sync_seconds'], ' s')} "
+            f"(local puts {_n(sdk['local_puts_per_s'], '/s')})"
+        )
+        rows.append(("push, SDK replica", figure, baseline, _r(sdk.get("ratio_to_baseline")), ""))
+    elif sdk:
+        rows.append(("push, SDK replica", _problem(sdk) or "-", baseline, "-", ""))
     return rows
 
 
@@ -71,7 +81,16 @@ def catch_up_rows(entry: dict[str, Any]) -> list[Row]:
         return [(label, _problem(entry) or "-", baseline, "-", "< 10 s")]
     figure = f"{_n(got['seconds'], ' s')} ({_n(got['docs_per_s'], ' docs/s')})"
     ratios = f"{_r(got.get('ratio_to_raw_read'))} / {_r(got.get('ratio_to_changes_since'))}"
-    return [(label, figure, baseline, ratios, "< 10 s")]
+    rows: list[Row] = [(label, figure, baseline, ratios, "< 10 s")]
+    sdk = entry.get("sdk_replica")
+    if sdk and "seconds" in sdk:
+        figure = f"{_n(sdk['seconds'], ' s')} ({_n(sdk['docs_per_s'], ' docs/s')})"
+        rows.append(
+            ("catch-up, SDK replica", figure, baseline, _r(sdk.get("ratio_to_raw_read")), "< 10 s")
+        )
+    elif sdk:
+        rows.append(("catch-up, SDK replica", _problem(sdk) or "-", baseline, "-", "< 10 s"))
+    return rows
 
 
 def _fan(run: dict[str, Any]) -> str:
@@ -151,7 +170,7 @@ def topics_rows(entry: dict[str, Any]) -> list[Row]:
     problem = _problem(entry)
     if problem or "publish" not in entry:
         return [("topics", problem or "-", "-", "-", "")]
-    pub, con = entry["publish"], entry["consume"]
+    pub, con, live = entry["publish"], entry["consume"], entry.get("live", {})
     base = entry.get("baseline", {})
     return [
         (
@@ -166,6 +185,13 @@ def topics_rows(entry: dict[str, Any]) -> list[Row]:
             f"{_n(con['messages_per_s'], ' msg/s')} ({_n(con['messages'])} messages)",
             f"read direct {_n(base.get('read_per_s'), ' msg/s')}",
             _r(con.get("ratio_to_baseline")),
+            "",
+        ),
+        (
+            "topics, publish and consume at once",
+            f"{_n(live.get('messages_per_s'), ' msg/s')}",
+            "-",
+            "-",
             "",
         ),
     ]

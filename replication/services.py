@@ -547,15 +547,18 @@ def session_chunk_apply(
 
     Rejected changes are recorded as error events, one per error code and chunk.
     """
-    result = batch_apply(
-        collection_id=grant.collection_id,
-        feed=feed,
-        origin=origin,
-        user_id=grant.user.pk,
-        replica_pk=grant.replica_pk,
-        message_id=message_id,
-        guard=guard,
-    )
+    from accounts.access import roles_memoised
+
+    with roles_memoised():
+        result = batch_apply(
+            collection_id=grant.collection_id,
+            feed=feed,
+            origin=origin,
+            user_id=grant.user.pk,
+            replica_pk=grant.replica_pk,
+            message_id=message_id,
+            guard=guard,
+        )
     replica_pushed(
         replica_pk=grant.replica_pk,
         applied=result.applied,
