@@ -20,6 +20,7 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         "FEED_WINDOW",
         "FEED_ACK_TIMEOUT",
         "PULL_CHUNKS_IN_FLIGHT",
+        "LIVE_POLL_INTERVAL",
         "ACCESS_TOKEN_TTL",
         "TOPIC_PAGE_SIZE",
         "TOPIC_MAX_PUBLISH",

@@ -31,6 +31,13 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FEED_ACK_TIMEOUT", 60.0, float, "Seconds without a feed.ack before close 4429."),
     Knob("PULL_CHUNKS_IN_FLIGHT", 4, int, "Pull chunks sent ahead of the client's acks."),
     Knob(
+        "LIVE_POLL_INTERVAL",
+        2.0,
+        float,
+        "Seconds between database checks of live collections: a lost doorbell delays a feed "
+        "at most this long.",
+    ),
+    Knob(
         "AUTO_CREATE_COLLECTIONS", True, bool, "Writers and admins create a collection on connect."
     ),
     Knob("SERVER_ID", socket.gethostname(), str, "This server's `origin` in message headers."),

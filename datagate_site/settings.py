@@ -127,16 +127,31 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer: in-memory by default, Redis with REDIS_URL -------------------------------
 if os.environ.get("REDIS_URL"):
+    # Redis pub/sub, not channels_redis's list-based RedisChannelLayer: the layer only rings
+    # doorbells (docs/decisions/0002), one per commit, to one listener per process
+    # (replication/live.py). With pub/sub a group is a subscription held by a live connection,
+    # so a killed process leaves no dead members behind (RedisChannelLayer keeps them for
+    # `group_expiry` and keeps delivering to them), and a group send is one PUBLISH whatever
+    # the number of processes. Pub/sub is at most once, like every channel layer: a bell lost
+    # while a connection is down only delays a feed until the next database poll.
+    # redis<8 is pinned (channels_redis #422); the timeouts are explicit so that a dead Redis
+    # is noticed and reconnected rather than waited on forever.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                "hosts": [os.environ["REDIS_URL"]],
+                "hosts": [
+                    {
+                        "address": os.environ["REDIS_URL"],
+                        "socket_connect_timeout": 5,
+                        "socket_keepalive": True,
+                        "health_check_interval": 30,
+                        "retry_on_timeout": True,
+                    }
+                ],
+                # Pub/sub channels are global to a Redis server (not per database number):
+                # the prefix keeps deployments (and test runs) sharing one Redis apart.
                 "prefix": os.environ.get("DATAGATE_REDIS_PREFIX", "datagate"),
-                "capacity": 1000,
-                # Dead processes leave their channels in groups until this expires; live
-                # members re-join well within it (see replication/doorbell.py).
-                "group_expiry": 600,
             },
         }
     }

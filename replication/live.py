@@ -4,7 +4,7 @@ Fan-out is where the time goes (docs/STYLE, "Fan-out"), so live sessions do not 
 the channel layer. Each process (each event loop) has one `LiveHub`. It owns one channel on
 the layer and joins the doorbell group of every collection that has a live session here,
 once, re-joining well within the layer's `group_expiry`. On each bell (or every
-`POLL_INTERVAL` seconds, so a lost bell only delays a feed) a collection's `CollectionFeed`
+`LIVE_POLL_INTERVAL` seconds, so a lost bell only delays a feed) a collection's `CollectionFeed`
 reads the new changes from the database once, encodes the feed body once, and offers that
 `FeedBlock` to every local session of the collection. A session that is up to date sends the
 same bytes under its own header; one that is behind, has a full window or filters what its
@@ -42,9 +42,14 @@ from replication.selectors import Change
 
 logger = logging.getLogger(__name__)
 
-# Seconds between database checks of a collection with live sessions: a lost bell delays a
-# feed by at most this long. Also how often sessions check their feed.ack deadline.
-POLL_INTERVAL = 2.0
+
+def poll_interval() -> float:
+    """Seconds between database checks of a live collection (DATAGATE LIVE_POLL_INTERVAL):
+    a lost bell delays a feed at most this long. Sessions check their feed.ack deadline as
+    often."""
+    return float(settings.DATAGATE["LIVE_POLL_INTERVAL"])
+
+
 # How long a shutdown waits for sessions to close after their Disconnect before daphne goes on.
 SHUTDOWN_GRACE = 3.0
 
@@ -106,7 +111,7 @@ class CollectionFeed:
         loop = asyncio.get_running_loop()
         while self.sessions:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), poll_interval())
             self._wake.clear()
             try:
                 await self.pump()
@@ -209,7 +214,7 @@ class LiveHub:
                 self._rejoiner = asyncio.create_task(self._rejoin(), name="live-rejoin")
             await self.layer.group_add(collection_group(collection_id), self.channel)
         except Exception:
-            # Without the layer, feeds still arrive by polling (POLL_INTERVAL).
+            # Without the layer, feeds still arrive by polling (LIVE_POLL_INTERVAL).
             logger.warning(
                 "could not join the doorbell of collection %s", collection_id, exc_info=True
             )

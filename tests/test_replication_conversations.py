@@ -537,12 +537,9 @@ async def test_a_slow_replica_gets_a_bounded_window_then_one_coalesced_feed(
 
 
 async def test_a_replica_that_never_acks_is_closed_4429(
-    open_replica: Opener, world: Any, settings: Any, monkeypatch: Any
+    open_replica: Opener, world: Any, settings: Any
 ) -> None:
-    from replication import live
-
-    monkeypatch.setattr(live, "POLL_INTERVAL", 0.1)
-    settings.DATAGATE = {**settings.DATAGATE, "FEED_ACK_TIMEOUT": 0.5}
+    settings.DATAGATE = {**settings.DATAGATE, "FEED_ACK_TIMEOUT": 0.5, "LIVE_POLL_INTERVAL": 0.1}
     silent = await open_replica()
     await silent.sync()
     writer = await open_replica(world["token_b"])
