@@ -337,7 +337,7 @@ class TopicsConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(actions.error_record)(
                 error=error, caller=self.caller, tenant=self.tenant_slug, topic=topic
             )
-        frame = self.session.error_message(error, correlation_id=correlation_id)
+        frame = self.session.error_message(error, correlation_id=correlation_id, topic=topic)
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
         if error.fatal:
             self.session.close()

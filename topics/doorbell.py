@@ -72,7 +72,10 @@ class TopicHub:
 
     async def join(self, topic_id: int, listener: Listener) -> None:
         if self.channel is None:
-            self.channel = await self.layer.new_channel(prefix="topics.hub")
+            # The default prefix on purpose: channels_redis receives every process-local
+            # ("!") channel through one shared Redis key per prefix and one lock, so a
+            # channel with another prefix is only read while it happens to hold that lock.
+            self.channel = await self.layer.new_channel()
         if topic_id not in self.listeners:
             self.listeners[topic_id] = set()
             await self.layer.group_add(topic_group(topic_id), self.channel)

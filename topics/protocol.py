@@ -261,14 +261,16 @@ class TopicSession:
         return {"header": header, **body}
 
     def error_message(
-        self, error: DataGateError, *, correlation_id: str | None = None
+        self, error: DataGateError, *, correlation_id: str | None = None, topic: str = ""
     ) -> dict[str, Any]:
+        extra = {"topic": topic} if topic else {}
         return self.outbound(
             ERROR,
             correlation_id=correlation_id,
             error=error.text,
             code=error.code,
             fatal=error.fatal,
+            **extra,
         )
 
 
