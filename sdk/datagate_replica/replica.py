@@ -169,7 +169,12 @@ class AsyncReplica:
     # -- sync -------------------------------------------------------------------------------
 
     async def sync(self) -> SessionReport:
-        """One push and pull (raises SyncError if the server cannot be reached)."""
+        """One push and pull (raises SyncError if the server cannot be reached).
+
+        A live replica (`start()`) syncs on its own; calling this meanwhile is an error.
+        """
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("this replica is live and syncs on its own; stop() it first")
         return await self.engine.sync_once()
 
     async def start(self) -> None:

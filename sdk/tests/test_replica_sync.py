@@ -421,7 +421,7 @@ async def test_a_refused_token_raises_an_authentication_error_and_is_not_retried
         assert "failed to validate token" in replica.status()["last_error"]
 
 
-async def test_an_unreachable_server_is_retried_with_back_off(tmp_path: Path) -> None:
+async def test_an_unreachable_server_is_retried_with_back_off_while_live(tmp_path: Path) -> None:
     replica = make_replica(
         "ws://127.0.0.1:9", tmp_path / "r.sqlite3", backoff_base=0.01, backoff_cap=0.05
     )
@@ -438,6 +438,8 @@ async def test_an_unreachable_server_is_retried_with_back_off(tmp_path: Path) ->
     async with asyncio.timeout(20):
         while attempts < 3:
             await asyncio.sleep(0.01)
+    with pytest.raises(RuntimeError, match="live"):
+        await replica.sync()  # a live replica syncs on its own
     await replica.close()
     assert isinstance(replica.engine.last_error, SyncError)
 
