@@ -139,6 +139,30 @@ def test_a_range_whose_messages_are_gone_finishes_empty() -> None:
     assert w.finished
 
 
+def test_a_commit_past_what_was_sent_skips_ahead_and_can_end_a_range() -> None:
+    w = window(batch=5)
+    assert send(w) == [1, 2, 3, 4, 5]
+    w.committed(40)
+    assert (w.next_offset, w.outstanding) == (41, 0)
+    assert send(w) == [41, 42, 43, 44, 45]
+    ranged = window(batch=5, end=8)
+    assert send(ranged) == [1, 2, 3, 4, 5]
+    ranged.committed(8)
+    assert ranged.read_limit() == 1
+    ranged.delivered([], 100)
+    assert ranged.finished
+
+
+def test_messages_removed_by_retention_do_not_count_as_outstanding() -> None:
+    w = window(batch=10)
+    w.delivered(list(range(50, 60)), 100)
+    assert w.outstanding == 10
+    w.committed(53)
+    assert w.read_limit() == 0  # 4 of 10 committed: below the share
+    w.committed(54)
+    assert w.read_limit() == 5
+
+
 def test_an_empty_read_skips_to_the_topic_end_without_spinning() -> None:
     w = window(last=10, next_offset=4, floor=3)
     w.delivered([], 10)

@@ -202,3 +202,16 @@ def test_the_trim_command_reports_and_honours_dry_run(tenant: Any) -> None:
     call_command("datagate_topics_trim", stdout=out)
     assert "acme/short: removed 3 (0 by age, 3 by count)" in out.getvalue()
     assert Message.objects.count() == 2
+
+
+@pytest.mark.parametrize("model", ["topic", "message", "consumeroffset"])
+def test_the_admin_lists_topics_messages_and_offsets(
+    admin_client: Any, tenant: Any, make_user: Any, model: str
+) -> None:
+    user = make_user("dora")
+    topic = topic_create(tenant=tenant, name="audit", scope="global", owner_id=user.pk)
+    messages_publish(topic_id=topic.pk, messages=[Publication("e1", {"x": 1})], publisher_id=None)
+    offset_commit(topic_id=topic.pk, topic_name="audit", user_id=user.pk, device="pc", offset=1)
+    response = admin_client.get(f"/admin/topics/{model}/")
+    assert response.status_code == 200
+    assert b"audit" in response.content

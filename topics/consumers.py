@@ -18,10 +18,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from replication.daphne_support import allow_protocol_close_codes
 from replication.protocol.errors import CloseCode, DataGateError, ErrorCode
 from topics import actions, protocol
 from topics.doorbell import DELETED, TopicHub, topic_hub
@@ -31,8 +33,25 @@ from topics.services import Publication
 
 logger = logging.getLogger(__name__)
 
+allow_protocol_close_codes()  # 1009 for a frame too large
+
+# Not a configured alias: Channels then gives the consumer no layer channel of its own (no
+# Redis receive loop per socket). Subscribers hear about topics through the process's hub.
+NO_CHANNEL_LAYER = "datagate.topics-listen-through-the-hub"
+
 
 class TopicsConsumer(AsyncWebsocketConsumer):
+    channel_layer_alias = NO_CHANNEL_LAYER
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' dispatch hops to a thread to close old database connections before every
+        # message. Skipped on purpose, as in replication.consumers: every ORM call here goes
+        # through database_sync_to_async, which does that in its own thread.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
     async def connect(self) -> None:
         knobs = settings.DATAGATE
         self.tenant_slug: str = self.scope["url_route"]["kwargs"]["tenant"]

@@ -310,6 +310,9 @@ class SubscriptionWindow:
 
     def committed(self, offset: int) -> None:
         self.floor = max(self.floor, offset)
+        if offset >= self.next_offset:  # the client is past what it was sent: skip there
+            self.next_offset = offset + 1
+            self.sent_upto = max(self.sent_upto, offset)
 
     def heard(self, last_offset: int) -> None:
         self.known_last = max(self.known_last, last_offset)
@@ -322,7 +325,11 @@ class SubscriptionWindow:
 
     def read_limit(self) -> int:
         """How many messages to read and send now (0: nothing, or wait for commits)."""
-        if self.finished or self.known_last < self.next_offset:
+        if self.finished:
+            return 0
+        if self.end is not None and self.next_offset > self.end:
+            return 1  # nothing left in the range: one (empty) read ends it with `final`
+        if self.known_last < self.next_offset:
             return 0
         if not self.previous_batch_released():
             return 0
@@ -335,6 +342,8 @@ class SubscriptionWindow:
         """Record a batch read (and sent) starting at `next_offset`."""
         self.heard(last_offset)
         if offsets:
+            # Offsets below the first one read no longer exist (retention): none outstanding.
+            self.floor = max(self.floor, offsets[0] - 1)
             self.batch_first = offsets[0]
             self.batch_count = len(offsets)
             self.sent_upto = offsets[-1]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from datagate_replica.cli_topics import TOPIC_COMMANDS, add_topic_commands, run_topic_command
 from datagate_replica.replica import AsyncReplica, default_path
 from datagate_replica.store import Change, StoreError
 from datagate_replica.sync import SyncError
@@ -33,6 +34,7 @@ environment variables (options win over them):
   DATAGATE_COLLECTION    collection name
   DATAGATE_TOKEN         OAuth2 access token (needed by sync and watch)
   DATAGATE_REPLICA_FILE  local file (default ./<tenant>-<collection>.replica.sqlite3)
+  DATAGATE_DEVICE        device name for topic offsets (publish, subscribe; default host name)
 
 examples:
   export DATAGATE_TENANT=acme DATAGATE_COLLECTION=notes DATAGATE_TOKEN=...
@@ -41,6 +43,8 @@ examples:
   datagate-replica sync
   datagate-replica ls done:=false
   datagate-replica watch
+  datagate-replica publish --create global news '{"title": "hello"}'   # topics (scope topics)
+  datagate-replica subscribe news --from beginning --device laptop
 
 exit status: 0 done, 1 not found or the server could not be reached, 2 bad usage.
 """
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = command("status", "show the markers, the journal size and rejected changes")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    add_topic_commands(commands)  # publish, subscribe (DataGate topics)
     return parser
 
 
@@ -331,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out, err = sys.stdout, sys.stderr
+    if args.command in TOPIC_COMMANDS:
+        return run_topic_command(args, out, err)
     try:
         if args.command == "sync":
             return asyncio.run(run_sync(args, out, err))

@@ -1,6 +1,6 @@
 """The `publish` and `subscribe` commands of `datagate-replica` (DataGate topics).
 
-    datagate-replica publish news '{"title": "hello"}' '"plain text"'
+    datagate-replica publish --create global news '{"title": "hello"}' '"plain text"'
     echo '{"n": 1}' | datagate-replica publish news -
     datagate-replica subscribe news --from beginning --count 10
 
@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from datagate_replica.topics import TopicError, TopicsClient
 
 TOPIC_COMMANDS = ("publish", "subscribe")
+TOPIC_EXISTS = "DG-6003"
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,12 @@ def add_topic_commands(subparsers: Any) -> None:
     _connection_options(publish)
     publish.add_argument("topic")
     publish.add_argument("messages", nargs="*", help="JSON values; none or - reads stdin")
+    publish.add_argument(
+        "--create",
+        choices=("global", "local"),
+        default=None,
+        help="create the topic first with this scope if it does not exist",
+    )
     publish.add_argument(
         "--id",
         action="append",
@@ -125,6 +132,12 @@ async def _publish(args: argparse.Namespace, out: TextIO) -> int:
     if args.message_ids is not None and len(args.message_ids) != len(payloads):
         raise TopicUsageError("give one --id per message")
     async with _client(args) as client:
+        if args.create is not None:
+            try:
+                await client.create(args.topic, scope=args.create)
+            except TopicError as exc:
+                if exc.code != TOPIC_EXISTS:
+                    raise
         offsets = await client.publish(args.topic, payloads, message_ids=args.message_ids)
     for offset in offsets:
         out.write(f"{offset}\n")
