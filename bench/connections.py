@@ -18,6 +18,7 @@ from bench.harness import (
     TENANT,
     PassContext,
     daphne,
+    profiled,
     ratio,
     rss_bytes,
     split,
@@ -28,6 +29,8 @@ from bench.wire import live_session, open_socket
 
 NAME = "connections"
 MIB = 1024 * 1024
+# Seconds each client process may spend connecting; what connected by then is what is held.
+CONNECT_BUDGET = 300
 
 
 async def _warm_up(kind: str, url: str, ctx: PassContext, collection: str) -> None:
@@ -61,14 +64,15 @@ async def _hold(ctx: PassContext, kind: str, port: int, pid: int) -> dict[str, A
             "collection": collection,
             "prefix": f"idle{index}-{stamp}",
             "concurrency": 20,
-            "connect_timeout": 600,
+            "connect_timeout": CONNECT_BUDGET,
             "deadline": 900,
             "record": False,
         }
         for index, count in enumerate(split(sizes.connections, sizes.client_processes))
     ]
     started = time.perf_counter()
-    clients, ready = await start_clients("receive", configs, ready_timeout=700)
+    with profiled(ctx, pid, f"connect-{kind}", 10):
+        clients, ready = await start_clients("receive", configs, ready_timeout=700)
     try:
         connect_seconds = time.perf_counter() - started
         connected = sum(r["connected"] for r in ready)
