@@ -169,7 +169,8 @@ def run(ctx: PassContext) -> dict[str, Any]:
             parts.append(docs[offset : offset + size])
             offset += size
         url = ctx.collection_url(server.port, four_collection)
-        four = asyncio.run(_push(url, ctx, four_collection, parts))
+        with profiled(ctx, server.process.pid, "push-four", 8):
+            four = asyncio.run(_push(url, ctx, four_collection, parts))
         four["stored"] = _stored(_collection(four_collection))
         sdk_collection = f"push-sdk-{time.time_ns()}"
         try:
