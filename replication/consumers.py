@@ -37,12 +37,6 @@ allow_protocol_close_codes()
 # sessions hear about changes through the process's LiveHub, which listens once per process.
 NO_CHANNEL_LAYER = "datagate.sessions-listen-through-the-live-hub"
 
-# Recording an acked position is two UPDATEs. Once per live feed.ack that was 28% of a fan-out
-# server's CPU and replicas x changes/s writes (bench/RESULTS.md), so a live session records
-# its acks at most every ACK_RECORD_INTERVAL seconds, on the hub's tick and on disconnect.
-# Pull acks are still recorded at once. The position only moves forward; it may lag by this.
-ACK_RECORD_INTERVAL = 1.0
-
 
 class ReplicationConsumer(AsyncConsumer):
     """`/ws/datagate/{tenant}/{collection}/[{user}/]`: one replication session per socket."""
@@ -85,8 +79,6 @@ class ReplicationConsumer(AsyncConsumer):
         self.closed = False
         self.cleaned_up = False
         self.live_joined = False
-        self.ack_unrecorded: tuple[int, int] | None = None  # (seq, pulled) not yet written
-        self.ack_recorded_at = 0.0
         self.tasks: set[asyncio.Task[Any]] = set()
         self.loop = asyncio.get_running_loop()
         self.hub: LiveHub = get_hub()
@@ -207,12 +199,12 @@ class ReplicationConsumer(AsyncConsumer):
                 now=self.loop.time(),
             )
         if isinstance(effect, mc.RecordAck):
-            held = self.ack_unrecorded or (0, 0)
-            self.ack_unrecorded = (max(held[0], effect.seq), held[1] + effect.pulled)
-            if not self.live_joined or self.loop.time() - self.ack_recorded_at >= (
-                ACK_RECORD_INTERVAL
-            ):
-                await self._record_ack()
+            if self.session.state is mc.State.LIVE:
+                self.hub.note_ack(replica_pk=grant.replica_pk, seq=effect.seq)
+            else:
+                await database_sync_to_async(services.replica_acked)(
+                    replica_pk=grant.replica_pk, seq=effect.seq, pulled=effect.pulled
+                )
             return []
         if isinstance(effect, mc.GoLive):
             head = await self.hub.join(
@@ -302,19 +294,8 @@ class ReplicationConsumer(AsyncConsumer):
             return
         if self.live_joined:
             await self.hub.leave(self, collection_id=grant.collection_id)
-        await self._record_ack()
-        await database_sync_to_async(services.replica_disconnected)(replica_pk=grant.replica_pk)
-
-    async def _record_ack(self) -> None:
-        """Write the acked position held back since the last write, if any."""
-        pending, grant = self.ack_unrecorded, self.grant
-        if pending is None or grant is None:
-            return
-        self.ack_unrecorded = None
-        if self.live_joined:  # the first live ack is written at once, later ones coalesce
-            self.ack_recorded_at = self.loop.time()
-        await database_sync_to_async(services.replica_acked)(
-            replica_pk=grant.replica_pk, seq=pending[0], pulled=pending[1]
+        await database_sync_to_async(services.replica_disconnected)(
+            replica_pk=grant.replica_pk, acked_seq=self.hub.take_ack(grant.replica_pk)
         )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -347,8 +328,6 @@ class ReplicationConsumer(AsyncConsumer):
         effects = self.session.tick(now=now)
         if effects:
             self._spawn(self.run(effects))
-        if self.ack_unrecorded is not None and now - self.ack_recorded_at >= ACK_RECORD_INTERVAL:
-            self._spawn(self._record_ack())
 
     async def shut_down(self) -> None:
         await self.run(self.session.shutdown())

@@ -34,13 +34,16 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from replication import selectors
+from replication import selectors, services
 from replication.doorbell import COLLECTION_CHANGED, collection_group
 from replication.markers import Markers
 from replication.protocol.messages import encode_body
 from replication.selectors import Change
 
 logger = logging.getLogger(__name__)
+
+# Seconds between database writes of live replicas' acknowledged positions.
+ACK_RECORD_INTERVAL = 1.0
 
 
 def poll_interval() -> float:
@@ -144,7 +147,10 @@ class CollectionFeed:
             )
             self.position = page.covered
             for session in list(self.sessions):
-                await session.offer(block)
+                try:
+                    await session.offer(block)
+                except Exception:  # one broken session must not stop the others' feeds
+                    logger.exception("offering a feed to a session failed")
             if page.covered >= page.head:
                 return
 
@@ -161,6 +167,9 @@ class LiveHub:
         self._rejoiner: asyncio.Task[None] | None = None
         self.shutting_down = False
         self._all_gone = asyncio.Event()
+        self._acks: dict[int, int] = {}
+        self._ack_flush: asyncio.TimerHandle | None = None
+        self._ack_task: asyncio.Task[None] | None = None
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -201,6 +210,37 @@ class LiveHub:
             if self.layer is not None and self.channel is not None:
                 with contextlib.suppress(Exception):
                     await self.layer.group_discard(collection_group(collection_id), self.channel)
+
+    # --- acknowledged positions ---------------------------------------------------------------
+
+    def note_ack(self, *, replica_pk: int, seq: int) -> None:
+        """A live replica acknowledged up to `seq`. Live acks come once per feed from every
+        replica: they are written for all replicas of the process together, at most once per
+        ACK_RECORD_INTERVAL, in one database step."""
+        if seq > self._acks.get(replica_pk, 0):
+            self._acks[replica_pk] = seq
+        if self._ack_flush is None:
+            loop = asyncio.get_running_loop()
+            self._ack_flush = loop.call_later(ACK_RECORD_INTERVAL, self._flush_acks_soon)
+
+    def _flush_acks_soon(self) -> None:
+        self._ack_task = asyncio.get_running_loop().create_task(self.record_acks())
+
+    def take_ack(self, replica_pk: int) -> int | None:
+        """The replica's acknowledged position not yet written (the session writes it)."""
+        return self._acks.pop(replica_pk, None)
+
+    async def record_acks(self) -> None:
+        self._ack_flush = None
+        positions, self._acks = self._acks, {}
+        if not positions:
+            return
+        try:
+            await database_sync_to_async(services.replicas_acked)(positions=positions)
+        except Exception:
+            logger.warning(
+                "could not record %d acknowledged positions", len(positions), exc_info=True
+            )
 
     # --- the doorbell ----------------------------------------------------------------------
 

@@ -429,7 +429,23 @@ def replica_acked(*, replica_pk: int, seq: int, pulled: int = 0) -> None:
     )
 
 
-def replica_disconnected(*, replica_pk: int) -> None:
+def replicas_acked(*, positions: Mapping[int, int]) -> None:
+    """Record many live replicas' acknowledged positions in one transaction (replica pk ->
+    seq); positions never move backwards."""
+    now = _now()
+    with transaction.atomic():
+        for replica_pk, seq in positions.items():
+            Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=seq).update(
+                last_acked_seq=seq, last_seen=now
+            )
+
+
+def replica_disconnected(*, replica_pk: int, acked_seq: int | None = None) -> None:
+    """Mark a replica offline (and record its last acknowledged position, if given)."""
+    if acked_seq is not None:
+        Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=acked_seq).update(
+            last_acked_seq=acked_seq
+        )
     Replica.objects.filter(pk=replica_pk).update(online=False, last_seen=_now())
 
 

@@ -1,8 +1,8 @@
 """A live replica's acked position is recorded coalesced, and never lost at disconnect.
 
 Recording every live feed.ack cost two UPDATEs per replica per change (bench/RESULTS.md), so
-the consumer writes the first live ack at once and coalesces the rest for
-`ACK_RECORD_INTERVAL` seconds; what is held back is written on the hub's tick or on disconnect.
+live acks are noted in the process's live hub and written in one step per second; what is held
+back is written on disconnect.
 """
 
 from __future__ import annotations
