@@ -28,6 +28,7 @@ import logging
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,6 +255,7 @@ class SyncEngine:
         pull_batch_size: int = 500,
         push_chunk_size: int = 200,
         push_chunk_bytes: int = 256 * 1024,
+        push_window: int = 4,
         reply_timeout: float = 60.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
@@ -270,6 +272,7 @@ class SyncEngine:
         self.pull_batch_size = pull_batch_size
         self.push_chunk_size = push_chunk_size
         self.push_chunk_bytes = push_chunk_bytes
+        self.push_window = push_window
         self.reply_timeout = reply_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -383,33 +386,42 @@ class SyncEngine:
         return chunk
 
     async def _push(self, conn: _Session, report: SessionReport) -> None:
+        """Send the journal in chunks, up to `push_window` ahead of their batch.acks."""
+        in_flight: OrderedDict[str, dict[str, int]] = OrderedDict()  # chunk id -> sent
         after = 0
         offset = 0
-        first = True
+        exhausted = False
         while True:
-            chunk = self._next_chunk(after)
-            if not chunk:
+            while not exhausted and len(in_flight) < self.push_window:
+                chunk = self._next_chunk(after)
+                if not chunk:
+                    exhausted = True
+                    break
+                feed, sent = feed_of(chunk)
+                offset += len(chunk)
+                message_id = await conn.send(
+                    BATCH_CONTINUE if offset > len(chunk) else BATCH_START,
+                    feed=feed,
+                    nextOffset=offset,
+                    batchSize=len(chunk),
+                    startMarkers=None,
+                    endMarkers=None,
+                )
+                in_flight[message_id] = sent
+                after = chunk[-1].change_no
+            if not in_flight:
                 return
-            feed, sent = feed_of(chunk)
-            offset += len(chunk)
-            message_id = await conn.send(
-                BATCH_START if first else BATCH_CONTINUE,
-                feed=feed,
-                nextOffset=offset,
-                batchSize=len(chunk),
-                startMarkers=None,
-                endMarkers=None,
-            )
-            first = False
             reply = await conn.expect(BATCH_ACK, self.reply_timeout)
-            if reply["header"].get("correlationId") not in (None, message_id):
-                raise SyncError("batch.ack answers another chunk")
+            correlation = reply["header"].get("correlationId")
+            if correlation is not None and correlation not in in_flight:
+                raise SyncError("a batch.ack answers no chunk in flight")
+            # Acks come in order; one without a correlationId answers the oldest chunk.
+            sent = in_flight.pop(correlation) if correlation else in_flight.popitem(last=False)[1]
             settled = self.store.settle(
                 sent, reply.get("receipt") or {}, at_ms=time.time_ns() // 1_000_000
             )
             report.pushed += settled.dropped
             report.rejected += settled.rejected
-            after = chunk[-1].change_no
 
     # -- pull -------------------------------------------------------------------------------
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from datagate_replica.clock import DELETE, WRITE
 from datagate_replica.store import Markers, Store, StoreError, Version, state_digest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture
@@ -260,3 +263,35 @@ def test_two_processes_can_share_the_file(tmp_path: Path) -> None:
     two.local_put("b", {"n": 2})
     assert {p.version.doc_id for p in one.journal()} == {"a", "b"}
     assert one.replica_id == two.replica_id
+
+
+edits = st.lists(
+    st.tuples(st.integers(0, 2), st.sampled_from(["a", "b", "c"]), st.booleans(), st.integers()),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(edits=edits, order=st.randoms(use_true_random=False))
+def test_replicas_that_exchange_their_journals_in_any_order_converge(
+    tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[int, str, bool, int]], order: Any
+) -> None:
+    folder = tmp_path_factory.mktemp("converge")
+    stores = [Store(folder / f"r{i}.sqlite3") for i in range(3)]
+    try:
+        for who, doc_id, remove, value in edits:
+            if remove:
+                stores[who].local_delete(doc_id)
+            else:
+                stores[who].local_put(doc_id, {"v": value})
+        outgoing = [[p.version for p in store.journal()] for store in stores]
+        for index, store in enumerate(stores):
+            incoming = [v for j, versions in enumerate(outgoing) if j != index for v in versions]
+            order.shuffle(incoming)
+            store.apply_remote(incoming)
+        assert len({store.state_hash() for store in stores}) == 1
+    finally:
+        for store in stores:
+            store.close()
