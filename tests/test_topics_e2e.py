@@ -177,6 +177,21 @@ def test_a_bad_token_is_refused_as_for_sync(daphne: Any, alice_token: str) -> No
     asyncio.run(scenario())
 
 
+def test_a_server_shutdown_sends_disconnect_then_closes_1001(daphne: Any, alice_token: str) -> None:
+    async def scenario() -> None:
+        async with websockets.connect(f"{daphne.ws_url}/ws/topics/acme/") as raw:
+            talk = RawTalk(raw)
+            await talk.request("connect", authToken=alice_token, device="x")
+            await asyncio.get_running_loop().run_in_executor(None, daphne.stop)
+            frame = await talk.next_frame()
+            assert frame["header"]["messageType"] == "datagate.topic.disconnect"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await raw.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+    asyncio.run(scenario())
+
+
 class RawTalk:
     """A bare websocket conversation, for checks the SDK hides (batches, close codes)."""
 

@@ -24,6 +24,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from replication.daphne_support import allow_protocol_close_codes
+from replication.live import get_hub as process_sessions
 from replication.protocol.errors import CloseCode, DataGateError, ErrorCode
 from topics import actions, protocol
 from topics.doorbell import DELETED, TopicHub, topic_hub
@@ -79,12 +80,17 @@ class TopicsConsumer(AsyncWebsocketConsumer):
             protocol.DISCONNECT: self.on_disconnect_message,
         }
         await self.accept()
+        # replication.live's hub knows every session of the process, so that on SIGTERM each
+        # gets a Disconnect and close 1001 (shut_down below) before daphne stops.
+        self.process_sessions = process_sessions()
+        self.process_sessions.register(self)
         self.timeout_task = asyncio.create_task(
             self._connect_timeout(float(knobs["CONNECT_TIMEOUT"]))
         )
 
     async def disconnect(self, code: int) -> None:
         self.session.close()
+        self.process_sessions.unregister(self)
         self.timeout_task.cancel()
         if self.pump_task is not None:
             self.pump_task.cancel()
@@ -342,10 +348,29 @@ class TopicsConsumer(AsyncWebsocketConsumer):
             return
         await self.hub.leave(topic_id, self._on_topic_moved)
 
+    # --- server shutdown (called by replication.live's hub) -------------------------------
+
+    async def shut_down(self) -> None:
+        if self.session.state is not protocol.State.CLOSED:
+            self.session.close()
+            with contextlib.suppress(Exception):
+                await self.reply_uncorrelated(protocol.DISCONNECT)
+            await self.close(code=CloseCode.GOING_AWAY)
+
+    async def offer(self, block: Any) -> None:
+        """Collection feeds are not for topic sessions."""
+
+    def tick(self, now: float) -> None:
+        """Topic sessions keep no timers in the replication hub."""
+
     # --- frames out -----------------------------------------------------------------------
 
     async def reply(self, message_type: str, inbound: Inbound, **body: Any) -> None:
         frame = self.session.outbound(message_type, correlation_id=inbound.correlation_id, **body)
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+
+    async def reply_uncorrelated(self, message_type: str, **body: Any) -> None:
+        frame = self.session.outbound(message_type, **body)
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
 
     async def fail(
