@@ -6,6 +6,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # The PostgreSQL run of the storage tests (required in CI, skipped elsewhere when unreachable).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+# `make bench BENCH_ARGS=--quick` runs the benchmarks at smoke-test sizes (bench/__main__.py).
+BENCH_ARGS ?=
 
 .PHONY: run test check lint typecheck bench clean chromium
 
@@ -42,7 +44,7 @@ typecheck: $(VENV)/.installed
 check: lint typecheck test
 
 bench: $(VENV)/.installed
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -124,7 +124,8 @@ else:
             },
             # Keep each thread's connection: replication sessions run every ORM call in
             # database_sync_to_async, which otherwise reconnects (and re-runs the PRAGMAs) per
-            # call; measured, ConnectAck went from 132 ms to 38 ms (median, loaded machine).
+            # call; measured, ConnectAck went from 132 ms to 38 ms (median, loaded machine);
+            # it was 28% of a live server's CPU in bench/ profiles (bench/RESULTS.md).
             "CONN_MAX_AGE": None,
             # A file, not shared-cache memory: tests with threads need SQLite's real locking.
             "TEST": {

@@ -48,6 +48,7 @@ class DaphneServer:
     port: int
     env: dict[str, str]
     log_path: Path
+    application: str = "datagate_site.asgi:application"
     process: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
@@ -67,6 +68,7 @@ class DaphneServer:
         extra_env: dict[str, str] | None = None,
         port: int | None = None,
         name: str = "daphne",
+        application: str = "datagate_site.asgi:application",
     ) -> DaphneServer:
         env = {
             key: value
@@ -77,7 +79,12 @@ class DaphneServer:
         env["DATAGATE_DATA_DIR"] = str(tmp_path / f"{name}-data")
         env["DJANGO_SECRET_KEY"] = "e2e-test-secret-key-not-for-production-use-0123456789"
         env.update(extra_env or {})
-        server = cls(port=port or free_port(), env=env, log_path=tmp_path / f"{name}.log")
+        server = cls(
+            port=port or free_port(),
+            env=env,
+            log_path=tmp_path / f"{name}.log",
+            application=application,
+        )
         server.launch()
         return server
 
@@ -90,7 +97,7 @@ class DaphneServer:
                 "127.0.0.1",
                 "-p",
                 str(self.port),
-                "datagate_site.asgi:application",
+                self.application,
             ],
             cwd=ROOT,
             env=self.env,
