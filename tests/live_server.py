@@ -30,6 +30,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def manage(env: dict[str, str], *args: str) -> str:
+    """Run `manage.py ARGS` in a subprocess with `env`; return its output, failing on error."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def database_env() -> dict[str, str]:
     """Environment variables that point a server process at this test's database."""
     settings = connection.settings_dict

@@ -8,8 +8,6 @@ import asyncio
 import http.cookiejar
 import os
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,25 +19,11 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from tests.live_server import ROOT, DaphneServer
+from tests.live_server import DaphneServer, manage
 from tests.services import require_postgres, require_redis
 from tests.wire_client import DISCONNECT, WebsocketsTransport, WireReplica
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
-
-
-def _manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +51,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             if key not in {"DATABASE_URL", "REDIS_URL", "DATAGATE_SQLITE_PATH"}
         }
         env.update(extra)
-        _manage(env, "migrate", "--no-input")
-        printed = _manage(env, "datagate_bootstrap")
+        manage(env, "migrate", "--no-input")
+        printed = manage(env, "datagate_bootstrap")
         password = re.search(r"with password '([^']+)'", printed)
         assert password is not None, printed
-        token = _manage(env, "datagate_token", "admin").strip()
+        token = manage(env, "datagate_token", "admin").strip()
         for server_name in ("a", "b"):
             servers.append(DaphneServer.start(tmp_path=tmp, extra_env=extra, name=server_name))
         yield {"token": token, "password": password.group(1), "a": servers[0], "b": servers[1]}

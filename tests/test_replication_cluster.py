@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,25 +16,11 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from tests.live_server import ROOT, DaphneServer
+from tests.live_server import DaphneServer, manage
 from tests.services import require_postgres, require_redis
 from tests.wire_client import WebsocketsTransport, WireReplica
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
-
-
-def _manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +51,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "DATAGATE_DATA_DIR": str(tmp / "data"),
         }
         env.update(extra)
-        _manage(env, "migrate", "--no-input")
-        _manage(env, "datagate_bootstrap")
-        token = _manage(env, "datagate_token", "admin").strip()
+        manage(env, "migrate", "--no-input")
+        manage(env, "datagate_bootstrap")
+        token = manage(env, "datagate_token", "admin").strip()
         for server_name in ("a", "b"):
             servers.append(DaphneServer.start(tmp_path=tmp, extra_env=extra, name=server_name))
         yield {"token": token, "a": servers[0], "b": servers[1]}
