@@ -96,6 +96,8 @@ def _run_pass(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         *extra,
     ]
     command += ["--sizes", args.mode]
+    if args.fanout_replicas:
+        command += ["--fanout-replicas", args.fanout_replicas]
     if args.profile:
         command.append("--profile")
     started = time.monotonic()
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--profile", action="store_true", help="sample servers with py-spy")
     parser.add_argument(
+        "--fanout-replicas", default="", help="live replicas per fan-out run, e.g. 200 or 50,200"
+    )
+    parser.add_argument(
         "--record",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -160,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": load(),
         "passes": {},
     }
+    if args.fanout_replicas:
+        run["sizes"]["fanout_replicas"] = [int(n) for n in args.fanout_replicas.split(",")]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if backend not in ("sqlite", "postgres"):
             parser.error(f"unknown backend {backend!r}")

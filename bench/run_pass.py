@@ -5,6 +5,7 @@ process). `python -m bench` starts it; it prints nothing but progress and writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -59,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--redis-url", default="")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--fanout-replicas", default="", help="e.g. 200 or 50,200")
     args = parser.parse_args(argv)
 
     sizes = SIZES[args.sizes]
+    if args.fanout_replicas:
+        counts = tuple(int(n) for n in args.fanout_replicas.split(","))
+        sizes = dataclasses.replace(sizes, fanout_replicas=counts)
     raise_nofile(sizes.connections * 2 + 1024)
     work_dir = Path(tempfile.mkdtemp(prefix=f"datagate-bench-{args.backend}-"))
     _configure_django(args.backend, work_dir, args.database_url)

@@ -51,6 +51,10 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         problems.append(
             Error("DATAGATE REFRESH_TOKEN_TTL must not be negative.", id="datagate.E005")
         )
+    if not 0.0 <= knobs["LIVE_COALESCE_MAX"] <= 1.0:
+        problems.append(
+            Error("DATAGATE LIVE_COALESCE_MAX must be between 0 and 1 second.", id="datagate.E006")
+        )
     if knobs["CHUNK_SIZE"] > 5000:
         problems.append(
             Warning(

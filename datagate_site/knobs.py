@@ -38,6 +38,13 @@ KNOBS: tuple[Knob, ...] = (
         "at most this long.",
     ),
     Knob(
+        "LIVE_COALESCE_MAX",
+        0.05,
+        float,
+        "Seconds a live feed may wait for the replicas' acks of the previous one, so that "
+        "changes go out together on a busy server (0 sends every change at once).",
+    ),
+    Knob(
         "AUTO_CREATE_COLLECTIONS", True, bool, "Writers and admins create a collection on connect."
     ),
     Knob("SERVER_ID", socket.gethostname(), str, "This server's `origin` in message headers."),

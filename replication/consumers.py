@@ -40,6 +40,9 @@ allow_protocol_close_codes()
 # sessions hear about changes through the process's LiveHub, which listens once per process.
 NO_CHANNEL_LAYER = "datagate.sessions-listen-through-the-live-hub"
 
+# Chunks applied in one database step at most (each is its own transaction).
+APPLY_BATCH = 64
+
 
 class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
     """`/ws/datagate/{tenant}/{collection}/[{user}/]`: one replication session per socket."""
@@ -73,6 +76,9 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         self.cleaned_up = False
         self.live_joined = False
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Pushed chunks and live feeds waiting for the database (see `_queue_apply`).
+        self.applies: deque[mc.ApplyChunk] = deque()
+        self.applier: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
         self.hub: LiveHub = get_hub()
         await self.base_send({"type": "websocket.accept"})
@@ -138,6 +144,12 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             queue.extendleft(reversed(more))
 
     async def _perform(self, effect: mc.Effect) -> list[mc.Effect]:
+        if isinstance(effect, mc.ApplyChunk):
+            self._queue_apply(effect)
+            return []
+        if not isinstance(effect, mc.RecordAck):
+            # Everything else keeps its order after the chunks received before it.
+            await self._applied()
         if isinstance(effect, mc.Send):
             await self._send_text(encode(effect.message))
             return []
@@ -151,21 +163,6 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             return await self._authenticate(effect)
         grant = self.grant
         assert grant is not None, f"{effect} before the session was authenticated"
-        if isinstance(effect, mc.ApplyChunk):
-            assert self.guard is not None
-            result = await database_sync_to_async(services.session_chunk_apply)(
-                grant=grant,
-                guard=self.guard,
-                feed=effect.feed,
-                origin=self.session.origin or "",
-                message_id=effect.message_id,
-                collection_name=self.collection_name,
-            )
-            metrics.push_record(applied=result.applied, rejected=len(result.rejected))
-            reply = dict(effect.reply)
-            reply["receipt"] = result.receipt()
-            await self._send_text(encode(reply))
-            return []
         if isinstance(effect, mc.ReadPosition):
             last_seq, purge_seq, epoch = await database_sync_to_async(selectors.collection_head)(
                 collection_id=grant.collection_id
@@ -197,6 +194,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             )
         if isinstance(effect, mc.RecordAck):
             if self.session.state is mc.State.LIVE:
+                self.hub.feed_acked(self, collection_id=grant.collection_id, seq=effect.seq)
                 self.hub.note_ack(
                     replica_pk=grant.replica_pk,
                     seq=effect.seq,
@@ -219,6 +217,53 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         if isinstance(effect, mc.SendShared):
             raise AssertionError("SendShared outside offer()")
         raise AssertionError(f"unknown effect {effect!r}")
+
+    # --- applying pushed chunks and live feeds -----------------------------------------------
+
+    def _queue_apply(self, effect: mc.ApplyChunk) -> None:
+        """Apply a pushed chunk or live feed without holding up the socket's next frames.
+
+        Chunks that arrive while earlier ones are in the database are applied together, in
+        order, in one database step (each in its own transaction, each answered with its own
+        receipt). One step per chunk cost the writer a turn of the event loop per chunk: on a
+        busy server that turn, not the write, capped the feeds a writer got applied per second
+        (bench/RESULTS.md). Effects other than acks wait for the queued chunks (`_applied`).
+        """
+        self.applies.append(effect)
+        if self.applier is None or self.applier.done():
+            self.applier = asyncio.ensure_future(self._apply_queued())
+
+    async def _applied(self) -> None:
+        applier = self.applier
+        if applier is not None and not applier.done() and applier is not asyncio.current_task():
+            await asyncio.shield(applier)
+
+    async def _apply_queued(self) -> None:
+        grant, guard = self.grant, self.guard
+        assert grant is not None and guard is not None
+        while self.applies:
+            batch = [self.applies.popleft() for _ in range(min(len(self.applies), APPLY_BATCH))]
+            try:
+                results = await database_sync_to_async(services.session_chunks_apply)(
+                    grant=grant,
+                    guard=guard,
+                    chunks=[(effect.feed, effect.message_id) for effect in batch],
+                    origin=self.session.origin or "",
+                    collection_name=self.collection_name,
+                )
+            except Exception:
+                self.applies.clear()
+                reference = uuid.uuid4().hex[:12]
+                logger.exception("applying pushed changes failed (reference %s)", reference)
+                await self.run(
+                    self.session.fail(DataGateError(ErrorCode.INTERNAL, reference=reference))
+                )
+                return
+            for effect, result in zip(batch, results, strict=True):
+                metrics.push_record(applied=result.applied, rejected=len(result.rejected))
+                reply = dict(effect.reply)
+                reply["receipt"] = result.receipt()
+                await self._send_text(encode(reply))
 
     async def _authenticate(self, effect: mc.Authenticate) -> list[mc.Effect]:
         connect = effect.connect
@@ -317,10 +362,10 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
 
     # --- what the live hub calls -----------------------------------------------------------
 
-    async def offer(self, block: FeedBlock) -> None:
-        """A new block of the collection's feed: send it, or catch up on it later."""
+    async def offer(self, block: FeedBlock) -> bool:
+        """A new block of the collection's feed: send it (True), or catch up on it later."""
         if self.closed or self.grant is None:
-            return
+            return False
         effects = self.session.offer_feed(
             start=block.start,
             end=block.end,
@@ -328,14 +373,17 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             now=self.loop.time(),
         )
         rest: list[mc.Effect] = []
+        shared = False
         for effect in effects:
             if isinstance(effect, mc.SendShared):
                 metrics.feed_record()
                 await self._send_text(splice(effect.header, block.body))
+                shared = True
             else:
                 rest.append(effect)
         if rest:  # a database read: not on the hub's path
             self._spawn(self.run(rest))
+        return shared
 
     def tick(self, now: float) -> None:
         effects = self.session.tick(now=now)

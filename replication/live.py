@@ -10,6 +10,13 @@ reads the new changes from the database once, encodes the feed body once, and of
 same bytes under its own header; one that is behind, has a full window or filters what its
 user may read, reads its own coalesced feed (docs/protocol.md, "Live").
 
+The hub paces itself by the replicas' acks. While most sessions that were sent the last block
+have not acknowledged it yet, new changes wait (at most `LIVE_COALESCE_MAX`) and then go out
+together as one block. On a quiet server acks return within a millisecond or two and every
+change goes out on its own; on a busy one the time per frame (daphne, the client, the ack
+coming back), not the database, is what runs out (bench/RESULTS.md), so each frame carries
+more changes instead of the queues growing.
+
 The database is the truth, the bell only says "collection 7 is at seq 1042"
 (docs/decisions/0002-the-database-is-the-truth.md).
 
@@ -58,6 +65,16 @@ def poll_interval() -> float:
     return float(settings.DATAGATE["LIVE_POLL_INTERVAL"])
 
 
+def coalesce_max() -> float:
+    """Seconds a collection's next block may wait for acks of the last one (DATAGATE
+    LIVE_COALESCE_MAX): the most pacing adds to a feed's latency."""
+    return float(settings.DATAGATE["LIVE_COALESCE_MAX"])
+
+
+# A new block goes out once at most this share of the sessions sent the last one still owe its
+# ack: a few slow replicas (a phone on a bad network) do not hold up everyone else.
+COALESCE_STRAGGLERS = 0.1
+
 # How long a shutdown waits for sessions to close after their Disconnect before daphne goes on.
 SHUTDOWN_GRACE = 3.0
 
@@ -77,7 +94,9 @@ class FeedBlock:
 class LiveSession(Protocol):
     """What the hub needs of a session (the consumer implements it)."""
 
-    async def offer(self, block: FeedBlock) -> None: ...
+    async def offer(self, block: FeedBlock) -> bool:
+        """Send the block (True: its shared bytes went out) or catch up on it later."""
+        ...
 
     def tick(self, now: float) -> None: ...
 
@@ -105,6 +124,12 @@ class CollectionFeed:
         self.sessions: set[LiveSession] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Pacing (module docstring): the sessions sent the last block that have not acked it.
+        self.owing: set[LiveSession] = set()
+        self.owing_end = 0
+        self._owing_allowed = 0
+        self._acked = asyncio.Event()
+        self._sent_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"live-{self.collection_id}")
@@ -117,11 +142,31 @@ class CollectionFeed:
         if seq > self.position:
             self._wake.set()
 
+    def acked(self, session: LiveSession, seq: int) -> None:
+        """`session` acknowledged up to `seq`."""
+        if seq >= self.owing_end:
+            self._settle(session)
+
+    def _settle(self, session: LiveSession) -> None:
+        self.owing.discard(session)
+        if len(self.owing) <= self._owing_allowed:
+            self._acked.set()
+
+    async def _paced(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let new changes gather while the last block is still being acknowledged."""
+        if self._acked.is_set():
+            return
+        hold = self._sent_at + coalesce_max() - loop.time()
+        if hold > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), hold)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self.sessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll_interval())
+            await self._paced(loop)
             self._wake.clear()
             try:
                 await self.pump()
@@ -153,11 +198,20 @@ class CollectionFeed:
                 self.collection_id, self.position, page.covered, page.epoch, page.changes, body
             )
             self.position = page.covered
+            owing: set[LiveSession] = set()
             for session in list(self.sessions):
                 try:
-                    await session.offer(block)
+                    if await session.offer(block):
+                        owing.add(session)
                 except Exception:  # one broken session must not stop the others' feeds
                     logger.exception("offering a feed to a session failed")
+            self.owing, self.owing_end = owing, block.end
+            self._owing_allowed = int(len(owing) * COALESCE_STRAGGLERS)
+            self._sent_at = asyncio.get_running_loop().time()
+            if len(owing) > self._owing_allowed:
+                self._acked.clear()
+            else:
+                self._acked.set()
             if page.covered >= page.head:
                 return
 
@@ -220,6 +274,7 @@ class LiveHub:
         if feed is None:
             return
         feed.sessions.discard(session)
+        feed._settle(session)
         if not feed.sessions:
             feed.stop()
             del self.feeds[collection_id]
@@ -268,6 +323,12 @@ class LiveHub:
         if self._ack_flush is None:
             loop = asyncio.get_running_loop()
             self._ack_flush = loop.call_later(ACK_RECORD_INTERVAL, self._flush_acks_soon)
+
+    def feed_acked(self, session: LiveSession, *, collection_id: int, seq: int) -> None:
+        """A live session acknowledged its feed up to `seq` (paces the collection's feed)."""
+        feed = self.feeds.get(collection_id)
+        if feed is not None:
+            feed.acked(session, seq)
 
     def _flush_acks_soon(self) -> None:
         self._ack_task = asyncio.get_running_loop().create_task(self.record_acks())

@@ -652,6 +652,29 @@ def session_guard(*, grant: SessionGrant, collection_name: str) -> ChangeGuard:
     return guard
 
 
+def session_chunks_apply(
+    *,
+    grant: SessionGrant,
+    guard: ChangeGuard,
+    chunks: list[tuple[Mapping[str, Any], str]],
+    origin: str,
+    collection_name: str,
+) -> list[ApplyResult]:
+    """`session_chunk_apply` for several (feed, message id) chunks in order, each in its own
+    transaction, in one database step (the consumer queues chunks that arrive meanwhile)."""
+    return [
+        session_chunk_apply(
+            grant=grant,
+            guard=guard,
+            feed=feed,
+            origin=origin,
+            message_id=message_id,
+            collection_name=collection_name,
+        )
+        for feed, message_id in chunks
+    ]
+
+
 def session_chunk_apply(
     *,
     grant: SessionGrant,

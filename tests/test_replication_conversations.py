@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.wire_client import (
     DISCONNECT,
     ERROR,
     FEED,
+    Closed,
     CommunicatorTransport,
     WireReplica,
 )
@@ -531,7 +533,8 @@ async def test_a_socket_without_connect_is_closed_4408(open_replica: Opener, set
 async def test_a_slow_replica_gets_a_bounded_window_then_one_coalesced_feed(
     open_replica: Opener, world: Any, settings: Any
 ) -> None:
-    settings.DATAGATE = {**settings.DATAGATE, "FEED_WINDOW": 2}
+    # Without pacing (LIVE_COALESCE_MAX 0), so that only the window holds feeds back.
+    settings.DATAGATE = {**settings.DATAGATE, "FEED_WINDOW": 2, "LIVE_COALESCE_MAX": 0.0}
     slow = await open_replica()
     await slow.sync()
     writer = await open_replica(world["token_b"])
@@ -550,6 +553,93 @@ async def test_a_slow_replica_gets_a_bounded_window_then_one_coalesced_feed(
     assert rest[0]["startMarkers"]["collectionMarker"] == 2
     assert len(rest[0]["feed"]["changeSet"]) == 4
     assert slow.state()["documents"] == writer.state()["documents"]
+
+
+async def test_live_feeds_sent_back_to_back_each_get_their_own_receipt_in_order(
+    open_replica: Opener, world: Any
+) -> None:
+    writer = await open_replica(world["token_b"])
+    await writer.sync()
+    sent = []
+    for n in range(12):
+        doc = {"_id": f"b{n}", "_revision": 1, "_modified": time.time_ns() // 1_000_000, "n": n}
+        if n == 5:
+            doc["_secret"] = True  # rejected on its own (DG-4005); the others apply
+        message = writer.message(FEED, feed={"changeSet": [doc], "tombstoneMap": {}})
+        sent.append(message["header"]["id"])
+        await writer.send(message)
+    acks: list[dict[str, Any]] = []
+    while len(acks) < len(sent):
+        message = await writer.receive()
+        if message["header"]["messageType"] == "no2.sync.feed.ack":
+            acks.append(message)
+    assert [a["header"]["correlationId"] for a in acks] == sent
+    assert acks[5]["receipt"]["rejected"][0]["code"] == "DG-4005"
+    assert acks[6]["receipt"]["added"] == ["b6"]
+    documents, _ = await stored_ids()
+    assert documents == {f"b{n}" for n in range(12)} - {"b5"}
+
+
+async def test_a_disconnect_after_back_to_back_feeds_comes_after_their_receipts(
+    open_replica: Opener, world: Any
+) -> None:
+    writer = await open_replica(world["token_b"])
+    await writer.sync()
+    for n in range(5):
+        writer.put(f"d{n}", n=n)
+        await writer.send(writer.message(FEED, feed=writer.journal_feed()))
+        writer.journal.clear()
+    await writer.send(writer.message(DISCONNECT))
+    kinds = []
+    with pytest.raises(Closed) as closed:
+        while True:
+            kinds.append((await writer.receive(2))["header"]["messageType"])
+    assert closed.value.code == 1000
+    assert kinds.count("no2.sync.feed.ack") == 5  # every receipt before the close
+    documents, _ = await stored_ids()
+    assert {f"d{n}" for n in range(5)} <= documents
+
+
+async def test_changes_wait_for_the_acks_of_the_last_feed_then_go_out_together(
+    open_replica: Opener, world: Any, settings: Any
+) -> None:
+    settings.DATAGATE = {**settings.DATAGATE, "LIVE_COALESCE_MAX": 1.0}
+    reader = await open_replica()
+    await reader.sync()
+    writer = await open_replica(world["token_b"])
+    await writer.sync()
+    writer.put("n0", n=0)
+    await writer.send_feed()
+    first = await reader.next_feed(ack=False)
+    for n in (1, 2):
+        writer.put(f"n{n}", n=n)
+        await writer.send_feed()
+    await reader.expect_nothing(0.3)  # both sessions still owe the ack of the first feed
+    await reader.send(reader.message("no2.sync.feed.ack", first["header"]["id"], receipt={}))
+    await writer.feed_until(1)  # the writer's own copy of the first feed, acked
+    rest = await reader.feed_until(3, timeout=2)
+    assert len(rest) == 1
+    assert sorted(doc["_id"] for doc in rest[0]["feed"]["changeSet"]) == ["n1", "n2"]
+
+
+async def test_held_changes_go_out_after_live_coalesce_max_without_acks(
+    open_replica: Opener, world: Any, settings: Any
+) -> None:
+    settings.DATAGATE = {**settings.DATAGATE, "LIVE_COALESCE_MAX": 0.3}
+    reader = await open_replica()
+    await reader.sync()
+    writer = await open_replica(world["token_b"])
+    await writer.sync()
+    writer.put("n0", n=0)
+    await writer.send_feed()
+    await reader.next_feed(ack=False)
+    started = time.monotonic()
+    for n in (1, 2):
+        writer.put(f"n{n}", n=n)
+        await writer.send_feed()
+    held = await reader.next_feed(ack=False)
+    assert time.monotonic() - started >= 0.2
+    assert sorted(doc["_id"] for doc in held["feed"]["changeSet"]) == ["n1", "n2"]
 
 
 async def test_a_replica_that_never_acks_is_closed_4429(

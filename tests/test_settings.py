@@ -42,3 +42,18 @@ def test_the_system_check_refuses_nonsense_and_warns_about_the_memory_layer(sett
         ids = {m.id for m in datagate_settings_check()}
     assert "datagate.E001" in ids
     assert "datagate.W002" in ids
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.5])
+def test_the_system_check_bounds_live_coalescing(settings, value: float) -> None:
+    bad = dict(settings.DATAGATE, LIVE_COALESCE_MAX=value)
+    with override_settings(DATAGATE=bad):
+        ids = {m.id for m in datagate_settings_check()}
+    assert "datagate.E006" in ids
+
+
+def test_live_coalescing_may_be_switched_off(settings) -> None:
+    off = dict(settings.DATAGATE, LIVE_COALESCE_MAX=0.0)
+    with override_settings(DATAGATE=off):
+        ids = {m.id for m in datagate_settings_check()}
+    assert "datagate.E006" not in ids
