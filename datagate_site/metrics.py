@@ -91,8 +91,13 @@ def feed_record(*, count: int = 1) -> None:
     FEEDS.inc(count)
 
 
+_BYTES_BY_DIRECTION = {direction: BYTES.labels(direction=direction) for direction in ("in", "out")}
+
+
 def bytes_record(*, direction: str, count: int) -> None:
-    BYTES.labels(direction=direction).inc(count)
+    # Called for every frame: the labelled counters are looked up once.
+    counter = _BYTES_BY_DIRECTION.get(direction) or BYTES.labels(direction=direction)
+    counter.inc(count)
 
 
 def error_record(*, code: str) -> None:

@@ -475,11 +475,16 @@ def replicas_acked(*, positions: Mapping[int, int]) -> None:
     """Record many live replicas' acknowledged positions in one transaction (replica pk ->
     seq); positions never move backwards."""
     now = _now()
+    # Live replicas of a collection mostly ack the same feed: one UPDATE per distinct seq.
+    by_seq: dict[int, list[int]] = {}
+    for replica_pk, seq in positions.items():
+        by_seq.setdefault(seq, []).append(replica_pk)
     with transaction.atomic():
-        for replica_pk, seq in positions.items():
-            Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=seq).update(
-                last_acked_seq=seq, last_seen=now
-            )
+        for seq, replica_pks in by_seq.items():
+            for start in range(0, len(replica_pks), LOOKUP_BATCH):
+                Replica.objects.filter(
+                    pk__in=replica_pks[start : start + LOOKUP_BATCH], last_acked_seq__lt=seq
+                ).update(last_acked_seq=seq, last_seen=now)
 
 
 def replica_disconnected(*, replica_pk: int, acked_seq: int | None = None) -> None:
@@ -660,63 +665,47 @@ def session_chunks_apply(
     origin: str,
     collection_name: str,
 ) -> list[ApplyResult]:
-    """`session_chunk_apply` for several (feed, message id) chunks in order, each in its own
-    transaction, in one database step (the consumer queues chunks that arrive meanwhile)."""
-    return [
-        session_chunk_apply(
-            grant=grant,
-            guard=guard,
+    """Apply pushed chunks or live feeds, given as (feed, message id), in one database step.
+
+    Each chunk is applied in order in its own transaction and gets its own result (the
+    consumer queues the chunks that arrive while earlier ones are applied). The replica's
+    counters are updated once for all of them; rejected changes are recorded as error events,
+    one per error code and chunk.
+    """
+    results: list[ApplyResult] = []
+    applied = rejected = 0
+    last_seq: int | None = None
+    for feed, message_id in chunks:
+        result = batch_apply(
+            collection_id=grant.collection_id,
             feed=feed,
             origin=origin,
-            message_id=message_id,
-            collection_name=collection_name,
-        )
-        for feed, message_id in chunks
-    ]
-
-
-def session_chunk_apply(
-    *,
-    grant: SessionGrant,
-    guard: ChangeGuard,
-    feed: Mapping[str, Any],
-    origin: str,
-    message_id: str,
-    collection_name: str,
-) -> ApplyResult:
-    """Apply one pushed chunk or live feed and record it on the replica (one database step).
-
-    Rejected changes are recorded as error events, one per error code and chunk.
-    """
-    result = batch_apply(
-        collection_id=grant.collection_id,
-        feed=feed,
-        origin=origin,
-        user_id=grant.user.pk,
-        replica_pk=grant.replica_pk,
-        message_id=message_id,
-        guard=guard,
-    )
-    replica_pushed(
-        replica_pk=grant.replica_pk,
-        applied=result.applied,
-        rejected=len(result.rejected),
-        last_seq=result.last_seq,
-    )
-    by_code: dict[str, list[Rejection]] = {}
-    for rejection in result.rejected:
-        by_code.setdefault(rejection.error.code, []).append(rejection)
-    for rejections in by_code.values():
-        error_event_record(
-            error=rejections[0].error,
             user_id=grant.user.pk,
             replica_pk=grant.replica_pk,
-            tenant=grant.tenant.slug,
-            collection=collection_name,
-            context={
-                "message_id": message_id,
-                "rejected": len(rejections),
-                "ids": [r.doc_id for r in rejections[:20]],
-            },
+            message_id=message_id,
+            guard=guard,
         )
-    return result
+        results.append(result)
+        applied += result.applied
+        rejected += len(result.rejected)
+        last_seq = result.last_seq if result.last_seq is not None else last_seq
+        by_code: dict[str, list[Rejection]] = {}
+        for rejection in result.rejected:
+            by_code.setdefault(rejection.error.code, []).append(rejection)
+        for rejections in by_code.values():
+            error_event_record(
+                error=rejections[0].error,
+                user_id=grant.user.pk,
+                replica_pk=grant.replica_pk,
+                tenant=grant.tenant.slug,
+                collection=collection_name,
+                context={
+                    "message_id": message_id,
+                    "rejected": len(rejections),
+                    "ids": [r.doc_id for r in rejections[:20]],
+                },
+            )
+    replica_pushed(
+        replica_pk=grant.replica_pk, applied=applied, rejected=rejected, last_seq=last_seq
+    )
+    return results
