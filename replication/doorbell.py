@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import os
 from functools import partial
+from typing import Any
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
@@ -38,38 +39,41 @@ def _serving_loop() -> asyncio.AbstractEventLoop | None:
     return loop if loop is not None and loop.is_running() else None
 
 
-def _ring(collection_id: int, seq: int) -> None:
+def layer_send_soon(group: str, message: dict[str, Any], *, what: str) -> None:
+    """Send a doorbell message to a layer group from synchronous code, never failing.
+
+    In a database thread of a running event loop the send is handed to the loop and this
+    returns at once: waiting for it (async_to_sync) kept the writer's database thread idle for
+    a whole loop turn per commit, and on a busy server that wait, not the write, capped how many
+    feeds a writer got applied per second (bench/RESULTS.md). Elsewhere (a management command)
+    it waits. `what` names the bell in the warning logged if it is not delivered.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
-    group = collection_group(collection_id)
-    message = {"type": COLLECTION_CHANGED, "collection": collection_id, "seq": seq}
     loop = _serving_loop()
     if loop is not None:
-        # Hand the bell to the event loop and go on: waiting for it (async_to_sync) kept the
-        # writer's database thread idle for a whole loop turn per commit, and on a busy server
-        # that wait, not the write, limited how many feeds a writer got applied per second
-        # (bench/RESULTS.md).
         future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
-        future.add_done_callback(partial(_rung, collection_id, seq))
+        future.add_done_callback(partial(_sent, what))
         return
     try:
         async_to_sync(layer.group_send)(group, message)
     except Exception:  # a doorbell must never fail a committed write
-        _not_delivered(collection_id, seq)
+        logger.warning("%s not delivered", what, exc_info=True)
 
 
-def _rung(collection_id: int, seq: int, future: concurrent.futures.Future[None]) -> None:
-    if future.cancelled() or future.exception() is not None:
-        _not_delivered(collection_id, seq, future.exception() if not future.cancelled() else None)
+def _sent(what: str, future: concurrent.futures.Future[None]) -> None:
+    if future.cancelled():
+        logger.warning("%s not delivered (cancelled)", what)
+    elif future.exception() is not None:
+        logger.warning("%s not delivered", what, exc_info=future.exception())
 
 
-def _not_delivered(collection_id: int, seq: int, error: BaseException | None = None) -> None:
-    logger.warning(
-        "doorbell for collection %s at seq %s not delivered",
-        collection_id,
-        seq,
-        exc_info=error or True,
+def _ring(collection_id: int, seq: int) -> None:
+    layer_send_soon(
+        collection_group(collection_id),
+        {"type": COLLECTION_CHANGED, "collection": collection_id, "seq": seq},
+        what=f"doorbell for collection {collection_id} at seq {seq}",
     )
 
 

@@ -20,11 +20,12 @@ import weakref
 from collections.abc import Callable
 from functools import partial
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import transaction
+
+from replication.doorbell import layer_send_soon
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +42,11 @@ def topic_group(topic_id: int) -> str:
 
 
 def _ring(topic_id: int, offset: int) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            topic_group(topic_id), {"type": TOPIC_MOVED, "topic": topic_id, "offset": offset}
-        )
-    except Exception:  # a doorbell must never fail a committed write
-        logger.warning(
-            "doorbell for topic %s at offset %s not delivered", topic_id, offset, exc_info=True
-        )
+    layer_send_soon(
+        topic_group(topic_id),
+        {"type": TOPIC_MOVED, "topic": topic_id, "offset": offset},
+        what=f"doorbell for topic {topic_id} at offset {offset}",
+    )
 
 
 def ring_on_commit(*, topic_id: int, offset: int) -> None:
