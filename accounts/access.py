@@ -29,6 +29,10 @@ How a decision is made, in this order (docs/access.md says the same for operator
 
 Scopes of the OAuth2 token (`read`, `write`, `topics`) are checked by `access_scope` in
 addition to all of the above: a token limits what its user may do, it never adds to it.
+
+Live sessions keep a decision until an input of it changes: every write to a membership, a
+grant, a key rule, a user or their groups moves the access marker (accounts/access_changes.py),
+and a write that sends no Django signal must move it itself.
 """
 
 from __future__ import annotations

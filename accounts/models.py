@@ -120,3 +120,17 @@ class KeyRule(models.Model):
         if self.group_id is not None:
             return f"group {self.group}"
         return "everyone"
+
+
+class AccessMarker(models.Model):
+    """How far the inputs of access decisions have moved, one row per scope.
+
+    The row `*` counts every change; the other rows (`user:7`, `collection:3/notes`, ...) hold
+    the count at their own latest change. accounts/access_changes.py explains the scheme.
+    """
+
+    scope = models.CharField(max_length=128, primary_key=True)
+    version = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.scope} at {self.version}"

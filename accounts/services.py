@@ -371,7 +371,8 @@ def access_tokens_revoke(*, user: Any, application_id: int | None = None) -> int
     """Revoke the user's access and refresh tokens (of one OAuth2 application, or all).
 
     Returns how many access tokens were revoked. Refresh tokens are revoked too, so the app
-    cannot quietly mint a new access token; sessions already open are not closed by this.
+    cannot quietly mint a new access token; live sessions that use them close at their next
+    access re-check (DG-1001).
     """
     access_model = get_access_token_model()
     refresh_model = get_refresh_token_model()

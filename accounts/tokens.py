@@ -13,6 +13,7 @@ limited by the token's scopes (docs/decisions/0005-service-tokens-act-as-their-o
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -82,8 +83,9 @@ def token_user(token: Any) -> Any:
 def token_still_valid(*, token_id: int) -> str | None:
     """Re-check a token a session authenticated with: None if still valid, else why not.
 
-    Sessions call this every few seconds (DATAGATE SESSION_RECHECK_INTERVAL): a revoked token
-    is gone from the table, a refreshed-away one too (the toolkit revokes it on refresh).
+    A revoked token is gone from the table, a refreshed-away one too (the toolkit revokes it
+    on refresh). The periodic sweep of live sessions checks all their tokens at once with
+    `tokens_still_valid`.
     """
     model = get_access_token_model()
     token = model.objects.select_related("user", "application__user").filter(pk=token_id).first()
@@ -95,3 +97,43 @@ def token_still_valid(*, token_id: int) -> str | None:
     if token.expires <= timezone.now():
         return f"token expired at {token.expires:%Y-%m-%dT%H:%MZ}"
     return None
+
+
+def tokens_still_valid(*, token_ids: Iterable[int]) -> dict[int, str]:
+    """`token_still_valid` for many tokens at once: {token id: why not} for the invalid ones.
+
+    The periodic access sweep of live sessions (replication/session_access.py) calls it with
+    the tokens of every session of a process: one query per `batch_size()` distinct tokens,
+    not one per session. The reasons are the same as `token_still_valid`'s.
+    """
+    from accounts.access_changes import batch_size
+
+    wanted = sorted(set(token_ids))
+    model = get_access_token_model()
+    size = batch_size()
+    rows: dict[int, tuple[Any, ...]] = {}
+    for start in range(0, len(wanted), size):
+        found = model.objects.filter(pk__in=wanted[start : start + size]).values_list(
+            "pk",
+            "expires",
+            "user_id",
+            "user__is_active",
+            "application__user_id",
+            "application__user__is_active",
+        )
+        rows.update((row[0], row[1:]) for row in found)
+    now = timezone.now()
+    invalid: dict[int, str] = {}
+    for token_id in wanted:
+        row = rows.get(token_id)
+        if row is None:
+            invalid[token_id] = "token revoked"
+            continue
+        expires, user_id, user_active, owner_id, owner_active = row
+        # As token_user: the token's user, else its application's owner.
+        active = user_active if user_id is not None else owner_id is not None and owner_active
+        if not active:
+            invalid[token_id] = "user is inactive"
+        elif expires <= now:
+            invalid[token_id] = f"token expired at {expires:%Y-%m-%dT%H:%MZ}"
+    return invalid

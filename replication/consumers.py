@@ -30,7 +30,7 @@ from replication.protocol import machine as mc
 from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.messages import encode, parse_message, splice
 from replication.selectors import Change
-from replication.session_access import SessionAccess
+from replication.session_access import SessionAccess, access_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
     async def _authenticate(self, effect: mc.Authenticate) -> list[mc.Effect]:
         connect = effect.connect
         client = self.scope.get("client") or ("", 0)
+        access_before = access_baseline()  # read before the decision: session_access.py
         try:
             grant = await database_sync_to_async(services.session_open)(
                 tenant_slug=self.tenant_slug,
@@ -286,7 +287,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         self.guard = services.session_guard(grant=grant, collection_name=self.collection_name)
         # Keep the decision true while the session lives (token refresh, periodic re-check).
         scopes = frozenset({"read", "write"} if grant.write_scope else {"read"})
-        self.access = SessionAccess(self, scopes=scopes)
+        self.access = SessionAccess(self, scopes=scopes, baseline=access_before)
         self._spawn(self.access.watch())
         if self.closed:  # the socket went away while we were authenticating
             await self._clean_up()

@@ -17,10 +17,14 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
+from accounts.models import Membership
 from accounts.services import (
+    access_tokens_revoke,
     collection_perm_grant,
     collection_perm_revoke,
     key_rule_add,
@@ -457,6 +461,90 @@ async def test_a_lowered_role_makes_the_live_session_read_only(
         assert time.monotonic() < deadline, "the write kept being accepted"
         await asyncio.sleep(0.2)
     assert ack["receipt"]["rejected"][0]["code"] in {"DG-3002", "DG-3003"}
+
+
+# Every way of withdrawing access reaches a live session within an interval or two, whether
+# the change sends a signal that moves the access marker (accounts/access_changes.py) or is a
+# token or user change the sweep reads for itself.
+
+
+def _team_member(world: Any) -> Any:
+    team = Group.objects.create(name="team")
+    team.user_set.add(world["outsider"])
+    collection_perm_grant(tenant=world["tenant"], collection_name="notes", perm="read", group=team)
+    return world["outsider"]
+
+
+def _superuser(world: Any) -> Any:
+    return get_user_model().objects.create_user(username="root", is_superuser=True)
+
+
+def _give_membership_away(world: Any, user: Any) -> None:
+    membership = Membership.objects.get(user=user, tenant=world["tenant"])
+    membership.user = world["outsider"]
+    membership.save()
+
+
+def _demote(world: Any, user: Any) -> None:
+    user = get_user_model().objects.get(pk=user.pk)
+    user.is_superuser = False
+    user.save()
+
+
+WITHDRAWALS: dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any], Any], int, str]] = {
+    "removed from the group holding the grant": (
+        _team_member,
+        lambda world, user: user.groups.remove(Group.objects.get(name="team")),
+        4403,
+        "DG-3005",
+    ),
+    "the group's grant revoked": (
+        _team_member,
+        lambda world, user: collection_perm_revoke(
+            tenant=world["tenant"],
+            collection_name="notes",
+            perm="read",
+            group=Group.objects.get(name="team"),
+        ),
+        4403,
+        "DG-3005",
+    ),
+    "membership given to someone else in the admin": (
+        lambda world: world["reader"],
+        _give_membership_away,
+        4403,
+        "DG-3005",
+    ),
+    "superuser status taken away": (_superuser, _demote, 4403, "DG-3005"),
+    "user deactivated by an update (no signal)": (
+        lambda world: world["writer"],
+        lambda world, user: get_user_model().objects.filter(pk=user.pk).update(is_active=False),
+        4401,
+        "DG-1001",
+    ),
+    "every token of the user revoked at once": (
+        lambda world: world["writer"],
+        lambda world, user: access_tokens_revoke(user=user),
+        4401,
+        "DG-1001",
+    ),
+}
+
+
+@pytest.mark.parametrize("withdrawal", list(WITHDRAWALS))
+async def test_each_way_of_withdrawing_access_closes_the_live_session(
+    open_replica: Opener, world: Any, withdrawal: str
+) -> None:
+    setup, withdraw, close_code, error_code = WITHDRAWALS[withdrawal]
+    user = await db(setup)(world)
+    replica = await live(open_replica, await db(world["issue"])(user, "read write"))
+    assert len(replica.documents) == 4
+    await db(withdraw)(world, user)
+    code, took = await closed_within(replica, 15)
+    assert (code, replica.errors[-1]["code"]) == (close_code, error_code)
+    assert took < 10
+    if error_code == "DG-3005":
+        assert replica.documents == {}
 
 
 async def test_a_fresh_token_keeps_the_session_alive(open_replica: Opener, world: Any) -> None:
