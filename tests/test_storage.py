@@ -161,6 +161,38 @@ def test_a_newer_write_replaces_every_column_of_the_stored_document(
     assert Document.objects.filter(collection=collection).count() == 1
 
 
+AWKWARD = ["a,b", 'q"uote', "{brace}", "back\\slash", "NULL", "sp ace", "é☃", "'single'"]
+
+
+def test_ids_origins_and_bodies_with_awkward_characters_are_stored_as_sent(
+    collection: Collection,
+) -> None:
+    # On PostgreSQL the rows travel as arrays, whose text form quotes these characters.
+    changes = [
+        {**doc(name), "_origin": f"o-{name}", "v": name, "nested": {name: [name, None]}}
+        for name in AWKWARD
+    ]
+    apply(collection, changeSet=[*changes, doc("empty")], tombstoneMap={"NULL,x": T0})
+    documents = stored(collection)["documents"]
+    assert set(documents) == {*AWKWARD, "empty"}
+    for seq, name in enumerate(AWKWARD, start=1):
+        assert documents[name] == (
+            {"v": name, "nested": {name: [name, None]}},
+            1,
+            T0,
+            f"o-{name}",
+            seq,
+        )
+    assert documents["empty"] == ({}, 1, T0, "replica-1", len(AWKWARD) + 1)
+    assert stored(collection)["tombstones"] == {"NULL,x": (T0, 1, "replica-1", len(AWKWARD) + 2)}
+    journal = JournalEntry.objects.order_by("seq").values_list("doc_id", "origin")
+    assert list(journal) == [
+        *((name, f"o-{name}") for name in AWKWARD),
+        ("empty", "replica-1"),
+        ("NULL,x", "replica-1"),
+    ]
+
+
 def test_a_write_over_a_tombstone_and_a_delete_over_a_tombstone(collection: Collection) -> None:
     apply(collection, changeSet=[doc("revived"), doc("kept")])
     apply(collection, tombstoneMap={"revived": T0 + 1, "kept": T0 + 1})
