@@ -7,15 +7,15 @@ change gets a sequence number, lands in the journal and rings the doorbell the s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import F, Value
+from django.db import connection, transaction
+from django.db.models import F, Model, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -89,27 +89,56 @@ def _in_batches(ids: list[str]) -> Iterable[list[str]]:
         yield ids[start : start + LOOKUP_BATCH]
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What the conflict rule needs of a stored document or tombstone (`stamp` is `modified`
+    or `deleted_at`)."""
+
+    revision: int
+    stamp: int
+    origin: str
+
+
 def _stored_state(
     collection_id: int, ids: list[str]
-) -> tuple[dict[str, Document], dict[str, Tombstone]]:
-    documents: dict[str, Document] = {}
-    tombstones: dict[str, Tombstone] = {}
-    for batch in _in_batches(ids):
-        for doc in Document.objects.filter(collection_id=collection_id, doc_id__in=batch):
-            documents[doc.doc_id] = doc
-        for tomb in Tombstone.objects.filter(collection_id=collection_id, doc_id__in=batch):
-            tombstones[tomb.doc_id] = tomb
+) -> tuple[dict[str, _Stored], dict[str, _Stored]]:
+    """The stored versions of `ids` (documents, tombstones), read as plain rows: no model
+    instances, no JSON bodies, which the conflict rule never looks at."""
+    quote = connection.ops.quote_name
+    documents: dict[str, _Stored] = {}
+    tombstones: dict[str, _Stored] = {}
+    queries = (
+        (Document._meta.db_table, "modified", documents),
+        (Tombstone._meta.db_table, "deleted_at", tombstones),
+    )
+    with connection.cursor() as cursor:
+        for batch in _in_batches(ids):
+            params: list[Any]
+            if connection.vendor == "postgresql":
+                # One array parameter: psycopg re-parses any statement with more than 50
+                # parameters on every call, which was 10% of batch_apply's client CPU there.
+                match, params = "= ANY(%s)", [collection_id, batch]
+            else:
+                match, params = f"IN ({', '.join(['%s'] * len(batch))})", [collection_id, *batch]
+            for table, stamp, found in queries:
+                # Only quoted names of our own tables and columns go into the text.
+                cursor.execute(
+                    f"SELECT {quote('doc_id')}, {quote('revision')}, {quote(stamp)}, "  # noqa: S608
+                    f"{quote('origin')} FROM {quote(table)} "
+                    f"WHERE {quote('collection_id')} = %s AND {quote('doc_id')} {match}",
+                    params,
+                )
+                for doc_id, revision, stamp_value, origin in cursor.fetchall():
+                    found[doc_id] = _Stored(revision, stamp_value, origin)
     return documents, tombstones
 
 
-def _stored_key(doc: Document | None, tomb: Tombstone | None) -> VersionKey | None:
+def _stored_key(doc: _Stored | None, tomb: _Stored | None) -> VersionKey | None:
     if doc is not None:
-        return version_key(
-            kind=WRITE, modified=doc.modified, revision=doc.revision, origin=doc.origin
-        )
+        return version_key(kind=WRITE, modified=doc.stamp, revision=doc.revision, origin=doc.origin)
     if tomb is not None:
         return version_key(
-            kind=DELETE, modified=tomb.deleted_at, revision=tomb.revision, origin=tomb.origin
+            kind=DELETE, modified=tomb.stamp, revision=tomb.revision, origin=tomb.origin
         )
     return None
 
@@ -136,6 +165,66 @@ def _refuse_purged(result: ApplyResult, version: Version, horizon_ms: int) -> No
         horizon=horizon_ms,
     )
     result.rejected.append(Rejection(version.doc_id, error))
+
+
+JOURNAL_COLUMNS = (
+    "collection_id",
+    "seq",
+    "operation",
+    "doc_id",
+    "revision",
+    "modified",
+    "origin",
+    "replica_id",
+    "user_id",
+    "message_id",
+    "created_at",
+)
+
+
+def _rows_insert(
+    model: type[Model],
+    columns: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    *,
+    conflict: Sequence[str] = (),
+    update: Sequence[str] = (),
+) -> None:
+    """Insert (or, with `conflict`, upsert) rows of database-ready values in one statement:
+    on SQLite one prepared statement run over every row (executemany), on PostgreSQL one
+    INSERT over column arrays (`unnest`).
+
+    `bulk_create` sends every value of every row through the ORM's field machinery; with the
+    model instances built for it, that was most of batch_apply's CPU. Values here are already
+    what the database takes: JSON adapted with `connection.ops.adapt_json_value`, datetimes
+    with `adapt_datetimefield_value`. `INSERT ... ON CONFLICT (...) DO UPDATE` is the same
+    clause on SQLite and PostgreSQL.
+    """
+    if not rows:
+        return
+    quote = connection.ops.quote_name
+    # Only quoted table and column names and the column types of our own models go into the
+    # text; values are parameters.
+    insert = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"
+    upsert = ""
+    if conflict:
+        upsert = f" ON CONFLICT ({', '.join(quote(c) for c in conflict)}) DO UPDATE SET " + (
+            ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in update)
+        )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # executemany there is one INSERT per row (PostgreSQL's own CPU doubled), and a
+            # multi-row VALUES list has thousands of parameters, which psycopg parses in
+            # Python on every call; one array per column is one short statement.
+            types = [model._meta.get_field(c).db_type(connection) for c in columns]
+            arrays = ", ".join(f"%s::{t}[]" for t in types)
+            cursor.execute(
+                f"{insert} SELECT * FROM unnest({arrays}){upsert}",  # noqa: S608
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+        else:
+            marks = ", ".join(["%s"] * len(columns))
+            cursor.executemany(f"{insert} VALUES ({marks}){upsert}", rows)
 
 
 def batch_apply(
@@ -188,11 +277,16 @@ def batch_apply(
         )
         documents, tombstones = _stored_state(collection_id, list(winners))
         seq = collection.last_seq
-        doc_rows: list[Document] = []
-        tomb_rows: list[Tombstone] = []
+        doc_rows: list[tuple[Any, ...]] = []
+        tomb_rows: list[tuple[Any, ...]] = []
+        written: list[tuple[str, Mapping[str, Any]]] = []  # (doc_id, body) for the search index
         drop_docs: list[str] = []
         drop_tombs: list[str] = []
-        journal: list[JournalEntry] = []
+        journal: list[tuple[Any, ...]] = []
+        ops = connection.ops
+        # JournalEntry.created_at is auto_now_add, which only the ORM fills in: the rows carry it.
+        created_at = ops.adapt_datetimefield_value(timezone.now())
+        message_id = message_id[:64]
         for doc_id, version in winners.items():
             stored_doc, stored_tomb = documents.get(doc_id), tombstones.get(doc_id)
             unknown = stored_doc is None and stored_tomb is None
@@ -204,46 +298,42 @@ def batch_apply(
             seq += 1
             if version.kind == WRITE:
                 revision = version.revision
+                body = version.body or {}
                 doc_rows.append(
-                    Document(
-                        collection_id=collection_id,
-                        doc_id=doc_id,
-                        body=version.body or {},
-                        revision=revision,
-                        modified=version.modified,
-                        origin=version.origin,
-                        seq=seq,
+                    (
+                        collection_id,
+                        doc_id,
+                        ops.adapt_json_value(body, None),
+                        revision,
+                        version.modified,
+                        version.origin,
+                        seq,
                     )
                 )
+                written.append((doc_id, body))
                 if stored_tomb is not None:
                     drop_tombs.append(doc_id)
             else:
                 held = stored_doc or stored_tomb
                 revision = (held.revision + 1) if held is not None else 1
                 tomb_rows.append(
-                    Tombstone(
-                        collection_id=collection_id,
-                        doc_id=doc_id,
-                        deleted_at=version.modified,
-                        revision=revision,
-                        origin=version.origin,
-                        seq=seq,
-                    )
+                    (collection_id, doc_id, version.modified, revision, version.origin, seq)
                 )
                 if stored_doc is not None:
                     drop_docs.append(doc_id)
             journal.append(
-                JournalEntry(
-                    collection_id=collection_id,
-                    seq=seq,
-                    operation=Operation.PUT if version.kind == WRITE else Operation.DELETE,
-                    doc_id=doc_id,
-                    revision=revision,
-                    modified=version.modified,
-                    origin=version.origin,
-                    replica_id=replica_pk,
-                    user_id=user_id,
-                    message_id=message_id[:64],
+                (
+                    collection_id,
+                    seq,
+                    Operation.PUT.value if version.kind == WRITE else Operation.DELETE.value,
+                    doc_id,
+                    revision,
+                    version.modified,
+                    version.origin,
+                    replica_pk,
+                    user_id,
+                    message_id,
+                    created_at,
                 )
             )
         if not journal:
@@ -253,25 +343,27 @@ def batch_apply(
         for batch in _in_batches(drop_tombs):
             Tombstone.objects.filter(collection_id=collection_id, doc_id__in=batch).delete()
         if doc_rows:
-            Document.objects.bulk_create(
+            _rows_insert(
+                Document,
+                ("collection_id", "doc_id", "body", "revision", "modified", "origin", "seq"),
                 doc_rows,
-                update_conflicts=True,
-                unique_fields=["collection", "doc_id"],
-                update_fields=["body", "revision", "modified", "origin", "seq"],
+                conflict=("collection_id", "doc_id"),
+                update=("body", "revision", "modified", "origin", "seq"),
             )
         if tomb_rows:
-            Tombstone.objects.bulk_create(
+            _rows_insert(
+                Tombstone,
+                ("collection_id", "doc_id", "deleted_at", "revision", "origin", "seq"),
                 tomb_rows,
-                update_conflicts=True,
-                unique_fields=["collection", "doc_id"],
-                update_fields=["deleted_at", "revision", "origin", "seq"],
+                conflict=("collection_id", "doc_id"),
+                update=("deleted_at", "revision", "origin", "seq"),
             )
-        search_index_apply(collection_id=collection_id, upserts=doc_rows, deletes=drop_docs)
-        JournalEntry.objects.bulk_create(journal)
+        search_index_apply(collection_id=collection_id, upserts=written, deletes=drop_docs)
+        _rows_insert(JournalEntry, JOURNAL_COLUMNS, journal)
         Collection.objects.filter(pk=collection_id).update(last_seq=seq)
         ring_on_commit(collection_id=collection_id, seq=seq)
     result.applied = len(journal)
-    result.first_seq = journal[0].seq
+    result.first_seq = collection.last_seq + 1
     result.last_seq = seq
     return result
 

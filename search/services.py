@@ -63,9 +63,17 @@ def indexed_text(body: Mapping[str, Any], fields: Sequence[str]) -> str:
 
 
 def search_index_apply(
-    *, collection_id: int, upserts: Sequence[Document], deletes: Sequence[str]
+    *,
+    collection_id: int,
+    upserts: Sequence[tuple[str, Mapping[str, Any]]],
+    deletes: Sequence[str],
 ) -> None:
-    """Bring the collection's index in step with written (`upserts`) and deleted documents."""
+    """Bring the collection's index in step with written and deleted documents.
+
+    `upserts` are the written documents as (doc_id, body) pairs, `body` holding the user's
+    fields as stored (batch_apply writes rows of plain values, not `Document` instances);
+    `deletes` are the ids of documents that became tombstones.
+    """
     fields = (
         SearchIndex.objects.filter(collection_id=collection_id)
         .values_list("fields", flat=True)
@@ -75,12 +83,12 @@ def search_index_apply(
         return
     rows: list[SearchEntry] = []
     emptied: list[str] = list(deletes)
-    for doc in upserts:
-        text = indexed_text(doc.body or {}, fields)
+    for doc_id, body in upserts:
+        text = indexed_text(body, fields)
         if text:
-            rows.append(SearchEntry(collection_id=collection_id, doc_id=doc.doc_id, text=text))
+            rows.append(SearchEntry(collection_id=collection_id, doc_id=doc_id, text=text))
         else:
-            emptied.append(doc.doc_id)
+            emptied.append(doc_id)
     for start in range(0, len(emptied), REBUILD_BATCH):
         SearchEntry.objects.filter(
             collection_id=collection_id, doc_id__in=emptied[start : start + REBUILD_BATCH]

@@ -103,6 +103,35 @@ def test_replicated_changes_are_indexed_like_any_other(indexed: Any) -> None:
     assert found(indexed, "fox") == ["often"]
 
 
+def test_one_pushed_chunk_adds_updates_revives_empties_and_deletes_entries(
+    indexed: Any,
+) -> None:
+    document_delete(collection_id=indexed.pk, doc_id="once", origin="test")
+    stamp = now_ms()
+    batch_apply(
+        collection_id=indexed.pk,
+        origin="phone-1",
+        feed={
+            "changeSet": [
+                {"_id": "new", "_revision": 1, "_modified": stamp, "title": "zebra"},
+                {"_id": "dogs", "_revision": 2, "_modified": stamp, "title": "parrots"},
+                {"_id": "once", "_revision": 3, "_modified": stamp, "body": "revived owl"},
+                {"_id": "often", "_revision": 2, "_modified": stamp, "tag": "no indexed field"},
+            ],
+        },
+    )
+    entries = dict(SearchEntry.objects.filter(collection=indexed).values_list("doc_id", "text"))
+    assert entries == {"new": "zebra", "dogs": "parrots", "once": "revived owl"}
+    batch_apply(
+        collection_id=indexed.pk,
+        origin="phone-1",
+        feed={"tombstoneMap": {"new": stamp + 1, "dogs": stamp + 1, "never-stored": stamp}},
+    )
+    entries = dict(SearchEntry.objects.filter(collection=indexed).values_list("doc_id", "text"))
+    assert entries == {"once": "revived owl"}
+    assert found(indexed, "owl") == ["once"]
+
+
 def test_a_late_older_write_does_not_change_the_index(indexed: Any) -> None:
     batch_apply(
         collection_id=indexed.pk,

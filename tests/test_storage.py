@@ -5,9 +5,11 @@ Marked `storage`: `make test` runs these once on SQLite and again on PostgreSQL.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,7 @@ from replication.services import (
     document_delete,
     document_put,
     now_ms,
+    replica_connected,
 )
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]
@@ -90,6 +93,141 @@ def test_a_delete_moves_the_id_to_tombstones_and_an_older_write_cannot_revive_it
     apply(collection, changeSet=[doc("a", revision=1, modified=T0 + 6, back=True)])
     assert Document.objects.get(doc_id="a").body == {"back": True}
     assert not Tombstone.objects.filter(doc_id="a").exists()
+
+
+def stored(collection: Collection) -> dict[str, Any]:
+    """Every column batch_apply writes to documents and tombstones, by id."""
+    return {
+        "documents": {
+            d.doc_id: (d.body, d.revision, d.modified, d.origin, d.seq)
+            for d in Document.objects.filter(collection=collection)
+        },
+        "tombstones": {
+            t.doc_id: (t.deleted_at, t.revision, t.origin, t.seq)
+            for t in Tombstone.objects.filter(collection=collection)
+        },
+    }
+
+
+def test_each_applied_change_is_journalled_once_with_who_sent_it_and_when(
+    collection: Collection, make_user: Any
+) -> None:
+    user = make_user("writer")
+    replica = replica_connected(collection_id=collection.pk, replica_id="phone", user_id=user.pk)
+    before = timezone.now() - timedelta(seconds=1)
+    feed = {"changeSet": [doc("a"), doc("b", v=1)], "tombstoneMap": {"c": T0}}
+    result = batch_apply(
+        collection_id=collection.pk,
+        feed=feed,
+        origin="phone",
+        user_id=user.pk,
+        replica_pk=replica.pk,
+        message_id="m" * 80,
+    )
+    again = batch_apply(
+        collection_id=collection.pk, feed=feed, origin="phone", user_id=user.pk, message_id="m2"
+    )
+    after = timezone.now() + timedelta(seconds=1)
+    assert (result.applied, result.first_seq, result.last_seq) == (3, 1, 3)
+    assert (again.applied, again.first_seq, again.last_seq) == (0, None, None)
+    entries = list(JournalEntry.objects.filter(collection=collection).order_by("seq"))
+    assert [(e.seq, e.operation, e.doc_id, e.revision, e.modified, e.origin) for e in entries] == [
+        (1, "put", "a", 1, T0, "phone"),
+        (2, "put", "b", 1, T0, "phone"),
+        (3, "delete", "c", 1, T0, "phone"),
+    ]
+    for entry in entries:
+        assert (entry.replica_id, entry.user_id, entry.message_id) == (
+            replica.pk,
+            user.pk,
+            "m" * 64,
+        )
+        assert before <= entry.created_at <= after
+
+
+def test_a_newer_write_replaces_every_column_of_the_stored_document(
+    collection: Collection,
+) -> None:
+    apply(collection, changeSet=[doc("a", revision=1, modified=T0, old=True, n=[1, {"x": 2}])])
+    batch_apply(
+        collection_id=collection.pk,
+        origin="replica-2",
+        feed={"changeSet": [doc("a", revision=2, modified=T0 + 1, text="é ☃", n=1.5)]},
+    )
+    assert stored(collection) == {
+        "documents": {"a": ({"text": "é ☃", "n": 1.5}, 2, T0 + 1, "replica-2", 2)},
+        "tombstones": {},
+    }
+    assert Document.objects.filter(collection=collection).count() == 1
+
+
+AWKWARD = ["a,b", 'q"uote', "{brace}", "back\\slash", "NULL", "sp ace", "é☃", "'single'"]
+
+
+def test_ids_origins_and_bodies_with_awkward_characters_are_stored_as_sent(
+    collection: Collection,
+) -> None:
+    # On PostgreSQL the rows travel as arrays, whose text form quotes these characters.
+    changes = [
+        {**doc(name), "_origin": f"o-{name}", "v": name, "nested": {name: [name, None]}}
+        for name in AWKWARD
+    ]
+    apply(collection, changeSet=[*changes, doc("empty")], tombstoneMap={"NULL,x": T0})
+    documents = stored(collection)["documents"]
+    assert set(documents) == {*AWKWARD, "empty"}
+    for seq, name in enumerate(AWKWARD, start=1):
+        assert documents[name] == (
+            {"v": name, "nested": {name: [name, None]}},
+            1,
+            T0,
+            f"o-{name}",
+            seq,
+        )
+    assert documents["empty"] == ({}, 1, T0, "replica-1", len(AWKWARD) + 1)
+    assert stored(collection)["tombstones"] == {"NULL,x": (T0, 1, "replica-1", len(AWKWARD) + 2)}
+    journal = JournalEntry.objects.order_by("seq").values_list("doc_id", "origin")
+    assert list(journal) == [
+        *((name, f"o-{name}") for name in AWKWARD),
+        ("empty", "replica-1"),
+        ("NULL,x", "replica-1"),
+    ]
+
+
+def test_a_write_over_a_tombstone_and_a_delete_over_a_tombstone(collection: Collection) -> None:
+    apply(collection, changeSet=[doc("revived"), doc("kept")])
+    apply(collection, tombstoneMap={"revived": T0 + 1, "kept": T0 + 1})
+    result = apply(
+        collection,
+        changeSet=[doc("revived", revision=3, modified=T0 + 2, back=True)],
+        tombstoneMap={"kept": T0 + 3},
+    )
+    assert (result.applied, result.first_seq, result.last_seq) == (2, 5, 6)
+    assert stored(collection) == {
+        "documents": {"revived": ({"back": True}, 3, T0 + 2, "replica-1", 5)},
+        # A delete's revision follows the stored one: write 1, delete 2, delete again 3.
+        "tombstones": {"kept": (T0 + 3, 3, "replica-1", 6)},
+    }
+
+
+def test_a_write_behind_the_purge_horizon_is_refused_beside_changes_that_apply(
+    collection: Collection,
+) -> None:
+    apply(collection, changeSet=[doc("known")])
+    Collection.objects.filter(pk=collection.pk).update(purge_horizon_ms=T0 + 10)
+    result = apply(
+        collection,
+        changeSet=[doc("stale", modified=T0 + 10), doc("known", revision=2, modified=T0 + 5)],
+        tombstoneMap={"gone": T0 + 9},
+    )
+    assert codes(result) == {"stale": ErrorCode.PURGED_DELETE.code}
+    assert result.receipt()["added"] == ["known"]
+    assert result.receipt()["removed"] == ["gone"]
+    assert (result.applied, result.first_seq, result.last_seq) == (1, 2, 2)
+    assert list(JournalEntry.objects.order_by("seq").values_list("seq", "doc_id")) == [
+        (1, "known"),
+        (2, "known"),
+    ]
+    assert stored(collection)["tombstones"] == {}
 
 
 @pytest.mark.parametrize(
