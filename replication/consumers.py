@@ -224,10 +224,11 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         """Apply a pushed chunk or live feed without holding up the socket's next frames.
 
         Chunks that arrive while earlier ones are in the database are applied together, in
-        order, in one database step (each in its own transaction, each answered with its own
-        receipt). One step per chunk cost the writer a turn of the event loop per chunk: on a
-        busy server that turn, not the write, capped the feeds a writer got applied per second
-        (bench/RESULTS.md). Effects other than acks wait for the queued chunks (`_applied`).
+        order, in one database step and one transaction (`services.batch_apply_many`), each
+        answered with its own receipt. One step per chunk cost the writer a turn of the event
+        loop per chunk: on a busy server that turn, not the write, capped the feeds a writer got
+        applied per second (bench/RESULTS.md). Effects other than acks wait for the queued
+        chunks (`_applied`).
         """
         self.applies.append(effect)
         if self.applier is None or self.applier.done():

@@ -133,16 +133,6 @@ def _stored_state(
     return documents, tombstones
 
 
-def _stored_key(doc: _Stored | None, tomb: _Stored | None) -> VersionKey | None:
-    if doc is not None:
-        return version_key(kind=WRITE, modified=doc.stamp, revision=doc.revision, origin=doc.origin)
-    if tomb is not None:
-        return version_key(
-            kind=DELETE, modified=tomb.stamp, revision=tomb.revision, origin=tomb.origin
-        )
-    return None
-
-
 def _behind_purge_horizon(version: Version, horizon_ms: int) -> bool:
     """True when an unknown id's version may be older than a delete GC has collected.
 
@@ -244,10 +234,34 @@ def batch_apply(
     apply. A change that loses to the stored version (or is the stored version) changes
     nothing but is still listed as processed, so the sender can drop it from its journal.
     """
+    return batch_apply_many(
+        collection_id=collection_id,
+        chunks=[(feed, message_id)],
+        origin=origin,
+        user_id=user_id,
+        replica_pk=replica_pk,
+        guard=guard,
+        at_ms=at_ms,
+    )[0]
+
+
+@dataclass
+class _Prepared:
+    """A chunk validated and checked, before the transaction: its result so far, and the
+    newest allowed version of each id."""
+
+    result: ApplyResult
+    winners: dict[str, Version]
+    message_id: str
+
+
+def _chunk_prepare(
+    feed: Mapping[str, Any], message_id: str, *, origin: str, now: int, guard: ChangeGuard | None
+) -> _Prepared:
     parsed: ParsedFeed = parse_feed(
         feed,
         origin=origin,
-        now_ms=now_ms() if at_ms is None else at_ms,
+        now_ms=now,
         max_skew_ms=int(settings.DATAGATE["MAX_CLOCK_SKEW_MS"]),
     )
     result = ApplyResult(rejected=list(parsed.rejections))
@@ -258,15 +272,42 @@ def batch_apply(
             result.rejected.append(Rejection(version.doc_id, refusal))
         else:
             allowed.append(version)
-    winners = newest_per_id(allowed)
     seen: set[str] = set()
     for version in allowed:
         if version.doc_id in seen:
             continue
         seen.add(version.doc_id)
         (result.added if version.kind == WRITE else result.removed).append(version.doc_id)
-    if not winners:
-        return result
+    return _Prepared(result, newest_per_id(allowed), message_id[:64])
+
+
+def batch_apply_many(
+    *,
+    collection_id: int,
+    chunks: Sequence[tuple[Mapping[str, Any], str]],
+    origin: str,
+    user_id: int | None = None,
+    replica_pk: int | None = None,
+    guard: ChangeGuard | None = None,
+    at_ms: int | None = None,
+) -> list[ApplyResult]:
+    """Apply several chunks, given as (feed, message id), in order, in one transaction.
+
+    The outcome is exactly that of `batch_apply` on each chunk in turn: the same results, seqs
+    and journal, and the same stored state. One transaction takes the collection's lock, reads
+    the stored versions and writes each table once for all of them: for a live replica's
+    one-change feeds, which the consumer queues while earlier ones are in the database, the
+    fixed cost per chunk was most of the apply's time (bench/RESULTS.md).
+    """
+    now = now_ms() if at_ms is None else at_ms
+    prepared = [
+        _chunk_prepare(feed, message_id, origin=origin, now=now, guard=guard)
+        for feed, message_id in chunks
+    ]
+    results = [chunk.result for chunk in prepared]
+    ids = list(dict.fromkeys(doc_id for chunk in prepared for doc_id in chunk.winners))
+    if not ids:
+        return results
 
     with transaction.atomic():
         # The row lock serialises writers of one collection, so seqs commit in order.
@@ -275,97 +316,128 @@ def batch_apply(
             .only("id", "last_seq", "purge_horizon_ms")
             .get(pk=collection_id)
         )
-        documents, tombstones = _stored_state(collection_id, list(winners))
-        seq = collection.last_seq
-        doc_rows: list[tuple[Any, ...]] = []
-        tomb_rows: list[tuple[Any, ...]] = []
-        written: list[tuple[str, Mapping[str, Any]]] = []  # (doc_id, body) for the search index
-        drop_docs: list[str] = []
-        drop_tombs: list[str] = []
+        horizon = collection.purge_horizon_ms
+        documents, tombstones = _stored_state(collection_id, ids)
+        # Each id's current version as the chunks apply: (is a write, what the rule needs).
+        current: dict[str, tuple[bool, _Stored]] = {
+            **{doc_id: (False, tomb) for doc_id, tomb in tombstones.items()},
+            **{doc_id: (True, doc) for doc_id, doc in documents.items()},
+        }
+        final: dict[str, tuple[Version, int, int]] = {}  # id -> (version, revision, seq)
         journal: list[tuple[Any, ...]] = []
-        ops = connection.ops
-        # JournalEntry.created_at is auto_now_add, which only the ORM fills in: the rows carry it.
-        created_at = ops.adapt_datetimefield_value(timezone.now())
-        message_id = message_id[:64]
-        for doc_id, version in winners.items():
-            stored_doc, stored_tomb = documents.get(doc_id), tombstones.get(doc_id)
-            unknown = stored_doc is None and stored_tomb is None
-            if unknown and _behind_purge_horizon(version, collection.purge_horizon_ms):
-                _refuse_purged(result, version, collection.purge_horizon_ms)
-                continue
-            if not incoming_wins(version.key(), _stored_key(stored_doc, stored_tomb)):
-                continue
-            seq += 1
-            if version.kind == WRITE:
-                revision = version.revision
-                body = version.body or {}
-                doc_rows.append(
+        seq = collection.last_seq
+        created_at = connection.ops.adapt_datetimefield_value(timezone.now())
+        for chunk in prepared:
+            first = seq + 1
+            for doc_id, version in chunk.winners.items():
+                held = current.get(doc_id)
+                if held is None and _behind_purge_horizon(version, horizon):
+                    _refuse_purged(chunk.result, version, horizon)
+                    continue
+                if held is not None and not incoming_wins(version.key(), _held_key(*held)):
+                    continue
+                seq += 1
+                if version.kind == WRITE:
+                    revision = version.revision
+                else:
+                    revision = (held[1].revision + 1) if held is not None else 1
+                current[doc_id] = (
+                    version.kind == WRITE,
+                    _Stored(revision, version.modified, version.origin),
+                )
+                final[doc_id] = (version, revision, seq)
+                journal.append(
                     (
                         collection_id,
+                        seq,
+                        Operation.PUT.value if version.kind == WRITE else Operation.DELETE.value,
                         doc_id,
-                        ops.adapt_json_value(body, None),
                         revision,
                         version.modified,
                         version.origin,
-                        seq,
+                        replica_pk,
+                        user_id,
+                        chunk.message_id,
+                        created_at,
                     )
                 )
-                written.append((doc_id, body))
-                if stored_tomb is not None:
-                    drop_tombs.append(doc_id)
-            else:
-                held = stored_doc or stored_tomb
-                revision = (held.revision + 1) if held is not None else 1
-                tomb_rows.append(
-                    (collection_id, doc_id, version.modified, revision, version.origin, seq)
-                )
-                if stored_doc is not None:
-                    drop_docs.append(doc_id)
-            journal.append(
-                (
-                    collection_id,
-                    seq,
-                    Operation.PUT.value if version.kind == WRITE else Operation.DELETE.value,
-                    doc_id,
-                    revision,
-                    version.modified,
-                    version.origin,
-                    replica_pk,
-                    user_id,
-                    message_id,
-                    created_at,
-                )
-            )
+            if seq >= first:
+                chunk.result.applied = seq - first + 1
+                chunk.result.first_seq, chunk.result.last_seq = first, seq
         if not journal:
-            return result
-        for batch in _in_batches(drop_docs):
-            Document.objects.filter(collection_id=collection_id, doc_id__in=batch).delete()
-        for batch in _in_batches(drop_tombs):
-            Tombstone.objects.filter(collection_id=collection_id, doc_id__in=batch).delete()
-        if doc_rows:
-            _rows_insert(
-                Document,
-                ("collection_id", "doc_id", "body", "revision", "modified", "origin", "seq"),
-                doc_rows,
-                conflict=("collection_id", "doc_id"),
-                update=("body", "revision", "modified", "origin", "seq"),
-            )
-        if tomb_rows:
-            _rows_insert(
-                Tombstone,
-                ("collection_id", "doc_id", "deleted_at", "revision", "origin", "seq"),
-                tomb_rows,
-                conflict=("collection_id", "doc_id"),
-                update=("deleted_at", "revision", "origin", "seq"),
-            )
-        search_index_apply(collection_id=collection_id, upserts=written, deletes=drop_docs)
+            return results
+        _final_write(collection_id, final, documents, tombstones)
         _rows_insert(JournalEntry, JOURNAL_COLUMNS, journal)
         Collection.objects.filter(pk=collection_id).update(last_seq=seq)
         ring_on_commit(collection_id=collection_id, seq=seq)
-    result.applied = len(journal)
-    result.first_seq = collection.last_seq + 1
-    result.last_seq = seq
-    return result
+    return results
+
+
+def _held_key(is_write: bool, held: _Stored) -> VersionKey:
+    return version_key(
+        kind=WRITE if is_write else DELETE,
+        modified=held.stamp,
+        revision=held.revision,
+        origin=held.origin,
+    )
+
+
+def _final_write(
+    collection_id: int,
+    final: Mapping[str, tuple[Version, int, int]],
+    documents: Mapping[str, _Stored],
+    tombstones: Mapping[str, _Stored],
+) -> None:
+    """Store each changed id's last winning version: a document or a tombstone row (upserted),
+    dropping the row of the other kind that was stored, and keep the search index in step."""
+    adapt_json = connection.ops.adapt_json_value
+    doc_rows: list[tuple[Any, ...]] = []
+    tomb_rows: list[tuple[Any, ...]] = []
+    written: list[tuple[str, Mapping[str, Any]]] = []  # (doc_id, body) for the search index
+    drop_docs: list[str] = []
+    drop_tombs: list[str] = []
+    for doc_id, (version, revision, seq) in final.items():
+        if version.kind == WRITE:
+            body = version.body or {}
+            doc_rows.append(
+                (
+                    collection_id,
+                    doc_id,
+                    adapt_json(body, None),
+                    revision,
+                    version.modified,
+                    version.origin,
+                    seq,
+                )
+            )
+            written.append((doc_id, body))
+            if doc_id in tombstones:
+                drop_tombs.append(doc_id)
+        else:
+            tomb_rows.append(
+                (collection_id, doc_id, version.modified, revision, version.origin, seq)
+            )
+            if doc_id in documents:
+                drop_docs.append(doc_id)
+    for batch in _in_batches(drop_docs):
+        Document.objects.filter(collection_id=collection_id, doc_id__in=batch).delete()
+    for batch in _in_batches(drop_tombs):
+        Tombstone.objects.filter(collection_id=collection_id, doc_id__in=batch).delete()
+    _rows_insert(
+        Document,
+        ("collection_id", "doc_id", "body", "revision", "modified", "origin", "seq"),
+        doc_rows,
+        conflict=("collection_id", "doc_id"),
+        update=("body", "revision", "modified", "origin", "seq"),
+    )
+    _rows_insert(
+        Tombstone,
+        ("collection_id", "doc_id", "deleted_at", "revision", "origin", "seq"),
+        tomb_rows,
+        conflict=("collection_id", "doc_id"),
+        update=("deleted_at", "revision", "origin", "seq"),
+    )
+    search_index_apply(collection_id=collection_id, upserts=written, deletes=drop_docs)
 
 
 def _next_stamp(current_modified: int | None) -> int:
@@ -759,25 +831,22 @@ def session_chunks_apply(
 ) -> list[ApplyResult]:
     """Apply pushed chunks or live feeds, given as (feed, message id), in one database step.
 
-    Each chunk is applied in order in its own transaction and gets its own result (the
-    consumer queues the chunks that arrive while earlier ones are applied). The replica's
-    counters are updated once for all of them; rejected changes are recorded as error events,
-    one per error code and chunk.
+    The chunks (the consumer queues those that arrive while earlier ones are applied) are
+    applied in order in one transaction (`batch_apply_many`), each with its own result. The
+    replica's counters are updated once for all of them; rejected changes are recorded as
+    error events, one per error code and chunk.
     """
-    results: list[ApplyResult] = []
+    results = batch_apply_many(
+        collection_id=grant.collection_id,
+        chunks=chunks,
+        origin=origin,
+        user_id=grant.user.pk,
+        replica_pk=grant.replica_pk,
+        guard=guard,
+    )
     applied = rejected = 0
     last_seq: int | None = None
-    for feed, message_id in chunks:
-        result = batch_apply(
-            collection_id=grant.collection_id,
-            feed=feed,
-            origin=origin,
-            user_id=grant.user.pk,
-            replica_pk=grant.replica_pk,
-            message_id=message_id,
-            guard=guard,
-        )
-        results.append(result)
+    for (_, message_id), result in zip(chunks, results, strict=True):
         applied += result.applied
         rejected += len(result.rejected)
         last_seq = result.last_seq if result.last_seq is not None else last_seq

@@ -20,6 +20,7 @@ from replication.protocol.errors import DataGateError, ErrorCode
 from replication.selectors import changes_since, collection_state, feed_from_changes
 from replication.services import (
     batch_apply,
+    batch_apply_many,
     collection_get_or_create,
     document_delete,
     document_put,
@@ -437,3 +438,66 @@ def test_any_order_and_chunking_converges_and_reapplying_changes_nothing(
     collection.refresh_from_db()
     seqs = list(JournalEntry.objects.filter(collection=collection).values_list("seq", flat=True))
     assert sorted(seqs) == list(range(1, collection.last_seq + 1))
+
+
+# --- property: several chunks in one transaction are the same as one after another ----------
+
+
+def journal_of(collection: Collection) -> list[tuple[Any, ...]]:
+    return list(
+        JournalEntry.objects.filter(collection=collection)
+        .order_by("seq")
+        .values_list("seq", "operation", "doc_id", "revision", "modified", "origin", "message_id")
+    )
+
+
+def rows_of(collection: Collection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    documents = Document.objects.filter(collection=collection).order_by("doc_id")
+    tombstones = Tombstone.objects.filter(collection=collection).order_by("doc_id")
+    return (
+        list(documents.values_list("doc_id", "body", "revision", "modified", "origin", "seq")),
+        list(tombstones.values_list("doc_id", "deleted_at", "revision", "origin", "seq")),
+    )
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stored=st.lists(version_strategy, max_size=6),
+    versions=st.lists(version_strategy, min_size=1, max_size=14),
+    data=st.data(),
+    horizon=st.sampled_from([0, 0, T0 + 1]),
+)
+def test_chunks_applied_together_end_exactly_as_chunks_applied_one_after_another(
+    tenant: Any, stored: list[Version], versions: list[Version], data: st.DataObject, horizon: int
+) -> None:
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(versions) - 1)), max_size=5)))
+    chunks = [
+        (as_feed(versions[a:b]), f"m{a}")
+        for a, b in zip([0, *cuts], [*cuts, len(versions)], strict=True)
+    ]
+    number = Collection.objects.count()
+    one_by_one = Collection.objects.create(tenant=tenant, name=f"s{number}")
+    together = Collection.objects.create(tenant=tenant, name=f"t{number}")
+    for collection in (one_by_one, together):
+        if stored:
+            batch_apply(
+                collection_id=collection.pk, feed=as_feed(stored), origin="r0", at_ms=T0 + 9
+            )
+        Collection.objects.filter(pk=collection.pk).update(purge_horizon_ms=horizon)
+    expected = [
+        batch_apply(
+            collection_id=one_by_one.pk, feed=feed, origin="r0", message_id=mid, at_ms=T0 + 9
+        )
+        for feed, mid in chunks
+    ]
+    got = batch_apply_many(collection_id=together.pk, chunks=chunks, origin="r0", at_ms=T0 + 9)
+    assert [(r.receipt(), r.applied, r.first_seq, r.last_seq) for r in got] == [
+        (r.receipt(), r.applied, r.first_seq, r.last_seq) for r in expected
+    ]
+    assert rows_of(together) == rows_of(one_by_one)
+    assert journal_of(together) == journal_of(one_by_one)
+    one_by_one.refresh_from_db()
+    together.refresh_from_db()
+    assert together.last_seq == one_by_one.last_seq
