@@ -181,8 +181,8 @@ def _rows_insert(
     update: Sequence[str] = (),
 ) -> None:
     """Insert (or, with `conflict`, upsert) rows of database-ready values in one statement:
-    on SQLite one prepared statement run over every row (executemany), on PostgreSQL one
-    INSERT over column arrays (`unnest`).
+    on SQLite multi-row VALUES lists (as many rows as the parameter limit allows), on
+    PostgreSQL one INSERT over column arrays (`unnest`).
 
     `bulk_create` sends every value of every row through the ORM's field machinery; with the
     model instances built for it, that was most of batch_apply's CPU. Values here are already
@@ -213,8 +213,23 @@ def _rows_insert(
                 [list(column) for column in zip(*rows, strict=True)],
             )
         else:
-            marks = ", ".join(["%s"] * len(columns))
-            cursor.executemany(f"{insert} VALUES ({marks}){upsert}", rows)
+            # Multi-row VALUES lists, not executemany. This runs while the transaction holds
+            # SQLite's one write lock (BEGIN IMMEDIATE), and the sqlite3 module lets go of the
+            # GIL around every step and reset: executemany did so twice per row. Each time,
+            # another thread of the process that runs Python and drops the GIL often (an ORM
+            # reader, the event loop) can take it back first, and on a busy machine this
+            # thread then waits its turn for a CPU too: one chunk held the lock for seconds,
+            # and writers queued in BEGIN IMMEDIATE gave up after their 20 s busy timeout
+            # ("database is locked", tests/test_concurrency.py on a loaded 2-core machine).
+            row_marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
+            max_params = connection.features.max_query_params or 999  # SQLite's: 999
+            per_statement = max(1, max_params // len(columns))
+            for start in range(0, len(rows), per_statement):
+                batch = rows[start : start + per_statement]
+                cursor.execute(
+                    f"{insert} VALUES {', '.join([row_marks] * len(batch))}{upsert}",
+                    [value for row in batch for value in row],
+                )
 
 
 def batch_apply(
