@@ -145,9 +145,10 @@ class CollectionFeed:
     def acked(self, session: LiveSession, seq: int) -> None:
         """`session` acknowledged up to `seq`."""
         if seq >= self.owing_end:
-            self._settle(session)
+            self.settle(session)
 
-    def _settle(self, session: LiveSession) -> None:
+    def settle(self, session: LiveSession) -> None:
+        """`session` owes no ack any more (it acked, or it left)."""
         self.owing.discard(session)
         if len(self.owing) <= self._owing_allowed:
             self._acked.set()
@@ -274,7 +275,7 @@ class LiveHub:
         if feed is None:
             return
         feed.sessions.discard(session)
-        feed._settle(session)
+        feed.settle(session)
         if not feed.sessions:
             feed.stop()
             del self.feeds[collection_id]

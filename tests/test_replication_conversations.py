@@ -600,10 +600,11 @@ async def test_a_disconnect_after_back_to_back_feeds_comes_after_their_receipts(
     assert {f"d{n}" for n in range(5)} <= documents
 
 
-async def test_changes_wait_for_the_acks_of_the_last_feed_then_go_out_together(
-    open_replica: Opener, world: Any, settings: Any
-) -> None:
-    settings.DATAGATE = {**settings.DATAGATE, "LIVE_COALESCE_MAX": 1.0}
+async def first_feed_unacked(
+    open_replica: Opener, world: Any
+) -> tuple[WireReplica, WireReplica, dict[str, Any]]:
+    """A reader and a writer, live; the reader holds the writer's first feed without acking it,
+    and the writer then sends two more changes."""
     reader = await open_replica()
     await reader.sync()
     writer = await open_replica(world["token_b"])
@@ -614,6 +615,14 @@ async def test_changes_wait_for_the_acks_of_the_last_feed_then_go_out_together(
     for n in (1, 2):
         writer.put(f"n{n}", n=n)
         await writer.send_feed()
+    return reader, writer, first
+
+
+async def test_changes_wait_for_the_acks_of_the_last_feed_then_go_out_together(
+    open_replica: Opener, world: Any, settings: Any
+) -> None:
+    settings.DATAGATE = {**settings.DATAGATE, "LIVE_COALESCE_MAX": 1.0}
+    reader, writer, first = await first_feed_unacked(open_replica, world)
     await reader.expect_nothing(0.3)  # both sessions still owe the ack of the first feed
     await reader.send(reader.message("no2.sync.feed.ack", first["header"]["id"], receipt={}))
     await writer.feed_until(1)  # the writer's own copy of the first feed, acked
@@ -626,19 +635,10 @@ async def test_held_changes_go_out_after_live_coalesce_max_without_acks(
     open_replica: Opener, world: Any, settings: Any
 ) -> None:
     settings.DATAGATE = {**settings.DATAGATE, "LIVE_COALESCE_MAX": 0.3}
-    reader = await open_replica()
-    await reader.sync()
-    writer = await open_replica(world["token_b"])
-    await writer.sync()
-    writer.put("n0", n=0)
-    await writer.send_feed()
-    await reader.next_feed(ack=False)
-    started = time.monotonic()
-    for n in (1, 2):
-        writer.put(f"n{n}", n=n)
-        await writer.send_feed()
+    started = time.monotonic()  # before the first feed, whose sending starts the hold
+    reader, _, _ = await first_feed_unacked(open_replica, world)
     held = await reader.next_feed(ack=False)
-    assert time.monotonic() - started >= 0.2
+    assert time.monotonic() - started >= 0.3
     assert sorted(doc["_id"] for doc in held["feed"]["changeSet"]) == ["n1", "n2"]
 
 
