@@ -40,7 +40,7 @@ allow_protocol_close_codes()
 # sessions hear about changes through the process's LiveHub, which listens once per process.
 NO_CHANNEL_LAYER = "datagate.sessions-listen-through-the-live-hub"
 
-# Chunks applied in one database step at most (each is its own transaction).
+# Chunks applied in one database step (one transaction) at most.
 APPLY_BATCH = 64
 
 
