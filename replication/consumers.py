@@ -147,8 +147,13 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         if isinstance(effect, mc.ApplyChunk):
             self._queue_apply(effect)
             return []
-        if not isinstance(effect, mc.RecordAck):
-            # Everything else keeps its order after the chunks received before it.
+        if isinstance(effect, mc.Close) or (
+            self.session.state is not mc.State.LIVE and not isinstance(effect, mc.RecordAck)
+        ):
+            # Before Live (a push's batch.end.ack, the pull) and at a close, what the session
+            # does keeps its order after the chunks received before it. Not while Live: the hub
+            # sends feeds from its own task the moment `sent_seq` moves, so a feed read here
+            # must go out at once, or it could arrive after the next one.
             await self._applied()
         if isinstance(effect, mc.Send):
             await self._send_text(encode(effect.message))
@@ -227,8 +232,8 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         order, in one database step and one transaction (`services.batch_apply_many`), each
         answered with its own receipt. One step per chunk cost the writer a turn of the event
         loop per chunk: on a busy server that turn, not the write, capped the feeds a writer got
-        applied per second (bench/RESULTS.md). Effects other than acks wait for the queued
-        chunks (`_applied`).
+        applied per second (bench/RESULTS.md). Before Live and at a close, later effects wait
+        for the queued chunks (`_applied`).
         """
         self.applies.append(effect)
         if self.applier is None or self.applier.done():
