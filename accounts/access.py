@@ -59,6 +59,24 @@ WRITE_GRANTS = frozenset({PERM_WRITE, PERM_ADMINISTER})
 
 ACTIONS = ("read", "write", "delete")
 
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """The server itself acting for an internal job (seeding, an import, a test's fixture),
+    not for any user: the write services take it, or a user, as their required `actor`.
+
+    It passes every access decision, so only code that runs without a user (management
+    commands, migrations, tests) may name it; a view or a consumer always has a user. The
+    purpose says which job it is, in code and in reviews.
+    """
+
+    purpose: str
+
+    def __post_init__(self) -> None:
+        if not self.purpose:
+            raise ValueError("System needs a purpose")
+
+
 DocumentPredicate = Callable[[str], bool]
 
 

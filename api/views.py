@@ -290,20 +290,12 @@ class DocumentView(APIView):
             expected = in_body
         fields.pop("_modified", None)
         fields.pop("_origin", None)
-        if not access.access_document_write(
-            user=request.user,
-            tenant=found.tenant,
-            collection_name=found.name,
-            doc_id=doc_id,
-            collection=found,
-        ):
-            raise DataGateError(ErrorCode.KEY_WRITE_DENIED, doc_id=doc_id)
         result = services.document_put(
+            actor=request.user,
             collection_id=found.pk,
             doc_id=doc_id,
             body=fields,
             origin=origin_for(request),
-            user_id=request.user.pk,
             expected_revision=expected,
         )
         metrics.push_record(applied=result.applied, rejected=len(result.rejected))
@@ -334,23 +326,11 @@ class DocumentView(APIView):
     def delete(self, request: Request, tenant: str, collection: str, doc_id: str) -> Response:
         user = request.user
         found = selectors.collection_for_reader(user=user, tenant_slug=tenant, name=collection)
-        if not access.access_collection_write(
-            user=user, tenant=found.tenant, collection_name=collection, collection=found
-        ):
-            raise DataGateError(ErrorCode.READ_ONLY, user=user.get_username())
-        if not access.access_document_delete(
-            user=user,
-            tenant=found.tenant,
-            collection_name=collection,
-            doc_id=doc_id,
-            collection=found,
-        ):
-            raise DataGateError(ErrorCode.KEY_DELETE_DENIED, doc_id=doc_id)
         result = services.document_delete(
+            actor=user,
             collection_id=found.pk,
             doc_id=doc_id,
             origin=origin_for(request),
-            user_id=user.pk,
             expected_revision=if_match_revision(request),
         )
         metrics.push_record(applied=result.applied, rejected=len(result.rejected))

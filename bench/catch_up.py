@@ -25,16 +25,17 @@ NAME = "catch_up"
 
 
 def _populate(ctx: PassContext, collection_id: int, count: int) -> float:
+    from accounts.access import System
     from replication.services import batch_apply
 
     docs = make_documents(count, prefix="cu", origin="bench-seed")
     start = time.perf_counter()
     for index in range(0, count, 500):
         batch_apply(
+            actor=System("bench seed"),
             collection_id=collection_id,
             feed={"changeSet": docs[index : index + 500]},
             origin="bench-seed",
-            user_id=ctx.user_id,
         )
     return time.perf_counter() - start
 

@@ -50,24 +50,25 @@ def _stored(collection_id: int) -> int:
 
 
 def direct_baseline(ctx: PassContext, docs: list[dict[str, Any]]) -> dict[str, Any]:
+    from accounts.access import System
     from replication.services import batch_apply
 
     collection_id = _collection(f"push-direct-{time.time_ns()}")
     chunk = ctx.sizes.push_chunk
     # Warm up (first queries, statement caches) on another collection, as the server is warm.
     batch_apply(
+        actor=System("bench baseline"),
         collection_id=_collection(f"push-warm-{time.time_ns()}"),
         feed={"changeSet": make_documents(chunk, prefix="warm", origin="bench-direct")},
         origin="bench-direct",
-        user_id=ctx.user_id,
     )
     start = time.perf_counter()
     for index in range(0, len(docs), chunk):
         batch_apply(
+            actor=System("bench baseline"),
             collection_id=collection_id,
             feed={"changeSet": docs[index : index + chunk]},
             origin="bench-direct",
-            user_id=ctx.user_id,
         )
     seconds = time.perf_counter() - start
     return {

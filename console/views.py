@@ -305,11 +305,11 @@ def _save_document(
     doc_id = form.cleaned_data["doc_id"]
     try:
         document_put(
+            actor=request.user,
             collection_id=coll.pk,
             doc_id=doc_id,
             body=form.cleaned_data["body"],
             origin=_origin(request),
-            user_id=request.user.pk,
             expected_revision=form.cleaned_data.get("expected_revision"),
         )
     except DataGateError as exc:
@@ -406,10 +406,10 @@ def document_remove(request: HttpRequest, tenant: str, collection: str) -> HttpR
     raw_revision = request.POST.get("expected_revision", "")
     try:
         document_delete(
+            actor=request.user,
             collection_id=coll.pk,
             doc_id=doc_id,
             origin=_origin(request),
-            user_id=request.user.pk,
             expected_revision=int(raw_revision) if raw_revision.isdigit() else None,
         )
     except DataGateError as exc:

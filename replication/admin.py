@@ -40,21 +40,21 @@ class DocumentAdmin(admin.ModelAdmin):
         from replication.services import document_put
 
         document_put(
+            actor=request.user,
             collection_id=obj.collection_id,
             doc_id=obj.doc_id,
             body=obj.body,
             origin="server:admin",
-            user_id=request.user.pk,
         )
 
     def delete_model(self, request, obj):
         from replication.services import document_delete
 
         document_delete(
+            actor=request.user,
             collection_id=obj.collection_id,
             doc_id=obj.doc_id,
             origin="server:admin",
-            user_id=request.user.pk,
         )
 
     def has_add_permission(self, request):

@@ -2,6 +2,12 @@
 
 Consumers, the HTTP API, the console and management commands all write through here, so every
 change gets a sequence number, lands in the journal and rings the doorbell the same way.
+
+Every document write names its `actor`, a required argument: the user it is made for, or
+`accounts.access.System("purpose")` for an internal job that acts for no user. A user's
+changes pass the same access decision whoever calls (`accounts.access.document_policy`: the
+collection-level write right, then the key rules); there is no guard a caller could forget
+to pass (docs/access.md, "One door").
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from django.db.models import F, Model, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from accounts import access
+from accounts.access import DocumentPolicy, System
 from accounts.models import Tenant
 from replication.changes import (
     ParsedFeed,
@@ -48,6 +56,66 @@ LOOKUP_BATCH = 500
 
 # Decides whether a change may be made: returns None to allow, or the error to reject it with.
 ChangeGuard = Callable[[Version], DataGateError | None]
+
+# Who a write is made for: a user (django.contrib.auth) or accounts.access.System.
+Actor = Any
+
+
+def actor_user_id(actor: Actor) -> int | None:
+    """The user id the journal records for `actor` (None for the system)."""
+    if isinstance(actor, System):
+        return None
+    if actor is None or not hasattr(actor, "is_authenticated"):
+        raise TypeError(f"actor must be a user or accounts.access.System, not {actor!r}")
+    return actor.pk if actor.is_authenticated else None
+
+
+def actor_policy(
+    *, actor: Actor, collection_id: int, policy: DocumentPolicy | None = None
+) -> DocumentPolicy | None:
+    """What `actor` may do with the collection's documents: None (everything) for the system;
+    for a user `policy` when given (a session's, decided for this user and collection), else
+    decided now through `accounts.access.document_policy`."""
+    actor_user_id(actor)  # refuses anything that is neither a user nor the system
+    if isinstance(actor, System):
+        return None
+    if policy is not None:
+        return policy
+    collection = Collection.objects.select_related("tenant").get(pk=collection_id)
+    return access.document_policy(
+        user=actor, tenant=collection.tenant, collection_name=collection.name, collection=collection
+    )
+
+
+def actor_refusal(
+    *, actor: Actor, policy: DocumentPolicy | None, kind: int, doc_id: str
+) -> DataGateError | None:
+    """Why `actor` may not make this change (a write or a delete of `doc_id`), or None."""
+    if policy is None:
+        return None
+    if not policy.can_write:
+        return DataGateError(ErrorCode.READ_ONLY, user=actor.get_username())
+    if kind == WRITE:
+        if policy.may_write(doc_id):
+            return None
+        return DataGateError(ErrorCode.KEY_WRITE_DENIED, doc_id=doc_id)
+    if policy.may_delete(doc_id):
+        return None
+    return DataGateError(ErrorCode.KEY_DELETE_DENIED, doc_id=doc_id)
+
+
+def _door(actor: Actor, policy: DocumentPolicy | None, guard: ChangeGuard | None) -> ChangeGuard:
+    """The per-change check of a write: the caller's own `guard` (a token's scope), then the
+    actor's access."""
+
+    def door(version: Version) -> DataGateError | None:
+        if guard is not None:
+            refusal = guard(version)
+            if refusal is not None:
+                return refusal
+        return actor_refusal(actor=actor, policy=policy, kind=version.kind, doc_id=version.doc_id)
+
+    return door
 
 
 def now_ms() -> int:
@@ -234,13 +302,14 @@ def _rows_insert(
 
 def batch_apply(
     *,
+    actor: Actor,
     collection_id: int,
     feed: Mapping[str, Any],
     origin: str,
-    user_id: int | None = None,
     replica_pk: int | None = None,
     message_id: str = "",
     guard: ChangeGuard | None = None,
+    policy: DocumentPolicy | None = None,
     at_ms: int | None = None,
 ) -> ApplyResult:
     """Apply one chunk of changes atomically and idempotently (PROTOCOL.md sections 4 and 5).
@@ -248,14 +317,17 @@ def batch_apply(
     Each change is validated on its own; a bad one is rejected with its code and the rest
     apply. A change that loses to the stored version (or is the stored version) changes
     nothing but is still listed as processed, so the sender can drop it from its journal.
+    A change `actor` may not make is rejected (DG-3002, DG-3003, DG-3004); `guard` may add
+    the caller's own refusals (a token's scope), never remove the actor's.
     """
     return batch_apply_many(
+        actor=actor,
         collection_id=collection_id,
         chunks=[(feed, message_id)],
         origin=origin,
-        user_id=user_id,
         replica_pk=replica_pk,
         guard=guard,
+        policy=policy,
         at_ms=at_ms,
     )[0]
 
@@ -271,7 +343,7 @@ class _Prepared:
 
 
 def _chunk_prepare(
-    feed: Mapping[str, Any], message_id: str, *, origin: str, now: int, guard: ChangeGuard | None
+    feed: Mapping[str, Any], message_id: str, *, origin: str, now: int, guard: ChangeGuard
 ) -> _Prepared:
     parsed: ParsedFeed = parse_feed(
         feed,
@@ -282,7 +354,7 @@ def _chunk_prepare(
     result = ApplyResult(rejected=list(parsed.rejections))
     allowed: list[Version] = []
     for version in parsed.versions:
-        refusal = guard(version) if guard is not None else None
+        refusal = guard(version)
         if refusal is not None:
             result.rejected.append(Rejection(version.doc_id, refusal))
         else:
@@ -298,12 +370,13 @@ def _chunk_prepare(
 
 def batch_apply_many(
     *,
+    actor: Actor,
     collection_id: int,
     chunks: Sequence[tuple[Mapping[str, Any], str]],
     origin: str,
-    user_id: int | None = None,
     replica_pk: int | None = None,
     guard: ChangeGuard | None = None,
+    policy: DocumentPolicy | None = None,
     at_ms: int | None = None,
 ) -> list[ApplyResult]:
     """Apply several chunks, given as (feed, message id), in order, in one transaction.
@@ -313,10 +386,17 @@ def batch_apply_many(
     the stored versions and writes each table once for all of them: for a live replica's
     one-change feeds, which the consumer queues while earlier ones are in the database, the
     fixed cost per chunk was most of the apply's time (bench/RESULTS.md).
+
+    `actor`, `guard` and `policy` are `batch_apply`'s; `policy`, when given, must be the
+    actor's, decided for this collection (a session's, kept current by its re-checks).
     """
+    user_id = actor_user_id(actor)
+    door = _door(
+        actor, actor_policy(actor=actor, collection_id=collection_id, policy=policy), guard
+    )
     now = now_ms() if at_ms is None else at_ms
     prepared = [
-        _chunk_prepare(feed, message_id, origin=origin, now=now, guard=guard)
+        _chunk_prepare(feed, message_id, origin=origin, now=now, guard=door)
         for feed, message_id in chunks
     ]
     results = [chunk.result for chunk in prepared]
@@ -465,19 +545,24 @@ def _next_stamp(current_modified: int | None) -> int:
 
 def document_put(
     *,
+    actor: Actor,
     collection_id: int,
     doc_id: str,
     body: Mapping[str, Any],
     origin: str,
-    user_id: int | None = None,
     expected_revision: int | None = None,
-    guard: ChangeGuard | None = None,
 ) -> ApplyResult:
-    """Write one document as the server (console, HTTP API, commands): next revision, now.
+    """Write one document for `actor` (console, HTTP API, commands): next revision, now.
 
-    With `expected_revision`, the write only happens if the stored revision is that one
-    (0 means "must not exist"); otherwise DG-4009 is raised.
+    A write the actor may not make raises its DataGateError (DG-3002, DG-3003) before
+    anything about the stored document is looked at. With `expected_revision`, the write
+    only happens if the stored revision is that one (0 means "must not exist"); otherwise
+    DG-4009 is raised.
     """
+    policy = actor_policy(actor=actor, collection_id=collection_id)
+    refusal = actor_refusal(actor=actor, policy=policy, kind=WRITE, doc_id=doc_id)
+    if refusal is not None:
+        raise refusal
     with transaction.atomic():
         Collection.objects.select_for_update().only("id").get(pk=collection_id)
         current = Document.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
@@ -502,11 +587,11 @@ def document_put(
             }
         )
         result = batch_apply(
+            actor=actor,
             collection_id=collection_id,
             feed={"changeSet": [doc]},
             origin=origin,
-            user_id=user_id,
-            guard=guard,
+            policy=policy,
         )
     if result.rejected:
         raise result.rejected[0].error
@@ -515,14 +600,18 @@ def document_put(
 
 def document_delete(
     *,
+    actor: Actor,
     collection_id: int,
     doc_id: str,
     origin: str,
-    user_id: int | None = None,
     expected_revision: int | None = None,
-    guard: ChangeGuard | None = None,
 ) -> ApplyResult:
-    """Delete one document as the server; a missing document is not an error."""
+    """Delete one document for `actor`; a missing document is not an error. A delete the
+    actor may not make raises its DataGateError (DG-3002, DG-3004) first."""
+    policy = actor_policy(actor=actor, collection_id=collection_id)
+    refusal = actor_refusal(actor=actor, policy=policy, kind=DELETE, doc_id=doc_id)
+    if refusal is not None:
+        raise refusal
     with transaction.atomic():
         Collection.objects.select_for_update().only("id").get(pk=collection_id)
         current = Document.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
@@ -538,11 +627,11 @@ def document_delete(
             return ApplyResult(removed=[doc_id])
         stamp = _next_stamp(current.modified)
         result = batch_apply(
+            actor=actor,
             collection_id=collection_id,
             feed={"tombstoneMap": {doc_id: stamp}},
             origin=origin,
-            user_id=user_id,
-            guard=guard,
+            policy=policy,
         )
     if result.rejected:
         raise result.rejected[0].error
@@ -745,7 +834,6 @@ def session_open(
     the `read` scope, DG-1003 when the URL names another user, DG-3001 when the collection does
     not exist or the user may not read it (the two look alike on purpose).
     """
-    from accounts import access
     from accounts.tokens import TokenRejected, token_authenticate
 
     try:
@@ -810,28 +898,13 @@ def session_open(
 
 
 def session_guard(*, grant: SessionGrant, collection_name: str) -> ChangeGuard:
-    """The per-change write check of a session: every decision goes through accounts.access."""
-    from accounts import access
+    """The session's own per-change check, before the user's access (which the services
+    decide for every write, from `grant.policy`): the token's write scope."""
 
     def guard(version: Version) -> DataGateError | None:
         if not grant.write_scope:
             return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
-        if not grant.may_push:
-            return DataGateError(ErrorCode.READ_ONLY, user=grant.user_name)
-        if grant.policy is None:
-            grant.policy = access.document_policy(
-                user=grant.user, tenant=grant.tenant, collection_name=collection_name
-            )
-        policy = grant.policy
-        allowed = (
-            policy.may_write(version.doc_id)
-            if version.kind == WRITE
-            else policy.may_delete(version.doc_id)
-        )
-        if allowed:
-            return None
-        code = ErrorCode.KEY_WRITE_DENIED if version.kind == WRITE else ErrorCode.KEY_DELETE_DENIED
-        return DataGateError(code, doc_id=version.doc_id)
+        return None
 
     return guard
 
@@ -851,13 +924,18 @@ def session_chunks_apply(
     replica's counters are updated once for all of them; rejected changes are recorded as
     error events, one per error code and chunk.
     """
+    if grant.policy is None:
+        grant.policy = access.document_policy(
+            user=grant.user, tenant=grant.tenant, collection_name=collection_name
+        )
     results = batch_apply_many(
+        actor=grant.user,
         collection_id=grant.collection_id,
         chunks=chunks,
         origin=origin,
-        user_id=grant.user.pk,
         replica_pk=grant.replica_pk,
         guard=guard,
+        policy=grant.policy,
     )
     applied = rejected = 0
     last_seq: int | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from accounts.access import System
 from replication.changes import Version
 from replication.conflicts import DELETE, WRITE, incoming_wins
 from replication.markers import Markers, PullStart, pull_start
@@ -79,7 +80,9 @@ class SimReplica:
                 )
             else:
                 feed["tombstoneMap"][version.doc_id] = version.modified
-        result = batch_apply(collection_id=collection.pk, feed=feed, origin=self.origin)
+        result = batch_apply(
+            actor=System("test"), collection_id=collection.pk, feed=feed, origin=self.origin
+        )
         receipt = result.receipt()
         self.receipts.append(receipt)
         for doc_id in receipt["added"] + receipt["removed"]:

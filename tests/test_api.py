@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.test import Client
 from rest_framework.test import APIClient
 
+from accounts.access import System
 from accounts.services import collection_perm_grant, key_rule_add, tenant_get_or_create
 from replication.models import ErrorEvent, JournalEntry
 from replication.selectors import changes_since, feed_from_changes
@@ -45,7 +46,13 @@ def people(issue_token: Any, collection: Any) -> dict[str, str]:
     reader = person("rita", "acme", "reader")
     writer = person("wendy", "acme", "writer")
     outsider = person("olga", "other", "admin")
-    document_put(collection_id=collection.pk, doc_id="seed", body={"title": "seed"}, origin="t")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="seed",
+        body={"title": "seed"},
+        origin="t",
+    )
     return {
         "reader": issue_token(reader, "read write"),
         "writer": issue_token(writer, "read write"),
@@ -278,6 +285,7 @@ def test_documents_page_by_id_and_filter_on_fields(
     api: Any, people: dict[str, str], collection: Any
 ) -> None:
     batch_apply(
+        actor=System("test"),
         collection_id=collection.pk,
         origin="phone",
         feed={
@@ -486,7 +494,13 @@ def ruled(people: dict[str, str], collection: Any) -> dict[str, str]:
         tenant=acme, collection_name="notes", pattern="secret-*", effect="deny", actions=["read"]
     )
     for doc_id in ("keep-1", "secret-1", "public-1"):
-        document_put(collection_id=collection.pk, doc_id=doc_id, body={"title": doc_id}, origin="t")
+        document_put(
+            actor=System("test"),
+            collection_id=collection.pk,
+            doc_id=doc_id,
+            body={"title": doc_id},
+            origin="t",
+        )
     return people
 
 

@@ -27,6 +27,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core.result import Err, Ok
 
+from accounts.access import System
 from accounts.services import tenant_get_or_create
 from replication.services import document_put
 from search.services import search_index_configure
@@ -64,6 +65,7 @@ def token(collection: Any, issue_token: Any) -> str:
     user = person("ann", "acme", "writer")
     for n in range(3):
         document_put(
+            actor=System("test"),
             collection_id=collection.pk,
             doc_id=f"note-{n}",
             body={"title": f"note {n}", "tags": ["a", n]},

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from accounts.access import System
 from replication.models import Collection, JournalEntry
 from replication.selectors import changes_since, collection_state
 from replication.services import batch_apply
@@ -68,7 +69,10 @@ def test_a_paging_reader_never_misses_or_repeats_a_change_under_concurrent_write
                     {"_id": "shared", "_revision": c + 1, "_modified": T0 + c, "_origin": f"w{n}"}
                 )
                 batch_apply(
-                    collection_id=collection.pk, origin=f"w{n}", feed={"changeSet": change_set}
+                    actor=System("test"),
+                    collection_id=collection.pk,
+                    origin=f"w{n}",
+                    feed={"changeSet": change_set},
                 )
         except BaseException as exc:
             errors.append(exc)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from accounts.access import System
 from replication.models import Document, JournalEntry
 from replication.protocol.errors import ErrorCode
 from replication.services import document_put
@@ -124,7 +125,11 @@ def test_admin_watches_a_replica_connect_and_fall_behind_then_edits_a_document(
     walt = member("walt", "writer")
     token = issue_token(walt, "read write")
     document_put(
-        collection_id=collection.pk, doc_id="note-1", body={"title": "first"}, origin="seed"
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="note-1",
+        body={"title": "first"},
+        origin="seed",
     )
     page = log_in(browser, daphne, "ada")
     assert page.url.endswith("/console/t/acme/")
@@ -143,7 +148,13 @@ def test_admin_watches_a_replica_connect_and_fall_behind_then_edits_a_document(
         lag_is(page, "phone-1", "0")
 
         # A change the replica receives but does not acknowledge yet: it falls behind by one.
-        document_put(collection_id=collection.pk, doc_id="note-2", body={"n": 2}, origin="seed")
+        document_put(
+            actor=System("test"),
+            collection_id=collection.pk,
+            doc_id="note-2",
+            body={"n": 2},
+            origin="seed",
+        )
         feed = side.call(phone.next_feed(ack=False))
         lag_is(page, "phone-1", "1")
         side.call(
@@ -199,7 +210,13 @@ def test_reader_sees_no_actions_and_a_forged_post_is_refused(
 ) -> None:
     admin = member("ada", "admin")
     member("rita", "reader")
-    document_put(collection_id=collection.pk, doc_id="note-1", body={"t": 1}, origin="seed")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="note-1",
+        body={"t": 1},
+        origin="seed",
+    )
     replica = connect_replica(collection=collection, user=admin, replica_id="phone-1")
     page = log_in(browser, daphne, "rita")
     assert page.locator(".badge.readonly").inner_text() == "read-only"

@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from accounts.access import System
 from replication.protocol.errors import ErrorCode
 from replication.services import document_put, replica_acked
 from tests.console_helpers import connect_replica, record_error
@@ -40,7 +41,13 @@ def test_crawl_every_console_link_as_admin_finds_no_error(
     )
     offset_commit(topic_id=chat.pk, topic_name="chat", user_id=admin.pk, device="d", offset=1)
     for i in range(3):
-        document_put(collection_id=collection.pk, doc_id=f"n{i}", body={"i": i}, origin="seed")
+        document_put(
+            actor=System("test"),
+            collection_id=collection.pk,
+            doc_id=f"n{i}",
+            body={"i": i},
+            origin="seed",
+        )
     replica = connect_replica(collection=collection, user=admin)
     replica_acked(replica_pk=replica.pk, seq=2, latency_ms=25)
     record_error(collection=collection, user=admin, replica=replica, code=ErrorCode.NOT_JSON)

@@ -11,6 +11,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
+from accounts.access import System
 from datagate_site.asgi import application
 from replication.services import document_put
 
@@ -47,7 +48,7 @@ async def test_member_receives_rendered_fragments_and_a_push_after_a_change(
     assert set(first["live"]) == {"collections", "charts", "online", "errors"}
     assert 'data-stat="seq">0<' in first["live"]["collections"]
     await database_sync_to_async(document_put)(
-        collection_id=collection.pk, doc_id="a", body={}, origin="test"
+        actor=System("test"), collection_id=collection.pk, doc_id="a", body={}, origin="test"
     )
     deadline = asyncio.get_running_loop().time() + 20
     while True:

@@ -12,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.urls import reverse
 
+from accounts.access import System
 from datagate_site.asgi import application
 from replication.models import FeedLatencyMinute, Replica, ReplicaSession
 from replication.services import document_put
@@ -72,7 +73,11 @@ async def test_console_disconnect_ends_the_live_session_with_disconnect_and_1000
     assert session.ended_at is not None
     # The other replica of the same user is untouched and still receives changes.
     await database_sync_to_async(document_put)(
-        collection_id=collection.pk, doc_id="after", body={"x": 1}, origin="console:ada"
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="after",
+        body={"x": 1},
+        origin="console:ada",
     )
     await other.feed_until(1)
     assert other.documents["after"]["x"] == 1
@@ -87,7 +92,11 @@ async def test_live_feed_acks_record_feed_latency_for_the_dashboard(
     phone = await live_replica(token, "phone-1")
     for i in range(3):
         await database_sync_to_async(document_put)(
-            collection_id=collection.pk, doc_id=f"d{i}", body={"i": i}, origin="console:ada"
+            actor=System("test"),
+            collection_id=collection.pk,
+            doc_id=f"d{i}",
+            body={"i": i},
+            origin="console:ada",
         )
         await phone.feed_until(i + 1)
     deadline = asyncio.get_running_loop().time() + 20

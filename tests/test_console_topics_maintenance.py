@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from accounts.access import System
 from accounts.services import membership_set, tenant_get_or_create
 from replication.models import MaintenanceRun, Tombstone
 from replication.protocol.errors import DataGateError, ErrorCode
@@ -132,8 +133,10 @@ def test_superuser_runs_gc_and_pruning_from_the_console(
 ) -> None:
     collection.tombstone_ttl_days = 0
     collection.save(update_fields=["tombstone_ttl_days"])
-    document_put(collection_id=collection.pk, doc_id="gone", body={}, origin="seed")
-    document_delete(collection_id=collection.pk, doc_id="gone", origin="seed")
+    document_put(
+        actor=System("test"), collection_id=collection.pk, doc_id="gone", body={}, origin="seed"
+    )
+    document_delete(actor=System("test"), collection_id=collection.pk, doc_id="gone", origin="seed")
     boss = make_user("boss", is_superuser=True, is_staff=True)
     client.force_login(boss)
     page = client.get(reverse("console:maintenance")).content.decode()

@@ -14,6 +14,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.access import System
 from accounts.services import access_token_issue, membership_set, tenant_get_or_create
 from accounts.tokens import TokenRejected, token_authenticate
 from replication.doorbell import REPLICA_CONTROL_GROUP, REPLICA_DISCONNECT
@@ -67,7 +68,13 @@ def outsider(make_user: Any) -> Any:
 @pytest.fixture
 def world(collection: Any, admin: Any) -> dict[str, Any]:
     """A collection with a document, a replica with a session, and an error."""
-    document_put(collection_id=collection.pk, doc_id="n1", body={"title": "hi"}, origin="seed")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="n1",
+        body={"title": "hi"},
+        origin="seed",
+    )
     replica = connect_replica(collection=collection, user=admin)
     record_error(collection=collection, user=admin, replica=replica, code=ErrorCode.NOT_JSON)
     return {"collection": collection, "replica": replica}
@@ -223,10 +230,12 @@ def test_dashboard_shows_counts_charts_online_replicas_and_errors(
     client: Client, admin: Any, world: dict[str, Any]
 ) -> None:
     collection = world["collection"]
-    document_put(collection_id=collection.pk, doc_id="n2", body={}, origin="seed")
+    document_put(
+        actor=System("test"), collection_id=collection.pk, doc_id="n2", body={}, origin="seed"
+    )
     from replication.services import document_delete
 
-    document_delete(collection_id=collection.pk, doc_id="n2", origin="seed")
+    document_delete(actor=System("test"), collection_id=collection.pk, doc_id="n2", origin="seed")
     replica_acked(replica_pk=world["replica"].pk, seq=1, latency_ms=40)
     replica_acked(replica_pk=world["replica"].pk, seq=2, latency_ms=80)
     login(client, admin)
@@ -268,7 +277,9 @@ def test_replica_list_filters_and_sorts(
     make_replicas(collection=collection, user=admin, count=5)
     connect_replica(collection=collection, user=reader, replica_id="tablet")
     replica_disconnected(replica_pk=collection.replicas.get(replica_id="tablet").pk)
-    document_put(collection_id=collection.pk, doc_id="a", body={}, origin="seed")
+    document_put(
+        actor=System("test"), collection_id=collection.pk, doc_id="a", body={}, origin="seed"
+    )
     login(client, admin)
     url = reverse("console:replicas", kwargs={"tenant": "acme"})
 
@@ -432,6 +443,7 @@ def test_too_long_document_id_is_refused(client: Client, admin: Any, world: Any)
 def test_documents_search_by_id_and_by_field(client: Client, reader: Any, collection: Any) -> None:
     for i, status in enumerate(["open", "done", "open"]):
         document_put(
+            actor=System("test"),
             collection_id=collection.pk,
             doc_id=f"task-{i}",
             body={"status": status, "n": i, "meta": {"owner": f"u{i}"}},
@@ -511,7 +523,13 @@ def test_list_pages_use_a_fixed_number_of_queries(
 ) -> None:
     make_replicas(collection=collection, user=admin, count=MANY)
     for i in range(60):
-        document_put(collection_id=collection.pk, doc_id=f"d{i}", body={"i": i}, origin="seed")
+        document_put(
+            actor=System("test"),
+            collection_id=collection.pk,
+            doc_id=f"d{i}",
+            body={"i": i},
+            origin="seed",
+        )
     feed_latency_record(collection_id=collection.pk, latency_ms=12)
     login(client, admin)
     t = {"tenant": "acme"}

@@ -13,6 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect, tombstones_collect_all
 from replication.markers import PullStart
 from replication.models import Collection, Document, Replica, Tombstone
@@ -40,7 +41,7 @@ def doc(doc_id: str, modified: int, revision: int = 1, **fields: Any) -> dict[st
 
 
 def apply(collection: Collection, origin: str = "writer", **feed: Any) -> Any:
-    return batch_apply(collection_id=collection.pk, feed=feed, origin=origin)
+    return batch_apply(actor=System("test"), collection_id=collection.pk, feed=feed, origin=origin)
 
 
 def codes(result: Any) -> dict[str, str]:

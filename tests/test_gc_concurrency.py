@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect
 from replication.models import Collection, Document
 from replication.services import batch_apply, now_ms
@@ -31,6 +32,7 @@ def test_no_deleted_document_comes_back_while_gc_races_deletes_and_stale_edits(
 ) -> None:
     collection = Collection.objects.create(tenant=tenant, name="race")
     batch_apply(
+        actor=System("test"),
         collection_id=collection.pk,
         origin="seed",
         feed={"changeSet": [{"_id": i, "_revision": 1, "_modified": OLD} for i in IDS]},
@@ -44,6 +46,7 @@ def test_no_deleted_document_comes_back_while_gc_races_deletes_and_stale_edits(
             for start in range(0, len(IDS), CHUNK):
                 batch = IDS[start : start + CHUNK]
                 batch_apply(
+                    actor=System("test"),
                     collection_id=collection.pk,
                     origin="deleter",
                     feed={"tombstoneMap": {i: OLD + 1000 for i in batch}},
@@ -64,6 +67,7 @@ def test_no_deleted_document_comes_back_while_gc_races_deletes_and_stale_edits(
                         for i in IDS[start : start + CHUNK]
                     ]
                     result = batch_apply(
+                        actor=System("test"),
                         collection_id=collection.pk,
                         origin="stale",
                         feed={"changeSet": change_set},
@@ -105,6 +109,7 @@ def test_no_deleted_document_comes_back_while_gc_races_deletes_and_stale_edits(
     assert collection_verify(collection_id=collection.pk).ok
     # Every stale edit that reached a collected delete was refused, not stored.
     again = batch_apply(
+        actor=System("test"),
         collection_id=collection.pk,
         origin="stale",
         feed={"changeSet": [{"_id": i, "_revision": 2, "_modified": OLD + 500} for i in IDS]},

@@ -13,6 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from accounts.access import System
 from replication.maintenance import journal_prune, journal_size
 from replication.models import Collection, JournalEntry, MaintenanceRun, Replica
 from replication.services import (
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.storage, pytest.mark.django_db]
 
 def write(collection: Collection, *ids: str) -> None:
     feed = {"changeSet": [{"_id": i, "_revision": 1, "_modified": now_ms() - 1000} for i in ids]}
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r1")
+    batch_apply(actor=System("test"), collection_id=collection.pk, feed=feed, origin="r1")
 
 
 def age(collection: Collection, days: int, up_to_seq: int) -> None:

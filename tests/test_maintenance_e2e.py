@@ -14,6 +14,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.core.management import call_command
 
+from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect
 from replication.models import Replica
 from replication.selectors import collection_state
@@ -94,7 +95,9 @@ async def test_a_replica_offline_past_the_ttl_brings_back_neither_a_deleted_docu
             for name in ("a", "b", "c")
         ]
     }
-    await database_sync_to_async(batch_apply)(collection_id=collection.pk, feed=seed, origin="seed")
+    await database_sync_to_async(batch_apply)(
+        actor=System("test"), collection_id=collection.pk, feed=seed, origin="seed"
+    )
     server = DaphneServer.start(tmp_path=tmp_path)
     try:
         stale = await open_replica(server, tokens[0], "stale")

@@ -9,6 +9,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
+from accounts.access import System
 from datagate_site import metrics
 from replication.models import Replica
 from replication.services import document_put
@@ -54,7 +55,9 @@ def test_database_gauges_count_online_replicas_and_their_lag(
 ) -> None:
     user = person("ann", "acme", "writer")
     for n in range(3):
-        document_put(collection_id=collection.pk, doc_id=f"d{n}", body={}, origin="t")
+        document_put(
+            actor=System("test"), collection_id=collection.pk, doc_id=f"d{n}", body={}, origin="t"
+        )
     Replica.objects.create(
         collection=collection, user=user, replica_id="a", online=True, last_acked_seq=1
     )

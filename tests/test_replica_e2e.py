@@ -23,6 +23,7 @@ import pytest
 from datagate_replica import Change, Replica, SyncError
 from datagate_replica.store import Store, state_digest
 
+from accounts.access import System
 from replication.selectors import collection_state
 from replication.services import batch_apply, collection_get_or_create
 from tests.live_server import DaphneServer
@@ -208,6 +209,7 @@ def test_killing_the_server_in_the_middle_of_a_pull_loses_nothing(
     total = 1500
     for start in range(0, total, 500):
         batch_apply(
+            actor=System("test"),
             collection_id=notes.pk,
             feed={
                 "changeSet": [

@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
+from accounts.access import System
 from replication.models import Collection, Document, ErrorEvent, Replica, Tombstone
 from replication.routing import websocket_urlpatterns
 from tests.wire_client import (
@@ -670,7 +671,11 @@ async def test_a_change_made_outside_any_session_reaches_live_replicas(
     replica = await open_replica()
     await replica.sync()
     await database_sync_to_async(document_put)(
-        collection_id=world["collection"].pk, doc_id="admin-made", body={"v": 1}, origin="admin"
+        actor=System("test"),
+        collection_id=world["collection"].pk,
+        doc_id="admin-made",
+        body={"v": 1},
+        origin="admin",
     )
     await replica.feed_until(1)
     assert replica.documents["admin-made"]["v"] == 1
@@ -714,7 +719,11 @@ async def test_a_lost_doorbell_only_delays_the_feed(
     # here any more, and the database poll still brings the change.
     await get_channel_layer().group_discard(collection_group(world["collection"].pk), hub.channel)
     await database_sync_to_async(document_put)(
-        collection_id=world["collection"].pk, doc_id="unrung", body={"v": 1}, origin="admin"
+        actor=System("test"),
+        collection_id=world["collection"].pk,
+        doc_id="unrung",
+        body={"v": 1},
+        origin="admin",
     )
     await replica.feed_until(1)
     assert replica.documents["unrung"]["v"] == 1

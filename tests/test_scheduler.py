@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
+from accounts.access import System
 from replication.maintenance import DAY_MS, maintenance_due, maintenance_scheduled_run
 from replication.models import Collection, MaintenanceJob, MaintenanceRun, Tombstone
 from replication.scheduler import (
@@ -25,7 +26,12 @@ OLD = now_ms() - 60 * DAY_MS
 
 
 def old_tombstone(collection: Collection) -> None:
-    batch_apply(collection_id=collection.pk, feed={"tombstoneMap": {"gone": OLD}}, origin="r1")
+    batch_apply(
+        actor=System("test"),
+        collection_id=collection.pk,
+        feed={"tombstoneMap": {"gone": OLD}},
+        origin="r1",
+    )
 
 
 def wait_for(condition: Any, seconds: float = 30) -> None:

@@ -9,6 +9,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from accounts.access import System
 from replication.protocol.errors import DataGateError
 from replication.services import batch_apply, document_delete, document_put, now_ms
 from search.models import SearchEntry
@@ -27,7 +28,9 @@ SEARCH = "/api/v1/tenants/acme/collections/notes/search/"
 
 
 def write(collection: Any, doc_id: str, **body: Any) -> None:
-    document_put(collection_id=collection.pk, doc_id=doc_id, body=body, origin="test")
+    document_put(
+        actor=System("test"), collection_id=collection.pk, doc_id=doc_id, body=body, origin="test"
+    )
 
 
 def found(collection: Any, query: str, **kwargs: Any) -> list[str]:
@@ -75,7 +78,7 @@ def test_only_chosen_fields_are_indexed(indexed: Any) -> None:
 
 
 def test_a_deleted_document_disappears_from_results(indexed: Any) -> None:
-    document_delete(collection_id=indexed.pk, doc_id="often", origin="test")
+    document_delete(actor=System("test"), collection_id=indexed.pk, doc_id="often", origin="test")
     assert found(indexed, "fox") == ["once"]
     assert not SearchEntry.objects.filter(collection=indexed, doc_id="often").exists()
 
@@ -90,6 +93,7 @@ def test_an_update_changes_what_matches(indexed: Any) -> None:
 
 def test_replicated_changes_are_indexed_like_any_other(indexed: Any) -> None:
     batch_apply(
+        actor=System("test"),
         collection_id=indexed.pk,
         origin="phone-1",
         feed={
@@ -106,9 +110,10 @@ def test_replicated_changes_are_indexed_like_any_other(indexed: Any) -> None:
 def test_one_pushed_chunk_adds_updates_revives_empties_and_deletes_entries(
     indexed: Any,
 ) -> None:
-    document_delete(collection_id=indexed.pk, doc_id="once", origin="test")
+    document_delete(actor=System("test"), collection_id=indexed.pk, doc_id="once", origin="test")
     stamp = now_ms()
     batch_apply(
+        actor=System("test"),
         collection_id=indexed.pk,
         origin="phone-1",
         feed={
@@ -123,6 +128,7 @@ def test_one_pushed_chunk_adds_updates_revives_empties_and_deletes_entries(
     entries = dict(SearchEntry.objects.filter(collection=indexed).values_list("doc_id", "text"))
     assert entries == {"new": "zebra", "dogs": "parrots", "once": "revived owl"}
     batch_apply(
+        actor=System("test"),
         collection_id=indexed.pk,
         origin="phone-1",
         feed={"tombstoneMap": {"new": stamp + 1, "dogs": stamp + 1, "never-stored": stamp}},
@@ -134,6 +140,7 @@ def test_one_pushed_chunk_adds_updates_revives_empties_and_deletes_entries(
 
 def test_a_late_older_write_does_not_change_the_index(indexed: Any) -> None:
     batch_apply(
+        actor=System("test"),
         collection_id=indexed.pk,
         origin="old-phone",
         feed={"changeSet": [{"_id": "dogs", "_revision": 1, "_modified": 1, "title": "parrots"}]},

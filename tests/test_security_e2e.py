@@ -10,6 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from websockets.exceptions import InvalidHandshake
 
+from accounts.access import System
 from accounts.services import token_revoke
 from replication.services import document_put
 from tests.live_server import DaphneServer
@@ -28,7 +29,13 @@ async def test_origins_auth_and_revocation_on_a_real_server(
 ) -> None:
     def seed() -> str:
         writer = member("wendy", "writer")
-        document_put(collection_id=collection.pk, doc_id="a", body={"v": 1}, origin="seed")
+        document_put(
+            actor=System("test"),
+            collection_id=collection.pk,
+            doc_id="a",
+            body={"v": 1},
+            origin="seed",
+        )
         return str(issue_token(writer, "read write"))
 
     token = await database_sync_to_async(seed)()

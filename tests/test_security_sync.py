@@ -22,6 +22,7 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
+from accounts.access import System
 from accounts.models import Membership
 from accounts.services import (
     access_tokens_revoke,
@@ -70,7 +71,13 @@ def world(tenant: Any, collection: Any, member: Any, make_user: Any, issue_token
     globex = tenant_get_or_create(slug="globex")
     collection_get_or_create(tenant=globex, name="ledger")
     for doc_id in ("a", "private/1", "user-rita/1", "user-wendy/1"):
-        document_put(collection_id=collection.pk, doc_id=doc_id, body={"v": doc_id}, origin="seed")
+        document_put(
+            actor=System("test"),
+            collection_id=collection.pk,
+            doc_id=doc_id,
+            body={"v": doc_id},
+            origin="seed",
+        )
     writer = member("wendy", "writer")
     reader = member("rita", "reader")
     outsider = make_user("otto")
@@ -320,10 +327,18 @@ async def test_key_rules_deny_reading_writing_and_deleting(
     # Live feed: a hidden change advances the markers but sends nothing of it.
     seq = replica.markers["collectionMarker"]
     await db(document_put)(
-        collection_id=world["collection"].pk, doc_id="private/2", body={"x": 1}, origin="seed"
+        actor=System("test"),
+        collection_id=world["collection"].pk,
+        doc_id="private/2",
+        body={"x": 1},
+        origin="seed",
     )
     await db(document_put)(
-        collection_id=world["collection"].pk, doc_id="b", body={"x": 2}, origin="seed"
+        actor=System("test"),
+        collection_id=world["collection"].pk,
+        doc_id="b",
+        body={"x": 2},
+        origin="seed",
     )
     await replica.feed_until(seq + 2)
     assert "private/2" not in replica.documents and "b" in replica.documents
@@ -436,10 +451,18 @@ async def test_a_new_key_rule_removes_documents_from_a_live_replica_and_it_stays
     # Still live; later changes of hidden documents are not sent, others are.
     seq = replica.markers["collectionMarker"]
     await db(document_put)(
-        collection_id=world["collection"].pk, doc_id="private/1", body={"x": 9}, origin="seed"
+        actor=System("test"),
+        collection_id=world["collection"].pk,
+        doc_id="private/1",
+        body={"x": 9},
+        origin="seed",
     )
     await db(document_put)(
-        collection_id=world["collection"].pk, doc_id="a", body={"x": 9}, origin="seed"
+        actor=System("test"),
+        collection_id=world["collection"].pk,
+        doc_id="a",
+        body={"x": 9},
+        origin="seed",
     )
     await replica.feed_until(seq + 2)
     assert "private/1" not in replica.documents

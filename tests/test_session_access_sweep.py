@@ -18,6 +18,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from accounts.access import System
 from accounts.access_changes import access_version
 from accounts.models import AccessMarker
 from accounts.services import key_rule_add, membership_set
@@ -68,7 +69,9 @@ def item_for(
 def sessions(collection: Any, member: Any, issue_token: Any) -> list[SessionGrant]:
     """30 sessions of 30 readers on acme/notes."""
     for doc_id in ("a", "private/1"):
-        document_put(collection_id=collection.pk, doc_id=doc_id, body={}, origin="seed")
+        document_put(
+            actor=System("test"), collection_id=collection.pk, doc_id=doc_id, body={}, origin="seed"
+        )
     return [open_grant(issue_token(member(f"reader{n}", "reader"))) for n in range(30)]
 
 
@@ -116,7 +119,13 @@ def test_a_change_re_decides_only_the_sessions_it_touches(
 def test_a_sweep_decides_once_per_user_tenant_and_collection(
     collection: Any, member: Any, issue_token: Any, tenant: Any
 ) -> None:
-    document_put(collection_id=collection.pk, doc_id="private/1", body={}, origin="seed")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="private/1",
+        body={},
+        origin="seed",
+    )
     user = member("wendy", "writer")
     grants = [open_grant(issue_token(user)) for _ in range(20)]
     key_rule_add(
@@ -135,7 +144,13 @@ def test_a_change_made_while_a_session_was_being_authorised_is_not_missed(
 ) -> None:
     """The consumer reads its baseline before `session_open`: a change landing between that
     read and the session's first sweep is seen by the sweep."""
-    document_put(collection_id=collection.pk, doc_id="private/1", body={}, origin="seed")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="private/1",
+        body={},
+        origin="seed",
+    )
     token = issue_token(member("wendy", "writer"))
     baseline = access_version()
     grant = open_grant(token)

@@ -13,6 +13,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accounts.access import System
 from replication.changes import Version, newest_per_id
 from replication.conflicts import DELETE, WRITE
 from replication.models import Collection, Document, JournalEntry, Tombstone
@@ -38,7 +39,9 @@ def doc(doc_id: str, revision: int = 1, modified: int = T0, **fields: Any) -> di
 
 
 def apply(collection: Collection, **feed: Any) -> Any:
-    return batch_apply(collection_id=collection.pk, feed=feed, origin="replica-1")
+    return batch_apply(
+        actor=System("test"), collection_id=collection.pk, feed=feed, origin="replica-1"
+    )
 
 
 def codes(result: Any) -> dict[str, str]:
@@ -113,20 +116,24 @@ def stored(collection: Collection) -> dict[str, Any]:
 def test_each_applied_change_is_journalled_once_with_who_sent_it_and_when(
     collection: Collection, make_user: Any
 ) -> None:
-    user = make_user("writer")
+    user = make_user("writer", is_superuser=True)
     replica = replica_connected(collection_id=collection.pk, replica_id="phone", user_id=user.pk)
     before = timezone.now() - timedelta(seconds=1)
     feed = {"changeSet": [doc("a"), doc("b", v=1)], "tombstoneMap": {"c": T0}}
     result = batch_apply(
+        actor=user,
         collection_id=collection.pk,
         feed=feed,
         origin="phone",
-        user_id=user.pk,
         replica_pk=replica.pk,
         message_id="m" * 80,
     )
     again = batch_apply(
-        collection_id=collection.pk, feed=feed, origin="phone", user_id=user.pk, message_id="m2"
+        actor=user,
+        collection_id=collection.pk,
+        feed=feed,
+        origin="phone",
+        message_id="m2",
     )
     after = timezone.now() + timedelta(seconds=1)
     assert (result.applied, result.first_seq, result.last_seq) == (3, 1, 3)
@@ -151,6 +158,7 @@ def test_a_newer_write_replaces_every_column_of_the_stored_document(
 ) -> None:
     apply(collection, changeSet=[doc("a", revision=1, modified=T0, old=True, n=[1, {"x": 2}])])
     batch_apply(
+        actor=System("test"),
         collection_id=collection.pk,
         origin="replica-2",
         feed={"changeSet": [doc("a", revision=2, modified=T0 + 1, text="é ☃", n=1.5)]},
@@ -284,6 +292,7 @@ def test_a_guard_rejects_changes_with_its_own_code(collection: Collection) -> No
         return None
 
     result = batch_apply(
+        actor=System("test"),
         collection_id=collection.pk,
         origin="r",
         feed={"changeSet": [doc("private/x"), doc("public/y")]},
@@ -328,15 +337,27 @@ def test_changes_since_pages_in_seq_order_with_documents_and_tombstones(
 def test_server_writes_stamp_the_next_revision_and_check_expected_revisions(
     collection: Collection,
 ) -> None:
-    first = document_put(collection_id=collection.pk, doc_id="a", body={"n": 1}, origin="server")
+    first = document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="a",
+        body={"n": 1},
+        origin="server",
+    )
     assert first.applied == 1
     document_put(
-        collection_id=collection.pk, doc_id="a", body={"n": 2}, origin="server", expected_revision=1
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="a",
+        body={"n": 2},
+        origin="server",
+        expected_revision=1,
     )
     stored = Document.objects.get(doc_id="a")
     assert (stored.revision, stored.body) == (2, {"n": 2})
     with pytest.raises(DataGateError) as caught:
         document_put(
+            actor=System("test"),
             collection_id=collection.pk,
             doc_id="a",
             body={"n": 3},
@@ -344,9 +365,15 @@ def test_server_writes_stamp_the_next_revision_and_check_expected_revisions(
             expected_revision=1,
         )
     assert caught.value.error is ErrorCode.REVISION_CONFLICT
-    document_delete(collection_id=collection.pk, doc_id="a", origin="server")
+    document_delete(actor=System("test"), collection_id=collection.pk, doc_id="a", origin="server")
     assert Tombstone.objects.get(doc_id="a").revision == 3
-    document_put(collection_id=collection.pk, doc_id="a", body={"n": 4}, origin="server")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="a",
+        body={"n": 4},
+        origin="server",
+    )
     assert Document.objects.get(doc_id="a").revision == 4
 
 
@@ -355,7 +382,13 @@ def test_a_server_write_orders_after_a_version_stamped_ahead_of_its_clock(
 ) -> None:
     ahead = now_ms() + 60_000
     apply(collection, changeSet=[doc("a", modified=ahead, v="replica")])
-    document_put(collection_id=collection.pk, doc_id="a", body={"v": "server"}, origin="server")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="a",
+        body={"v": "server"},
+        origin="server",
+    )
     stored = Document.objects.get(doc_id="a")
     assert stored.body == {"v": "server"}
     assert stored.modified == ahead + 1
@@ -427,12 +460,17 @@ def test_any_order_and_chunking_converges_and_reapplying_changes_nothing(
     chunks = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
     collection = Collection.objects.create(tenant=tenant, name=f"p{Collection.objects.count()}")
     for chunk in chunks:
-        batch_apply(collection_id=collection.pk, feed=as_feed(chunk), origin="r0")
+        batch_apply(
+            actor=System("test"), collection_id=collection.pk, feed=as_feed(chunk), origin="r0"
+        )
     state = collection_state(collection_id=collection.pk)
     assert state == expected_state(list(order))
     for chunk in chunks:
         assert (
-            batch_apply(collection_id=collection.pk, feed=as_feed(chunk), origin="r0").applied == 0
+            batch_apply(
+                actor=System("test"), collection_id=collection.pk, feed=as_feed(chunk), origin="r0"
+            ).applied
+            == 0
         )
     assert collection_state(collection_id=collection.pk) == state
     collection.refresh_from_db()
@@ -483,16 +521,27 @@ def test_chunks_applied_together_end_exactly_as_chunks_applied_one_after_another
     for collection in (one_by_one, together):
         if stored:
             batch_apply(
-                collection_id=collection.pk, feed=as_feed(stored), origin="r0", at_ms=T0 + 9
+                actor=System("test"),
+                collection_id=collection.pk,
+                feed=as_feed(stored),
+                origin="r0",
+                at_ms=T0 + 9,
             )
         Collection.objects.filter(pk=collection.pk).update(purge_horizon_ms=horizon)
     expected = [
         batch_apply(
-            collection_id=one_by_one.pk, feed=feed, origin="r0", message_id=mid, at_ms=T0 + 9
+            actor=System("test"),
+            collection_id=one_by_one.pk,
+            feed=feed,
+            origin="r0",
+            message_id=mid,
+            at_ms=T0 + 9,
         )
         for feed, mid in chunks
     ]
-    got = batch_apply_many(collection_id=together.pk, chunks=chunks, origin="r0", at_ms=T0 + 9)
+    got = batch_apply_many(
+        actor=System("test"), collection_id=together.pk, chunks=chunks, origin="r0", at_ms=T0 + 9
+    )
     assert [(r.receipt(), r.applied, r.first_seq, r.last_seq) for r in got] == [
         (r.receipt(), r.applied, r.first_seq, r.last_seq) for r in expected
     ]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect
 from replication.markers import PullStart
 from replication.models import Collection, JournalEntry, MaintenanceRun
@@ -46,7 +47,7 @@ def test_export_writes_a_header_then_every_document_and_tombstone(
         "changeSet": [{"_id": "a", "_revision": 3, "_modified": T, "_origin": "r1", "n": 1}],
         "tombstoneMap": {"b": T + 1},
     }
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r1")
+    batch_apply(actor=System("test"), collection_id=collection.pk, feed=feed, origin="r1")
     target = tmp_path / "notes.jsonl"
     out = StringIO()
     call_command("datagate_export", "acme/notes", str(target), stdout=out)
@@ -81,12 +82,13 @@ def test_import_restores_the_content_with_a_new_epoch_and_a_counter_that_only_mo
         "changeSet": [{"_id": f"d{n}", "_revision": 1, "_modified": T, "v": n} for n in range(5)],
         "tombstoneMap": {"gone": T},
     }
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r1")
+    batch_apply(actor=System("test"), collection_id=collection.pk, feed=feed, origin="r1")
     Collection.objects.filter(pk=collection.pk).update(tombstone_ttl_days=9)
     exported = collection_state(collection_id=collection.pk)
     path = tmp_path / "export.jsonl"
     path.write_text(export_text(collection))
     batch_apply(
+        actor=System("test"),
         collection_id=collection.pk,
         feed={"changeSet": [{"_id": "later", "_revision": 1, "_modified": T + 5}]},
         origin="r1",
@@ -207,6 +209,7 @@ def test_import_refuses_a_bad_file_whole_and_says_which_line(
     collection: Collection, tmp_path: Path, content: str, says: str
 ) -> None:
     batch_apply(
+        actor=System("test"),
         collection_id=collection.pk,
         feed={"changeSet": [{"_id": "keep", "_revision": 1, "_modified": T}]},
         origin="r1",

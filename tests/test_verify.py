@@ -14,6 +14,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from accounts.access import System
 from replication.maintenance import DAY_MS, journal_prune, tombstones_collect
 from replication.models import Collection, Document, JournalEntry, Tombstone
 from replication.services import batch_apply, collection_get_or_create, document_put, now_ms
@@ -34,8 +35,14 @@ def fill(collection: Collection) -> None:
         ],
         "tombstoneMap": {"d": now_ms() - 1000, "e": OLD},
     }
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r1")
-    document_put(collection_id=collection.pk, doc_id="a", body={"v": 2}, origin="server")
+    batch_apply(actor=System("test"), collection_id=collection.pk, feed=feed, origin="r1")
+    document_put(
+        actor=System("test"),
+        collection_id=collection.pk,
+        doc_id="a",
+        body={"v": 2},
+        origin="server",
+    )
 
 
 def verify(*args: str) -> tuple[str, str]:
