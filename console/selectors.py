@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -301,9 +302,19 @@ def _search_value(raw: str) -> Any:
 
 
 def document_search(
-    *, collection: Collection, id_contains: str = "", field: str = "", value: str = ""
-) -> QuerySet[Document]:
-    """Documents of the collection by id (substring) and by one field's value (exact JSON)."""
+    *,
+    collection: Collection,
+    id_contains: str = "",
+    field: str = "",
+    value: str = "",
+    read_filter: Callable[[str], bool] | None,
+) -> QuerySet[Document] | ReadableDocuments:
+    """Documents of the collection by id (substring) and by one field's value (exact JSON),
+    of those `read_filter` lets the reader see (None: all; `accounts.access.document_policy`'s
+    `read_filter`, a required argument so no caller forgets the key rules).
+
+    With a filter, the matching ids are read and filtered here and the documents fetched by
+    id: the result is a list, paged like the queryset."""
     documents = Document.objects.filter(collection=collection)
     if id_contains:
         documents = documents.filter(doc_id__contains=id_contains)
@@ -312,7 +323,33 @@ def document_search(
         if not FIELD_PATH.match(field) or "__" in field or parts[-1] in _LOOKUP_NAMES:
             raise BadSearch("a field is letters, digits and '_', nested with '.' (a.b)")
         documents = documents.filter(**{"body__" + field.replace(".", "__"): _search_value(value)})
-    return documents.order_by("doc_id")
+    documents = documents.order_by("doc_id")
+    if read_filter is None:
+        return documents
+    return ReadableDocuments(
+        collection, [i for i in documents.values_list("doc_id", flat=True) if read_filter(i)]
+    )
+
+
+class ReadableDocuments:
+    """The readable documents of a search, in id order, for Django's paginator: counted from
+    their ids, fetched a page at a time."""
+
+    def __init__(self, collection: Collection, ids: list[str]) -> None:
+        self.collection = collection
+        self.ids = ids
+
+    def count(self) -> int:
+        return len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: slice) -> list[Document]:
+        page = self.ids[index]
+        found = Document.objects.filter(collection=self.collection, doc_id__in=page)
+        by_id = {d.doc_id: d for d in found}
+        return [by_id[i] for i in page if i in by_id]
 
 
 # Key names Django would read as a lookup instead of a JSON key.

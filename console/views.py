@@ -6,6 +6,12 @@ Who sees what (every decision is an `access_*` call):
 - readers see everything of their tenants and can do nothing (no buttons; POST answers 403);
 - writers may also create, edit and delete documents;
 - admins may also disconnect replicas and revoke their tokens.
+
+Documents go through the same door as the websocket and the HTTP API (docs/access.md, "One
+door"): the user's `document_policy` for the collection filters the list and search; the
+pages of a document the user may not read (its page with its history, its edit form) answer
+404, stored or not; a change the user may not make (create, edit, delete) answers 403, stored
+or not (the form shows why; the write service itself refuses it, for the acting user).
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.access import (
+    DocumentPolicy,
     access_collection_write,
     access_server_admin,
     access_tenant_admin,
     access_tenant_read,
     access_topic_see,
+    document_policy,
     tenant_roles,
 )
 from accounts.models import Tenant
@@ -47,7 +55,7 @@ from replication.maintenance import (
     tombstones_collect_all,
 )
 from replication.models import Collection, MaintenanceJob
-from replication.protocol.errors import DataGateError
+from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import document_delete, document_put, error_event_record
 
 LOGIN_URL = "console:login"
@@ -80,6 +88,25 @@ def _collection(access: TenantAccess, name: str) -> Collection:
     if collection is None:
         raise Http404("No such collection.")
     return collection
+
+
+def _policy(request: HttpRequest, access: TenantAccess, coll: Collection) -> DocumentPolicy:
+    """What the user may do with the collection's documents, decided once per request."""
+    return document_policy(
+        user=request.user, tenant=access.tenant, collection_name=coll.name, collection=coll
+    )
+
+
+def _readable(policy: DocumentPolicy, doc_id: str) -> None:
+    """A document the user may not read does not exist for them, stored or not."""
+    if not policy.may_read(doc_id):
+        raise Http404("No such document.")
+
+
+# A refusal by the access door (the collection's write right or a key rule): 403.
+ACCESS_REFUSALS = frozenset(
+    {ErrorCode.READ_ONLY, ErrorCode.KEY_WRITE_DENIED, ErrorCode.KEY_DELETE_DENIED}
+)
 
 
 def _page(request: HttpRequest, items: Any) -> Page:
@@ -236,6 +263,7 @@ def replica_revoke(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 def documents(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
     access = _tenant_access(request, tenant)
     coll = _collection(access, collection)
+    policy = _policy(request, access, coll)
     form = DocumentSearchForm(request.GET or None)
     data = form.cleaned_data if form.is_valid() else {}
     search_error = ""
@@ -245,6 +273,7 @@ def documents(request: HttpRequest, tenant: str, collection: str) -> HttpRespons
             id_contains=data.get("id") or "",
             field=(data.get("field") or "").strip(),
             value=data.get("value") or "",
+            read_filter=policy.read_filter,
         )
         page = _page(request, found)
     except selectors.BadSearch as exc:
@@ -260,6 +289,7 @@ def documents(request: HttpRequest, tenant: str, collection: str) -> HttpRespons
             "form": form if form.is_bound else DocumentSearchForm(),
             "page": page,
             "search_error": search_error,
+            "may_create": policy.can_write,
             "section": "documents",
         },
     )
@@ -276,6 +306,8 @@ def document_detail(request: HttpRequest, tenant: str, collection: str) -> HttpR
     access = _tenant_access(request, tenant)
     coll = _collection(access, collection)
     doc_id = request.GET.get("id", "")
+    policy = _policy(request, access, coll)
+    _readable(policy, doc_id)
     document = selectors.document_get(collection=coll, doc_id=doc_id)
     tombstone = None if document else selectors.tombstone_get(collection=coll, doc_id=doc_id)
     history = selectors.document_history(collection=coll, doc_id=doc_id)
@@ -292,6 +324,8 @@ def document_detail(request: HttpRequest, tenant: str, collection: str) -> HttpR
             "document": document,
             "tombstone": tombstone,
             "history": history,
+            "may_edit": policy.may_write(doc_id),
+            "may_delete": policy.may_delete(doc_id),
             "edit_url": _document_url("console:document_edit", access, coll, doc_id),
             "section": "documents",
         },
@@ -300,8 +334,9 @@ def document_detail(request: HttpRequest, tenant: str, collection: str) -> HttpR
 
 def _save_document(
     request: HttpRequest, access: TenantAccess, coll: Collection, form: DocumentForm
-) -> HttpResponse | None:
-    """Write the form's document through the service; None (and a form error) on refusal."""
+) -> HttpResponse | int:
+    """Write the form's document through the service, for the user; on a refusal, a form
+    error and the status to render the form with (403 for the access door, else 200)."""
     doc_id = form.cleaned_data["doc_id"]
     try:
         document_put(
@@ -321,7 +356,7 @@ def _save_document(
             context={"via": "console", "doc_id": doc_id[:128]},
         )
         form.add_error(None, exc.text)
-        return None
+        return 403 if exc.error in ACCESS_REFUSALS else 200
     messages.success(request, f"Saved {doc_id}; it replicates to every live replica.")
     return redirect(_document_url("console:document", access, coll, doc_id))
 
@@ -331,13 +366,15 @@ def _save_document(
 def document_new(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
     access = _tenant_access(request, tenant)
     coll = _collection(access, collection)
-    if not access.can_write:
+    if not _policy(request, access, coll).can_write:
         raise PermissionDenied("Readers cannot create documents.")
     form = DocumentForm(request.POST or None, initial={"expected_revision": 0})
+    status = 200
     if request.method == "POST" and form.is_valid():
-        response = _save_document(request, access, coll, form)
-        if response is not None:
-            return response
+        saved = _save_document(request, access, coll, form)
+        if isinstance(saved, HttpResponse):
+            return saved
+        status = saved
     return _render(
         request,
         "console/document_form.html",
@@ -349,6 +386,7 @@ def document_new(request: HttpRequest, tenant: str, collection: str) -> HttpResp
             "creating": True,
             "section": "documents",
         },
+        status=status,
     )
 
 
@@ -357,20 +395,24 @@ def document_new(request: HttpRequest, tenant: str, collection: str) -> HttpResp
 def document_edit(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
     access = _tenant_access(request, tenant)
     coll = _collection(access, collection)
-    if not access.can_write:
-        raise PermissionDenied("Readers cannot edit documents.")
     doc_id = request.GET.get("id", "")
+    policy = _policy(request, access, coll)
+    _readable(policy, doc_id)
+    if not policy.may_write(doc_id):
+        raise PermissionDenied("You may not edit this document.")
     document = selectors.document_get(collection=coll, doc_id=doc_id)
     if document is None:
         raise Http404("No such document.")
+    status = 200
     if request.method == "POST":
         data = request.POST.copy()
         data["doc_id"] = doc_id  # the id is not editable; the URL names the document
         form = DocumentForm(data)
         if form.is_valid():
-            response = _save_document(request, access, coll, form)
-            if response is not None:
-                return response
+            saved = _save_document(request, access, coll, form)
+            if isinstance(saved, HttpResponse):
+                return saved
+            status = saved
     else:
         form = DocumentForm(
             initial={
@@ -392,6 +434,7 @@ def document_edit(request: HttpRequest, tenant: str, collection: str) -> HttpRes
             "creating": False,
             "section": "documents",
         },
+        status=status,
     )
 
 
@@ -400,9 +443,10 @@ def document_edit(request: HttpRequest, tenant: str, collection: str) -> HttpRes
 def document_remove(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
     access = _tenant_access(request, tenant)
     coll = _collection(access, collection)
-    if not access.can_write:
-        raise PermissionDenied("Readers cannot delete documents.")
     doc_id = request.POST.get("id", "")
+    policy = _policy(request, access, coll)
+    if not policy.can_write:
+        raise PermissionDenied("Readers cannot delete documents.")
     raw_revision = request.POST.get("expected_revision", "")
     try:
         document_delete(
@@ -420,6 +464,8 @@ def document_remove(request: HttpRequest, tenant: str, collection: str) -> HttpR
             collection=coll.name,
             context={"via": "console", "doc_id": doc_id[:128]},
         )
+        if exc.error in ACCESS_REFUSALS:
+            raise PermissionDenied(exc.text) from None
         messages.error(request, exc.text)
         return redirect(_document_url("console:document", access, coll, doc_id))
     messages.success(request, f"Deleted {doc_id}; the delete replicates to every live replica.")
