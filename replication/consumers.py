@@ -183,6 +183,14 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             return self.session.chunk_done(
                 feed=self._feed(page.changes), covered=page.covered, count=len(page.changes)
             )
+        if isinstance(effect, mc.ReadVersions):
+            held = await database_sync_to_async(selectors.g3_versions)(
+                collection_id=grant.collection_id, ids=list(effect.ids)
+            )
+            read_filter = grant.read_filter
+            if read_filter is not None:
+                held = {i: v if read_filter(i) else None for i, v in held.items()}
+            return self.session.versions_done(held=held)
         if isinstance(effect, mc.ReadFeed):
             page = await database_sync_to_async(selectors.change_page)(
                 collection_id=grant.collection_id,
@@ -267,8 +275,12 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                 return
             for effect, result in zip(batch, results, strict=True):
                 metrics.push_record(applied=result.applied, rejected=len(result.rejected))
-                reply = dict(effect.reply)
-                reply["receipt"] = result.receipt()
+                reply = effect.reply
+                if not effect.receipt_in_reply:
+                    reply = {**reply, "receipt": result.receipt()}
+                self.session.push_applied(
+                    feed=effect.feed, refused_ids={r.doc_id for r in result.rejected}
+                )
                 await self._send_text(encode(reply))
 
     async def _authenticate(self, effect: mc.Authenticate) -> list[mc.Effect]:

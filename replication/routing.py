@@ -1,11 +1,21 @@
 """Websocket routes of the sync protocol (docs/protocol.md)."""
 
-from django.urls import path
+from django.urls import re_path
 
 from replication.consumers import ReplicationConsumer
 
+SEGMENT = r"[^/]+"
+
+# Each with or without the trailing slash: Nitrite's G3 replica opens
+# `/ws/datagate/{tenant}/{collection}/{user}` (NITRITE-G3.md section 1).
 websocket_urlpatterns: list = [
-    path("ws/datagate/<str:tenant>/<str:collection>/", ReplicationConsumer.as_asgi()),
+    re_path(
+        rf"^ws/datagate/(?P<tenant>{SEGMENT})/(?P<collection>{SEGMENT})/?$",
+        ReplicationConsumer.as_asgi(),
+    ),
     # The Nitrite form: the user segment must be the token's user (DG-1003).
-    path("ws/datagate/<str:tenant>/<str:collection>/<str:user>/", ReplicationConsumer.as_asgi()),
+    re_path(
+        rf"^ws/datagate/(?P<tenant>{SEGMENT})/(?P<collection>{SEGMENT})/(?P<user>{SEGMENT})/?$",
+        ReplicationConsumer.as_asgi(),
+    ),
 ]

@@ -10,6 +10,7 @@ from typing import Any
 from replication.changes import Version, version_to_wire
 from replication.conflicts import DELETE, WRITE
 from replication.models import Collection, Document, Tombstone
+from replication.protocol.g3 import Held
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +126,16 @@ def document_stamps(*, collection_id: int) -> list[tuple[str, int]]:
     return list(
         Document.objects.filter(collection_id=collection_id).values_list("doc_id", "modified")
     )
+
+
+def g3_versions(*, collection_id: int, ids: list[str]) -> dict[str, Held | None]:
+    """The stored document of each id (None for a tombstone or nothing): what a G3 session
+    sends back for the changes it refused (replication/protocol/g3.py, `corrections`)."""
+    held: dict[str, Held | None] = dict.fromkeys(ids)
+    for start in range(0, len(ids), 500):
+        rows = Document.objects.filter(
+            collection_id=collection_id, doc_id__in=ids[start : start + 500]
+        ).values_list("doc_id", "body", "revision", "modified")
+        for doc_id, body, revision, modified in rows:
+            held[doc_id] = Held(body or {}, revision, modified)
+    return held

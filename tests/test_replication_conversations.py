@@ -322,7 +322,7 @@ async def test_bad_expired_and_revoked_tokens_are_refused_with_4401(
         (revoked, "unknown or revoked"),
     ]:
         replica = await open_replica(token)
-        await replica.send(replica.message("no2.sync.connect", authToken=token))
+        await replica.send(replica.message("no2.sync.connect", authToken=token, capabilities=[]))
         error = await replica.expect(ERROR)
         assert error["code"] == "DG-1001"
         assert "failed to validate token" in error["error"]
@@ -345,7 +345,7 @@ async def test_a_missing_collection_and_an_unreadable_one_look_alike(
     ]:
         replica = await open_replica(token, path=path, collection=path.split("/")[4])
         replica.tenant = path.split("/")[3]
-        await replica.send(replica.message("no2.sync.connect", authToken=token))
+        await replica.send(replica.message("no2.sync.connect", authToken=token, capabilities=[]))
         error = await replica.expect(ERROR)
         assert error["code"] == "DG-3001"
         assert await replica.expect_close() == 4403
@@ -361,7 +361,9 @@ async def test_a_writer_creates_a_missing_collection_on_connect(
     assert await database_sync_to_async(Collection.objects.filter(name="fresh").exists)()
     settings.DATAGATE = {**settings.DATAGATE, "AUTO_CREATE_COLLECTIONS": False}
     refused = await open_replica(path="/ws/datagate/acme/other/", collection="other")
-    await refused.send(refused.message("no2.sync.connect", authToken=refused.token))
+    await refused.send(
+        refused.message("no2.sync.connect", authToken=refused.token, capabilities=[])
+    )
     assert (await refused.expect(ERROR))["code"] == "DG-3001"
 
 
@@ -369,7 +371,7 @@ async def test_the_user_segment_must_be_the_tokens_user(open_replica: Opener) ->
     good = await open_replica(path="/ws/datagate/acme/notes/wendy/")
     await good.connect()
     bad = await open_replica(path="/ws/datagate/acme/notes/rita/")
-    await bad.send(bad.message("no2.sync.connect", authToken=bad.token))
+    await bad.send(bad.message("no2.sync.connect", authToken=bad.token, capabilities=[]))
     assert (await bad.expect(ERROR))["code"] == "DG-1003"
     assert await bad.expect_close() == 4403
 

@@ -62,7 +62,9 @@ async def test_origins_auth_and_revocation_on_a_real_server(
             collection="notes",
             timeout=20,
         )
-        await refused.send(refused.message("no2.sync.connect", authToken=bogus, replicaName="r"))
+        await refused.send(
+            refused.message("no2.sync.connect", authToken=bogus, replicaName="r", capabilities=[])
+        )
         error = await refused.expect(ERROR)
         assert error["code"] == "DG-1001"
         assert await refused.expect_close() == 4401

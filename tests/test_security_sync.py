@@ -166,7 +166,7 @@ async def test_a_connect_without_an_auth_token_field_is_refused_as_no_token(
     open_replica: Opener, world: Any
 ) -> None:
     replica = await open_replica("")
-    await replica.send(replica.message("no2.sync.connect", replicaName="r"))
+    await replica.send(replica.message("no2.sync.connect", replicaName="r", capabilities=[]))
     error = await replica.expect(ERROR)
     assert (error["code"], error["fatal"]) == ("DG-1001", True)
     assert await replica.expect_close() == 4401

@@ -25,6 +25,14 @@ Rules (PROTOCOL.md section 4, docs/protocol.md):
    acknowledged nothing for `feed_ack_timeout` seconds while feeds are outstanding.
 6. Disconnect, from either side, closes the session (1000); `shutdown` sends Disconnect and
    closes with 1001.
+7. A Connect without a `capabilities` key comes from a Nitrite G3 replica (DataGate's own
+   clients always send the key): the session is a G3 session, chosen by what the client says,
+   never by a setting. Its transitions are `G3_TRANSITIONS` (no live phase, no token refresh)
+   and every message it is sent is cut to the G3 key set of its type (`g3.shape`): no
+   `rejected`, no `code`/`fatal`, no `_origin`, integer `nextOffset`s. A G3 receipt lists
+   every id received; the changes the server refused are corrected in the pull: before its
+   batch.end the session reads the server's version of each refused id (`ReadVersions`) and
+   sends it in one more chunk (docs/decisions/0009-a-refused-g3-change-is-corrected-in-the-pull.md).
 
 Every (state, message type) pair is either a transition in `TRANSITIONS` or a protocol error
 DG-2006 that names the message and the state (fatal, 4409). After ConnectAck, a frame that is
@@ -49,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from replication.markers import Markers, PullStart, pull_start
+from replication.protocol import g3
 from replication.protocol import messages as m
 from replication.protocol.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 
@@ -99,11 +108,14 @@ class Authenticate:
 
 @dataclass(frozen=True)
 class ApplyChunk:
-    """Apply a pushed feed; send `reply` with the apply's `receipt` added."""
+    """Apply a pushed feed; send `reply` with the apply's `receipt` added (unless the reply
+    has its receipt already: `receipt_in_reply`, a G3 session's), then report the ids the
+    apply refused with `push_applied`."""
 
     feed: dict[str, Any]
     message_id: str
     reply: dict[str, Any]
+    receipt_in_reply: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,14 @@ class ReadChunk:
     after_seq: int
     up_to_seq: int
     limit: int
+
+
+@dataclass(frozen=True)
+class ReadVersions:
+    """Read what the server holds, readable by the session's user, for these ids (a G3
+    session's refused changes); answer with `versions_read`."""
+
+    ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -166,6 +186,7 @@ Effect = (
     | ApplyChunk
     | ReadPosition
     | ReadChunk
+    | ReadVersions
     | ReadFeed
     | RecordAck
     | GoLive
@@ -195,6 +216,14 @@ TRANSITIONS: dict[tuple[State, str], str] = {
     (State.LIVE, m.TOKEN_REFRESH): "_on_token_refresh",
 }
 
+# A G3 session (rule 7): the same conversation without the live phase and token refresh,
+# which G3 replicas do not have.
+G3_TRANSITIONS: dict[tuple[State, str], str] = {
+    (state, message_type): handler
+    for (state, message_type), handler in TRANSITIONS.items()
+    if state is not State.LIVE and message_type != m.TOKEN_REFRESH
+}
+
 
 @dataclass
 class _PullChunk:
@@ -216,6 +245,7 @@ class _Pull:
     offset: int = 0
     in_flight: OrderedDict[str, _PullChunk] = field(default_factory=OrderedDict)
     end_sent: bool = False
+    corrections_read: bool = False  # G3: refused changes were read back (rule 7)
 
 
 @dataclass
@@ -265,6 +295,12 @@ class Session:
         self.waiting_since: float | None = None
         self._now = 0.0
         self._connect_id: str | None = None
+        # G3 sessions (rule 7)
+        self.g3 = False
+        self.transitions = TRANSITIONS
+        self.g3_offset = 0  # the last nextOffset a G3 push chunk carried
+        self.refused: dict[str, g3.Pushed] = {}
+        self.client_end: tuple[int, int] | None = None
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -293,7 +329,7 @@ class Session:
     ) -> dict[str, Any]:
         message: dict[str, Any] = {"header": self.header(message_type, correlation_id)}
         message.update(body or {})
-        return message
+        return g3.shape(message) if self.g3 else message
 
     def error_message(self, error: DataGateError) -> dict[str, Any]:
         return self._message(
@@ -326,7 +362,7 @@ class Session:
         mismatch = self._header_mismatch(message)
         if mismatch is not None:
             return self._fatal(mismatch)
-        handler = TRANSITIONS.get((self.state, message_type))
+        handler = self.transitions.get((self.state, message_type))
         if handler is None or (self.connecting and message_type != m.DISCONNECT):
             return self._fatal(
                 DataGateError(
@@ -370,6 +406,9 @@ class Session:
         self.transaction_id = message.header.transactionId or self._new_id()
         self.capabilities = frozenset(message.capabilities)
         self._connect_id = message.header.id
+        if "capabilities" not in message.model_fields_set:
+            self.g3 = True
+            self.transitions = G3_TRANSITIONS
         return [Authenticate(message)]
 
     def connect_accepted(
@@ -381,6 +420,11 @@ class Session:
         self.user_name = user_name
         self.read_only = read_only
         self.epoch = end_markers.epoch
+        body: dict[str, Any]
+        if self.g3:
+            # As Nitrite's own server did; G3 reads `nextOffset` as an int (NITRITE-G3.md 9.5).
+            body = {"nextOffset": 0, "batchSize": 0, "tombstoneTtl": self.limits.tombstone_ttl_days}
+            return [Send(self._message(m.CONNECT_ACK, body, self._connect_id))]
         body = {
             "tombstoneTtl": self.limits.tombstone_ttl_days,
             "batchSize": self.limits.chunk_size,
@@ -398,6 +442,8 @@ class Session:
 
     def _on_push_chunk(self, message: m.Body) -> list[Effect]:
         assert isinstance(message, m.BatchChunk)
+        if self.g3:
+            return self._on_g3_push_chunk(message)
         reply = self._message(
             m.BATCH_ACK,
             {
@@ -410,8 +456,39 @@ class Session:
         )
         return [ApplyChunk(message.feed.to_wire(), message.header.id, reply)]
 
+    def _on_g3_push_chunk(self, message: m.BatchChunk) -> list[Effect]:
+        # A G3 retry chunk has a null nextOffset, and G3 unboxes the ack's to an int: echo
+        # the last one it sent (NITRITE-G3.md section 2.2).
+        if message.nextOffset is not None:
+            self.g3_offset = message.nextOffset
+        feed = g3.incoming_feed(message.feed.to_wire())
+        reply = self._message(
+            m.BATCH_ACK,
+            {
+                "nextOffset": self.g3_offset,
+                "batchSize": message.batchSize,
+                "startMarkers": _echo(message.startMarkers),
+                "endMarkers": _echo(message.endMarkers),
+                "receipt": g3.receipt_of_feed(feed),
+            },
+            message.header.id,
+        )
+        return [ApplyChunk(feed, message.header.id, reply, receipt_in_reply=True)]
+
+    def push_applied(self, *, feed: dict[str, Any], refused_ids: set[str]) -> list[Effect]:
+        """A pushed chunk was applied; the server refused the changes of `refused_ids`. A G3
+        session corrects them in its pull (rule 7); other sessions' receipts said it all."""
+        if self.g3 and refused_ids:
+            self.refused.update(g3.refused_pushes(feed, refused_ids))
+        return []
+
     def _on_push_end(self, message: m.Body) -> list[Effect]:
         assert isinstance(message, m.BatchEnd)
+        if self.g3 and message.endMarkers is not None:
+            self.client_end = (
+                message.endMarkers.collectionMarker or 0,
+                message.endMarkers.tombstoneMarker or 0,
+            )
         self.state = State.PULLING
         limit = self.limits.chunk_size
         if message.batchSize is not None:
@@ -491,15 +568,49 @@ class Session:
         assert pull is not None
         if not pull.exhausted:
             return self._next_read()
-        if pull.in_flight or pull.end_sent:
+        if pull.in_flight or pull.end_sent or pull.reading:
             return []
+        if self.refused and not pull.corrections_read:
+            pull.corrections_read = pull.reading = True
+            return [ReadVersions(tuple(sorted(self.refused)))]
         pull.end_sent = True
-        body = {
+        body: dict[str, Any] = {
             "startMarkers": pull.start.to_wire(),
             "endMarkers": pull.end.to_wire(),
             "batchSize": pull.limit,
         }
+        if self.g3:
+            body["nextOffset"] = pull.offset
         return [Send(self._message(m.BATCH_END, body))]
+
+    def versions_done(self, *, held: dict[str, g3.Held | None]) -> list[Effect]:
+        """The server's versions of the refused ids: send them as one more pull chunk."""
+        pull = self.pull
+        if self.state is not State.PULLING or pull is None:
+            return []
+        pull.reading = False
+        feed = g3.corrections(
+            refused=self.refused, held=held, client_end=self.client_end, now_ms=self._clock_ms()
+        )
+        self.refused = {}
+        count = len(feed["changeSet"]) + len(feed["tombstoneMap"])
+        effects: list[Effect] = []
+        if count:
+            message_type = m.BATCH_START if pull.chunks_sent == 0 else m.BATCH_CONTINUE
+            body = {
+                "feed": feed,
+                "nextOffset": pull.offset + count,
+                "batchSize": pull.limit,
+                "startMarkers": pull.start.to_wire(),
+                "endMarkers": pull.end.to_wire(),
+            }
+            message = self._message(message_type, body)
+            # Not changes of the collection: acking them moves the replica's position nowhere.
+            pull.in_flight[message["header"]["id"]] = _PullChunk(pull.cursor, 0)
+            pull.chunks_sent += 1
+            pull.offset += count
+            effects.append(Send(message))
+        return [*effects, *self._pull_progress()]
 
     def _on_pull_ack(self, message: m.Body) -> list[Effect]:
         pull = self.pull
