@@ -11,13 +11,24 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.websocket_origins import WebsocketOriginCheck  # noqa: E402
 from console.routing import websocket_urlpatterns as console_routes  # noqa: E402
+from couchdb.asgi import PREFIX as COUCHDB_PREFIX  # noqa: E402
+from couchdb.asgi import application as couchdb_app  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
 from replication.scheduler import MaintenanceStarter  # noqa: E402
 from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
 
+
+async def http_app(scope, receive, send):
+    """`/couchdb/` speaks the CouchDB replication protocol (couchdb/asgi.py); the rest is Django."""
+    if scope["path"].startswith(COUCHDB_PREFIX):
+        await couchdb_app(scope, receive, send)
+    else:
+        await django_asgi_app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": WebsocketOriginCheck(
             URLRouter(replication_routes + topics_routes + console_routes)
         ),

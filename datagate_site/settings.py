@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "console",
     "search",
     "api",
+    "couchdb",
 ]
 
 MIDDLEWARE = [

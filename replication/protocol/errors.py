@@ -7,7 +7,8 @@ longest reason a websocket close frame can carry.
 
 Ranges: 1xxx authentication, 2xxx framing and protocol, 3xxx access, 4xxx documents and
 conflicts, 5xxx flow control and server, 6xxx topics, 7xxx maintenance and operator tools,
-8xxx HTTP API. `tests/test_errors_catalogue.py` checks every code is unique and documented.
+8xxx HTTP API, 9xxx the CouchDB replication protocol (couchdb/).
+`tests/test_errors_catalogue.py` checks every code is unique and documented.
 
 Exception tree:
     DataGateError          any error with a catalogue code
@@ -284,6 +285,21 @@ class ErrorCode(Enum):
         CloseCode.MALFORMED,
         409,
         "search is not enabled for {tenant}/{collection}: choose fields to index",
+    )
+
+    # --- 9xxx CouchDB replication protocol (/couchdb/, docs/couchdb.md) --------------------
+    COUCHDB_START_OVER = _spec(
+        "DG-9001",
+        CloseCode.PROTOCOL_VIOLATION,
+        400,
+        "since {since} is behind the purge horizon or from another timeline ({reason}): start over",
+    )
+    COUCHDB_ATTACHMENTS = _spec(
+        "DG-9002", CloseCode.MALFORMED, 415, "{doc_id!r}: attachments are not supported"
+    )
+    COUCHDB_UNSUPPORTED = _spec("DG-9003", CloseCode.MALFORMED, 400, "not supported: {what}")
+    COUCHDB_FEED_ENDED = _spec(
+        "DG-9004", CloseCode.NOT_AUTHENTICATED, 401, "live feed ended: {reason}"
     )
 
     @property
