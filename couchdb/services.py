@@ -535,11 +535,12 @@ def _apply(grant: DatabaseGrant, pending: Mapping[str, _Pending]) -> dict[str, D
     if not change_set and not tombstones:
         return {}
     result = services.batch_apply(
+        actor=grant.actor.user,
         collection_id=grant.collection_id,
         feed={"changeSet": change_set, "tombstoneMap": tombstones},
         origin=grant.origin,
-        user_id=grant.actor.user.pk,
-        guard=write_guard(grant),
+        guard=scope_guard(grant),
+        policy=grant.policy,
     )
     rejected = {r.doc_id: r.error for r in result.rejected}
     written = [d for d, s in pending.items() if s.changed and d not in rejected]
@@ -553,21 +554,13 @@ def _apply(grant: DatabaseGrant, pending: Mapping[str, _Pending]) -> dict[str, D
     return rejected
 
 
-def write_guard(grant: DatabaseGrant) -> services.ChangeGuard:
-    """The per-change write check: the token's `write` scope and accounts.access's policy."""
-    may_write = access.access_scope(scopes=grant.actor.scopes, scope="write")
-    user_name = grant.actor.user.get_username()
+def scope_guard(grant: DatabaseGrant) -> services.ChangeGuard | None:
+    """The token's `write` scope; the actor's access is decided by the write service itself."""
+    if access.access_scope(scopes=grant.actor.scopes, scope="write"):
+        return None
 
     def guard(version: Version) -> DataGateError | None:
-        if not may_write:
-            return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
-        if not grant.policy.can_write:
-            return DataGateError(ErrorCode.READ_ONLY, user=user_name)
-        if version.kind == WRITE and not grant.policy.may_write(version.doc_id):
-            return DataGateError(ErrorCode.KEY_WRITE_DENIED, doc_id=version.doc_id)
-        if version.kind == DELETE and not grant.policy.may_delete(version.doc_id):
-            return DataGateError(ErrorCode.KEY_DELETE_DENIED, doc_id=version.doc_id)
-        return None
+        return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
 
     return guard
 

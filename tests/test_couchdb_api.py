@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accounts.access import System
 from couchdb import revs
 from tests.api_support import fast_cli_application, person
 from tests.couchdb_support import couch, replicated
@@ -22,6 +23,7 @@ from tests.couchdb_support import couch, replicated
 pytestmark = [pytest.mark.storage, pytest.mark.django_db(transaction=True)]
 
 DB = "acme/notes"
+SYSTEM = System("couchdb tests: a write through another door")
 
 
 @pytest.fixture
@@ -175,7 +177,7 @@ async def test_a_conflict_is_won_by_the_rule_and_the_losing_branch_is_closed(
 
     collection_id = await _collection_id()
     await sync_to_async(document_put)(
-        collection_id=collection_id, doc_id="d", body={"v": "server"}, origin="api:x"
+        actor=SYSTEM, collection_id=collection_id, doc_id="d", body={"v": "server"}, origin="api:x"
     )
     _, before = await couch("GET", f"{DB}/_changes", token)
     await couch("POST", f"{DB}/_bulk_docs", token, {"docs": [late], "new_edits": False})
@@ -244,7 +246,7 @@ async def test_writes_from_other_doors_get_revisions_that_extend_the_history(
     )
     for value in (2, 3):
         await sync_to_async(document_put)(
-            collection_id=collection_id, doc_id="w", body={"v": value}, origin="api:x"
+            actor=SYSTEM, collection_id=collection_id, doc_id="w", body={"v": value}, origin="api:x"
         )
     _, got = await couch(
         "POST", f"{DB}/_bulk_get", token, {"docs": [{"id": "w"}]}, query={"revs": "true"}
