@@ -43,6 +43,7 @@ from replication.models import (
     Tombstone,
 )
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.ranges import Deltas, bucket_deltas_apply, version_delta
 from replication.services import error_event_record, now_ms
 
 logger = logging.getLogger(__name__)
@@ -145,11 +146,20 @@ def tombstones_collect(
         if dry_run or collected == 0:
             return report
         # Delete by primary key in batches, each batch taken from the same expired set.
+        # Each collected tombstone leaves the range summaries too (replication/ranges.py).
+        deltas: Deltas = {}
         while True:
-            batch = list(expired.order_by("seq").values_list("pk", flat=True)[:DELETE_BATCH])
-            if not batch:
+            rows = list(
+                expired.order_by("seq").values_list("pk", "doc_id", "revision", "deleted_at")[
+                    :DELETE_BATCH
+                ]
+            )
+            if not rows:
                 break
-            Tombstone.objects.filter(pk__in=batch).delete()
+            Tombstone.objects.filter(pk__in=[row[0] for row in rows]).delete()
+            for _, doc_id, revision, deleted_at in rows:
+                version_delta(deltas, doc_id, (revision, deleted_at, True), None)
+        bucket_deltas_apply(collection_id, deltas)
         Collection.objects.filter(pk=collection_id).update(
             purge_seq=purge_seq, purge_horizon_ms=horizon
         )

@@ -108,6 +108,32 @@ class Tombstone(models.Model):
         return self.doc_id
 
 
+class RangeBucket(models.Model):
+    """The summary of one fixed range of the id-hash space: how many documents and tombstones
+    it holds and the XOR of their version hashes (replication/protocol/ranges.py).
+
+    Kept up to date in the transaction of every write (batch_apply, GC, import), so a range
+    check reads a few rows instead of the collection. A bucket never written has no row.
+    """
+
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="range_buckets"
+    )
+    bucket = models.IntegerField()
+    count = models.BigIntegerField(default=0)
+    hash = models.BigIntegerField(default=0, help_text="XOR of version hashes, signed 64-bit")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["collection", "bucket"], name="rangebucket_collection_bucket"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.collection_id}#{self.bucket}: {self.count}"
+
+
 class Operation(models.TextChoices):
     PUT = "put", "put"
     DELETE = "delete", "delete"
@@ -170,6 +196,9 @@ class Replica(models.Model):
     sessions_count = models.BigIntegerField(default=0)
     client_version = models.CharField(max_length=100, blank=True)
     address = models.CharField(max_length=100, blank=True)
+    verified_at = models.DateTimeField(
+        null=True, blank=True, help_text="when a range check last found this replica equal"
+    )
 
     class Meta:
         constraints = [

@@ -49,6 +49,7 @@ from replication.models import (
     Tombstone,
 )
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.ranges import Deltas, bucket_deltas_apply, version_delta
 from search.services import search_index_apply
 
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
@@ -462,10 +463,32 @@ def batch_apply_many(
         if not journal:
             return results
         _final_write(collection_id, final, documents, tombstones)
+        bucket_deltas_apply(collection_id, _range_deltas(final, documents, tombstones))
         _rows_insert(JournalEntry, JOURNAL_COLUMNS, journal)
         Collection.objects.filter(pk=collection_id).update(last_seq=seq)
         ring_on_commit(collection_id=collection_id, seq=seq)
     return results
+
+
+def _range_deltas(
+    final: Mapping[str, tuple[Version, int, int]],
+    documents: Mapping[str, _Stored],
+    tombstones: Mapping[str, _Stored],
+) -> Deltas:
+    """What the batch changed in the range summaries (replication/ranges.py): each changed
+    id's stored version (read for the conflict rule) out, its final version in."""
+    deltas: Deltas = {}
+    for doc_id, (version, revision, _) in final.items():
+        old: tuple[int, int, bool] | None = None
+        stored = documents.get(doc_id)
+        if stored is not None:
+            old = (stored.revision, stored.stamp, False)
+        else:
+            stored = tombstones.get(doc_id)
+            if stored is not None:
+                old = (stored.revision, stored.stamp, True)
+        version_delta(deltas, doc_id, old, (revision, version.modified, version.kind != WRITE))
+    return deltas
 
 
 def _held_key(is_write: bool, held: _Stored) -> VersionKey:

@@ -36,6 +36,8 @@ from replication.doorbell import ring_on_commit
 from replication.markers import new_epoch
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.protocol.ranges import Header
+from replication.ranges import ranges_replace_from
 from replication.services import collection_get_or_create
 
 FORMAT = "datagate-collection"
@@ -304,6 +306,10 @@ def collection_import(*, tenant: Tenant, name: str, source: IO[str]) -> ImportRe
         Document.objects.bulk_create(documents, batch_size=WRITE_BATCH)
         Tombstone.objects.bulk_create(tombstones, batch_size=WRITE_BATCH)
         JournalEntry.objects.bulk_create(journal, batch_size=WRITE_BATCH)
+        ranges_replace_from(
+            collection_id=collection.pk,
+            headers=[Header(r.doc_id, r.revision, r.modified, r.deleted) for r in rows],
+        )
         if seq == collection.last_seq:
             seq += 1  # nothing to restore: still move on, so no replica's markers stay valid
         epoch = new_epoch()

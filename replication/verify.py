@@ -9,6 +9,7 @@ Read-only. Each broken invariant is reported as a `DataGateError` with its own 7
   DG-7104  a document's/tombstone's seq has no journal entry (above the retention boundary)
   DG-7105  the journal entry at that seq records another id, revision or operation
   DG-7106  purge_seq or journal_pruned_seq is above last_seq
+  DG-7107  a range summary bucket differs from the rows it summarises
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.protocol.ranges import hash_to_wire
+from replication.ranges import ranges_mismatches
 
 DEFAULT_LIMIT = 20
 
@@ -133,6 +136,14 @@ def collection_verify(*, collection_id: int, limit: int = DEFAULT_LIMIT) -> Veri
 
     _check_journal(found, name, collection, documents, Operation.PUT, "document")
     _check_journal(found, name, collection, tombstones, Operation.DELETE, "tombstone")
+    for bucket, stored, actual in ranges_mismatches(collection_id):
+        found.add(
+            ErrorCode.RANGES_MISMATCH,
+            collection=name,
+            bucket=bucket,
+            stored=f"{stored.count}/{hash_to_wire(stored.hash)}",
+            actual=f"{actual.count}/{hash_to_wire(actual.hash)}",
+        )
     return report
 
 

@@ -100,6 +100,18 @@ class ErrorCode(Enum):
     CONNECT_TIMEOUT = _spec(
         "DG-2008", CloseCode.CONNECT_TIMEOUT, 408, "no connect within {seconds} s"
     )
+    RANGES_TOO_LARGE = _spec(
+        "DG-2030",
+        CloseCode.SERVER_ERROR,
+        413,
+        "range check unavailable: your view of this collection exceeds {limit} rows",
+    )
+    RANGE_ROUNDS = _spec(
+        "DG-2031",
+        CloseCode.PROTOCOL_VIOLATION,
+        429,
+        "range check: more than {limit} {what} in one session",
+    )
 
     # --- 3xxx access -----------------------------------------------------------------------
     COLLECTION_NOT_FOUND = _spec(
@@ -265,6 +277,12 @@ class ErrorCode(Enum):
         CloseCode.SERVER_ERROR,
         500,
         "{collection}: {field} {value} is above the counter last_seq {last_seq}",
+    )
+    RANGES_MISMATCH = _spec(
+        "DG-7107",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: range bucket {bucket} holds {stored}, its rows sum to {actual}",
     )
 
     # --- 8xxx HTTP API ---------------------------------------------------------------------

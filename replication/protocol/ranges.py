@@ -1,0 +1,147 @@
+"""Range summaries: the hashes both sides of a range check compute (docs/protocol.md, "Ranges").
+
+Pure functions, no Django: the server (replication/ranges.py) and the protocol machine use
+them, and the client SDK implements the same few lines (sdk/datagate_replica/ranges.py).
+
+- Every id falls in one of `BUCKETS` fixed buckets: the top 12 bits of the 64-bit BLAKE2b
+  digest of its UTF-8 bytes. A range is a half-open interval of buckets `[lo, hi)`.
+- Every held version (a document or a tombstone) has a 64-bit hash: BLAKE2b-64 of
+  `id \\x1f revision \\x1f _modified \\x1f 0|1` (1 for a tombstone, whose `_modified` is its
+  delete time). Tombstones count, so a delete is a difference.
+- A range's summary is its number of versions and the XOR of their hashes. XOR, not a hash of
+  the sorted list, because it is incremental: a write changes a bucket's hash by
+  `old ^ new` without reading the bucket's other rows, so the server keeps its per-bucket
+  summaries inside every write's transaction for the price of one small upsert per batch
+  (docs/decisions/0009-range-summaries-are-xor-of-version-hashes.md).
+
+On the wire a hash is 16 lower-case hex digits (JSON numbers above 2**53 are not safe in
+every client); in the database it is a signed 64-bit integer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+
+BUCKET_BITS = 12
+BUCKETS = 1 << BUCKET_BITS
+_BUCKET_SHIFT = 64 - BUCKET_BITS
+_U64 = 1 << 64
+_SIGN = 1 << 63
+SEPARATOR = "\x1f"
+
+
+def bucket_of(doc_id: str) -> int:
+    """The bucket of an id: the top BUCKET_BITS bits of BLAKE2b-64 of its UTF-8 bytes."""
+    digest = blake2b(doc_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> _BUCKET_SHIFT
+
+
+def version_hash(doc_id: str, revision: int, modified: int, deleted: bool) -> int:
+    """The unsigned 64-bit hash of one held version (a document, or a tombstone)."""
+    text = f"{doc_id}{SEPARATOR}{revision}{SEPARATOR}{modified}{SEPARATOR}{1 if deleted else 0}"
+    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def to_signed(value: int) -> int:
+    """An unsigned 64-bit value as the signed integer a BIGINT column holds."""
+    return value - _U64 if value >= _SIGN else value
+
+
+def to_unsigned(value: int) -> int:
+    return value + _U64 if value < 0 else value
+
+
+def hash_to_wire(value: int) -> str:
+    return f"{value & (_U64 - 1):016x}"
+
+
+def hash_from_wire(text: str) -> int:
+    return int(text, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A range's number of held versions and the XOR of their hashes (unsigned)."""
+
+    count: int = 0
+    hash: int = 0
+
+    def __add__(self, other: Summary) -> Summary:
+        return Summary(self.count + other.count, self.hash ^ other.hash)
+
+
+EMPTY = Summary()
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What a range check compares of one held version."""
+
+    doc_id: str
+    revision: int
+    modified: int
+    deleted: bool
+
+    @property
+    def hash(self) -> int:
+        return version_hash(self.doc_id, self.revision, self.modified, self.deleted)
+
+    def to_wire(self) -> list[object]:
+        return [self.doc_id, self.revision, self.modified, 1 if self.deleted else 0]
+
+
+class BucketTable:
+    """Per-bucket summaries of one store (sparse: empty buckets are left out)."""
+
+    def __init__(self, buckets: dict[int, Summary] | None = None) -> None:
+        self.buckets: dict[int, Summary] = buckets or {}
+
+    @classmethod
+    def of(cls, headers: Iterable[Header]) -> BucketTable:
+        counts: dict[int, int] = {}
+        hashes: dict[int, int] = {}
+        for header in headers:
+            bucket = bucket_of(header.doc_id)
+            counts[bucket] = counts.get(bucket, 0) + 1
+            hashes[bucket] = hashes.get(bucket, 0) ^ header.hash
+        return cls({b: Summary(counts[b], hashes[b]) for b in counts})
+
+    def summary(self, lo: int, hi: int) -> Summary:
+        count = 0
+        value = 0
+        if hi - lo < len(self.buckets):
+            for bucket in range(lo, hi):
+                found = self.buckets.get(bucket)
+                if found is not None:
+                    count += found.count
+                    value ^= found.hash
+        else:
+            for bucket, found in self.buckets.items():
+                if lo <= bucket < hi:
+                    count += found.count
+                    value ^= found.hash
+        return Summary(count, value)
+
+    def total(self) -> Summary:
+        return self.summary(0, BUCKETS)
+
+
+def split(lo: int, hi: int, parts: int) -> Iterator[tuple[int, int]]:
+    """`[lo, hi)` cut into at most `parts` adjacent ranges of (nearly) equal width."""
+    width = hi - lo
+    parts = max(1, min(parts, width))
+    edges = [lo + (width * i) // parts for i in range(parts + 1)]
+    for start, end in itertools.pairwise(edges):
+        if end > start:
+            yield start, end
+
+
+def valid_range(lo: int, hi: int) -> bool:
+    return 0 <= lo < hi <= BUCKETS
+
+
+def in_ranges(bucket: int, ranges: Sequence[tuple[int, int]]) -> bool:
+    return any(lo <= bucket < hi for lo, hi in ranges)

@@ -1,0 +1,243 @@
+"""The server's range summaries: kept in every write's transaction, read by range checks.
+
+`RangeBucket` holds, per collection and bucket of the id-hash space, the number of documents
+and tombstones and the XOR of their version hashes (replication/protocol/ranges.py). Writers
+call `bucket_deltas_apply` with what changed, inside their transaction and under the
+collection's row lock, which already serialises the collection's writers:
+
+- batch_apply knows each changed id's stored version (it read it for the conflict rule) and
+  its new one, so a batch's deltas cost two hashes per id and one upsert statement, and no
+  extra read (bench/RESULTS.md measures the cost);
+- GC XORs out the tombstones it deletes; an import rebuilds the collection's rows.
+
+`ranges_recompute` recomputes a collection's summaries from its rows: the property tests
+compare it with the incremental ones, `datagate_verify` reports any difference (DG-7107) and
+`datagate_ranges_rebuild` repairs it.
+
+Reads for a range check: `ranges_table` is the stored rows, or, for a user whose key rules
+hide some documents, summaries computed on the fly from the ids that user may read, up to
+`RANGES_FILTERED_MAX_ROWS` rows (DG-2030 above it). `range_headers` lists the versions held in
+some ranges: one scan of the collection's ids, whatever the number of ranges asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from django.db import connection, transaction
+
+from replication.models import Collection, Document, RangeBucket, Tombstone
+from replication.protocol.errors import DataGateError, ErrorCode
+from replication.protocol.ranges import (
+    BucketTable,
+    Header,
+    Summary,
+    bucket_of,
+    in_ranges,
+    to_signed,
+    to_unsigned,
+    version_hash,
+)
+
+# A user with key rules gets summaries computed from the rows: at most this many.
+RANGES_FILTERED_MAX_ROWS = 200_000
+
+# Deltas of one write: bucket -> (count delta, XOR delta), unsigned.
+Deltas = dict[int, tuple[int, int]]
+
+
+def deltas_add(deltas: Deltas, bucket: int, count: int, xor: int) -> None:
+    held = deltas.get(bucket)
+    if held is None:
+        deltas[bucket] = (count, xor)
+    else:
+        deltas[bucket] = (held[0] + count, held[1] ^ xor)
+
+
+def bucket_deltas_apply(collection_id: int, deltas: Mapping[int, tuple[int, int]]) -> None:
+    """Add count deltas and XOR hash deltas into the collection's bucket rows: one statement
+    (a multi-row upsert; on PostgreSQL over arrays). Call inside the writer's transaction."""
+    rows = [
+        (collection_id, bucket, count, to_signed(xor))
+        for bucket, (count, xor) in sorted(deltas.items())
+        if count or xor
+    ]
+    if not rows:
+        return
+    quote = connection.ops.quote_name
+    table = quote(RangeBucket._meta.db_table)
+    count_col, hash_col = quote("count"), quote("hash")
+    insert = (
+        f"INSERT INTO {table} ({quote('collection_id')}, {quote('bucket')}, "
+        f"{count_col}, {hash_col})"
+    )
+    # XOR as (a | b) - (a & b): SQLite has no XOR operator, and on signed 64-bit values this
+    # never overflows (a & b is a subset of the bits of a | b).
+    upsert = (
+        f" ON CONFLICT ({quote('collection_id')}, {quote('bucket')}) DO UPDATE SET "
+        f"{count_col} = {table}.{count_col} + EXCLUDED.{count_col}, "
+        f"{hash_col} = ({table}.{hash_col} | EXCLUDED.{hash_col}) "
+        f"- ({table}.{hash_col} & EXCLUDED.{hash_col})"
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            cursor.execute(
+                f"{insert} SELECT * FROM unnest(%s::integer[], %s::integer[], "  # noqa: S608
+                f"%s::bigint[], %s::bigint[]){upsert}",
+                columns,
+            )
+        else:
+            per_statement = max(1, (connection.features.max_query_params or 999) // 4)
+            for start in range(0, len(rows), per_statement):
+                batch = rows[start : start + per_statement]
+                marks = ", ".join(["(%s, %s, %s, %s)"] * len(batch))
+                cursor.execute(
+                    f"{insert} VALUES {marks}{upsert}",
+                    [value for row in batch for value in row],
+                )
+
+
+# --- full scans -----------------------------------------------------------------------------
+
+
+def _held_rows(collection_id: int) -> Iterator[Header]:
+    """Every document and tombstone of the collection as headers, read as plain rows."""
+    quote = connection.ops.quote_name
+    queries = (
+        (Document._meta.db_table, "modified", False),
+        (Tombstone._meta.db_table, "deleted_at", True),
+    )
+    with connection.cursor() as cursor:
+        for table, stamp, deleted in queries:
+            # Only quoted names of our own tables and columns go into the text.
+            cursor.execute(
+                f"SELECT {quote('doc_id')}, {quote('revision')}, {quote(stamp)} "  # noqa: S608
+                f"FROM {quote(table)} WHERE {quote('collection_id')} = %s",
+                [collection_id],
+            )
+            while rows := cursor.fetchmany(2000):
+                for doc_id, revision, modified in rows:
+                    yield Header(doc_id, revision, modified, deleted)
+
+
+def ranges_recompute(collection_id: int) -> BucketTable:
+    """The collection's bucket summaries computed from its rows (for checks and rebuilds)."""
+    return BucketTable.of(_held_rows(collection_id))
+
+
+def ranges_stored(collection_id: int) -> BucketTable:
+    """The collection's bucket summaries as stored (buckets whose count is 0 left out)."""
+    rows = RangeBucket.objects.filter(collection_id=collection_id, count__gt=0).values_list(
+        "bucket", "count", "hash"
+    )
+    return BucketTable({b: Summary(c, to_unsigned(h)) for b, c, h in rows})
+
+
+def ranges_rebuild(*, collection_id: int) -> int:
+    """Recompute a collection's summaries from its rows and store them; returns the number
+    of buckets that were wrong. Takes the collection's lock, like a write."""
+    with transaction.atomic():
+        Collection.objects.select_for_update().only("id").get(pk=collection_id)
+        fresh = ranges_recompute(collection_id)
+        stored = ranges_stored(collection_id)
+        wrong = sum(
+            1
+            for bucket in set(fresh.buckets) | set(stored.buckets)
+            if fresh.buckets.get(bucket) != stored.buckets.get(bucket)
+        )
+        _replace(collection_id, fresh)
+    return wrong
+
+
+def ranges_replace_from(*, collection_id: int, headers: Sequence[Header]) -> None:
+    """Store the summaries of exactly these versions (an import that just wrote them)."""
+    _replace(collection_id, BucketTable.of(headers))
+
+
+def _replace(collection_id: int, table: BucketTable) -> None:
+    RangeBucket.objects.filter(collection_id=collection_id).delete()
+    RangeBucket.objects.bulk_create(
+        [
+            RangeBucket(
+                collection_id=collection_id,
+                bucket=bucket,
+                count=summary.count,
+                hash=to_signed(summary.hash),
+            )
+            for bucket, summary in sorted(table.buckets.items())
+        ],
+        batch_size=500,
+    )
+
+
+def ranges_mismatches(collection_id: int) -> list[tuple[int, Summary, Summary]]:
+    """Buckets whose stored summary differs from a recomputation: (bucket, stored, actual)."""
+    fresh = ranges_recompute(collection_id)
+    stored = ranges_stored(collection_id)
+    return [
+        (bucket, stored.buckets.get(bucket, Summary()), fresh.buckets.get(bucket, Summary()))
+        for bucket in sorted(set(fresh.buckets) | set(stored.buckets))
+        if fresh.buckets.get(bucket) != stored.buckets.get(bucket)
+    ]
+
+
+# --- reads for a range check ------------------------------------------------------------------
+
+
+def ranges_table(*, collection_id: int, read_filter: Callable[[str], bool] | None) -> BucketTable:
+    """The summaries a user's range check compares with: the stored rows, or (key rules hide
+    documents from this user) summaries of what the user may read, computed on the fly."""
+    if read_filter is None:
+        return ranges_stored(collection_id)
+    headers: list[Header] = []
+    for header in _held_rows(collection_id):
+        if len(headers) >= RANGES_FILTERED_MAX_ROWS:
+            raise DataGateError(ErrorCode.RANGES_TOO_LARGE, limit=RANGES_FILTERED_MAX_ROWS)
+        if read_filter(header.doc_id):
+            headers.append(header)
+    return BucketTable.of(headers)
+
+
+def range_headers(
+    *,
+    collection_id: int,
+    ranges: Sequence[tuple[int, int]],
+    read_filter: Callable[[str], bool] | None,
+) -> dict[tuple[int, int], list[Header]]:
+    """The versions held in each of `ranges` that the user may read, in id order."""
+    found: dict[tuple[int, int], list[Header]] = {r: [] for r in ranges}
+    if not ranges:
+        return found
+    ordered = sorted(ranges)
+    for header in _held_rows(collection_id):
+        bucket = bucket_of(header.doc_id)
+        if not in_ranges(bucket, ordered):
+            continue
+        if read_filter is not None and not read_filter(header.doc_id):
+            continue
+        for lo, hi in ordered:
+            if lo <= bucket < hi:
+                found[(lo, hi)].append(header)
+                break
+    for headers in found.values():
+        headers.sort(key=lambda h: h.doc_id)
+    return found
+
+
+def version_delta(
+    deltas: Deltas,
+    doc_id: str,
+    old: tuple[int, int, bool] | None,
+    new: tuple[int, int, bool] | None,
+) -> None:
+    """Record that `doc_id` went from `old` to `new` ((revision, modified, deleted) or None)."""
+    xor = 0
+    count = 0
+    if old is not None:
+        xor ^= version_hash(doc_id, *old)
+        count -= 1
+    if new is not None:
+        xor ^= version_hash(doc_id, *new)
+        count += 1
+    deltas_add(deltas, bucket_of(doc_id), count, xor)
