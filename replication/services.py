@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from hashlib import blake2b
 from typing import Any
+from zlib import crc32
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -49,7 +51,8 @@ from replication.models import (
     Tombstone,
 )
 from replication.protocol.errors import DataGateError, ErrorCode
-from replication.ranges import Deltas, bucket_deltas_apply, version_delta
+from replication.protocol.ranges import BUCKET_SHIFT, VERSION_TAIL
+from replication.ranges import Deltas, bucket_deltas_apply
 from search.services import search_index_apply
 
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
@@ -476,19 +479,32 @@ def _range_deltas(
     tombstones: Mapping[str, _Stored],
 ) -> Deltas:
     """What the batch changed in the range summaries (replication/ranges.py): each changed
-    id's stored version (read for the conflict rule) out, its final version in."""
-    deltas: Deltas = {}
+    id's stored version (read for the conflict rule) out, its final version in.
+
+    Written out flat, not with `version_delta`: it runs for every change of every write, and
+    the call overhead was a third of its cost (about 1 µs a change here, bench/RESULTS.md)."""
+    counts: dict[int, int] = {}
+    xors: dict[int, int] = {}
+    from_bytes = int.from_bytes
     for doc_id, (version, revision, _) in final.items():
-        old: tuple[int, int, bool] | None = None
+        key = doc_id.encode()
+        bucket = crc32(key) >> BUCKET_SHIFT
+        digest = blake2b(
+            key + VERSION_TAIL(revision, version.modified, version.kind != WRITE), digest_size=8
+        ).digest()
+        value = from_bytes(digest, "big")
         stored = documents.get(doc_id)
-        if stored is not None:
-            old = (stored.revision, stored.stamp, False)
-        else:
+        deleted = False
+        if stored is None:
             stored = tombstones.get(doc_id)
-            if stored is not None:
-                old = (stored.revision, stored.stamp, True)
-        version_delta(deltas, doc_id, old, (revision, version.modified, version.kind != WRITE))
-    return deltas
+            deleted = True
+        if stored is None:
+            counts[bucket] = counts.get(bucket, 0) + 1
+        else:
+            tail = VERSION_TAIL(stored.revision, stored.stamp, deleted)
+            value ^= from_bytes(blake2b(key + tail, digest_size=8).digest(), "big")
+        xors[bucket] = xors.get(bucket, 0) ^ value
+    return {bucket: (counts.get(bucket, 0), value) for bucket, value in xors.items()}
 
 
 def _held_key(is_write: bool, held: _Stored) -> VersionKey:

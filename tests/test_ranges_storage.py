@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
+import zlib
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from django.core.management import call_command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect
 from replication.models import Collection, RangeBucket
 from replication.protocol.ranges import (
@@ -43,6 +46,7 @@ from replication.verify import collection_verify
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]
 
 T0 = 1_700_000_000_000
+ACTOR = System("test")
 EXAMPLES = int(os.environ.get("DATAGATE_HYPOTHESIS_EXAMPLES", "25"))
 
 
@@ -53,8 +57,8 @@ def assert_summaries_match(collection: Collection) -> None:
 
 def test_hashes_are_the_documented_functions() -> None:
     # The SDK and other clients implement these from docs/protocol.md: pin them.
-    assert bucket_of("a") == 0x40F  # blake2b-64(b"a") >> 52
-    digest = hashlib.blake2b(b"a\x1f1\x1f5\x1f0", digest_size=8).digest()
+    assert bucket_of("a") == zlib.crc32(b"a") >> 20 == 0xE8B
+    digest = hashlib.blake2b(b"a" + struct.pack(">qqB", 1, 5, 0), digest_size=8).digest()
     assert version_hash("a", 1, 5, False) == int.from_bytes(digest, "big")
     assert hash_from_wire(hash_to_wire(2**64 - 1)) == 2**64 - 1
     assert list(split(0, BUCKETS, 16))[1] == (256, 512)
@@ -63,15 +67,16 @@ def test_hashes_are_the_documented_functions() -> None:
 
 def test_writes_deletes_and_overwrites_keep_the_summaries(collection: Collection) -> None:
     feed = {"changeSet": [{"_id": f"d{i}", "_revision": 1, "_modified": T0} for i in range(50)]}
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r")
+    batch_apply(actor=ACTOR, collection_id=collection.pk, feed=feed, origin="r")
     assert ranges_stored(collection.pk).total().count == 50
     batch_apply(
+        actor=ACTOR,
         collection_id=collection.pk,
         feed={"tombstoneMap": {"d1": T0 + 1, "zz": T0 + 1}},
         origin="r",
     )
-    document_put(collection_id=collection.pk, doc_id="d2", body={"x": 1}, origin="srv")
-    document_delete(collection_id=collection.pk, doc_id="d3", origin="srv")
+    document_put(actor=ACTOR, collection_id=collection.pk, doc_id="d2", body={"x": 1}, origin="srv")
+    document_delete(actor=ACTOR, collection_id=collection.pk, doc_id="d3", origin="srv")
     # tombstones count: a delete replaces a document, an unknown id's delete adds one
     assert ranges_stored(collection.pk).total().count == 51
     assert_summaries_match(collection)
@@ -80,13 +85,18 @@ def test_writes_deletes_and_overwrites_keep_the_summaries(collection: Collection
 def test_gc_takes_collected_tombstones_out_of_the_summaries(collection: Collection) -> None:
     now = T0 + 100 * DAY_MS
     batch_apply(
+        actor=ACTOR,
         collection_id=collection.pk,
         feed={"changeSet": [{"_id": "a", "_revision": 1, "_modified": T0}]},
         origin="r",
         at_ms=T0,
     )
     batch_apply(
-        collection_id=collection.pk, feed={"tombstoneMap": {"a": T0 + 1}}, origin="r", at_ms=T0
+        actor=ACTOR,
+        collection_id=collection.pk,
+        feed={"tombstoneMap": {"a": T0 + 1}},
+        origin="r",
+        at_ms=T0,
     )
     assert tombstones_collect(collection_id=collection.pk, at_ms=now).collected == 1
     assert ranges_stored(collection.pk).total() == Summary()
@@ -98,11 +108,13 @@ def test_an_import_replaces_the_summaries(collection: Collection) -> None:
         "changeSet": [{"_id": f"d{i}", "_revision": 1, "_modified": T0} for i in range(20)],
         "tombstoneMap": {"gone": T0},
     }
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r")
+    batch_apply(actor=ACTOR, collection_id=collection.pk, feed=feed, origin="r")
     exported = io.StringIO()
     collection_export(collection_id=collection.pk, out=exported)
     before = ranges_stored(collection.pk)
-    batch_apply(collection_id=collection.pk, feed={"tombstoneMap": {"d1": T0 + 5}}, origin="r")
+    batch_apply(
+        actor=ACTOR, collection_id=collection.pk, feed={"tombstoneMap": {"d1": T0 + 5}}, origin="r"
+    )
     collection_import(
         tenant=collection.tenant, name=collection.name, source=io.StringIO(exported.getvalue())
     )
@@ -114,7 +126,7 @@ def test_verify_reports_a_damaged_summary_and_rebuild_repairs_it(
     collection: Collection,
 ) -> None:
     feed = {"changeSet": [{"_id": f"d{i}", "_revision": 1, "_modified": T0} for i in range(5)]}
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r")
+    batch_apply(actor=ACTOR, collection_id=collection.pk, feed=feed, origin="r")
     row = RangeBucket.objects.filter(collection=collection, count__gt=0).first()
     assert row is not None
     RangeBucket.objects.filter(pk=row.pk).update(hash=row.hash ^ 1)
@@ -133,7 +145,7 @@ def test_verify_reports_a_damaged_summary_and_rebuild_repairs_it(
 
 def test_a_filtered_view_sums_only_what_the_user_may_read(collection: Collection) -> None:
     feed = {"changeSet": [{"_id": f"d{i}", "_revision": 1, "_modified": T0} for i in range(30)]}
-    batch_apply(collection_id=collection.pk, feed=feed, origin="r")
+    batch_apply(actor=ACTOR, collection_id=collection.pk, feed=feed, origin="r")
     odd = {f"d{i}" for i in range(1, 30, 2)}
     table = ranges_table(collection_id=collection.pk, read_filter=lambda doc_id: doc_id in odd)
     assert table.total().count == 15
@@ -182,15 +194,18 @@ def test_incremental_summaries_equal_a_full_recomputation(
     for step in steps:
         if step[0] == "chunks":
             batch_apply_many(
+                actor=ACTOR,
                 collection_id=collection.pk,
                 chunks=[(_feed(chunk), "") for chunk in step[1]],
                 origin="r",
                 at_ms=T0 + 100,
             )
         elif step[0] == "server_put":
-            document_put(collection_id=collection.pk, doc_id=step[1], body={"v": 1}, origin="s")
+            document_put(
+                actor=ACTOR, collection_id=collection.pk, doc_id=step[1], body={"v": 1}, origin="s"
+            )
         elif step[0] == "server_delete":
-            document_delete(collection_id=collection.pk, doc_id=step[1], origin="s")
+            document_delete(actor=ACTOR, collection_id=collection.pk, doc_id=step[1], origin="s")
         else:
             tombstones_collect(collection_id=collection.pk, at_ms=T0 + step[1] + 30 * DAY_MS)
         assert_summaries_match(collection)

@@ -3,15 +3,17 @@
 Pure functions, no Django: the server (replication/ranges.py) and the protocol machine use
 them, and the client SDK implements the same few lines (sdk/datagate_replica/ranges.py).
 
-- Every id falls in one of `BUCKETS` fixed buckets: the top 12 bits of the 64-bit BLAKE2b
-  digest of its UTF-8 bytes. A range is a half-open interval of buckets `[lo, hi)`.
-- Every held version (a document or a tombstone) has a 64-bit hash: BLAKE2b-64 of
-  `id \\x1f revision \\x1f _modified \\x1f 0|1` (1 for a tombstone, whose `_modified` is its
-  delete time). Tombstones count, so a delete is a difference.
+- Every id falls in one of `BUCKETS` (4096) fixed buckets: the top 12 bits of the CRC-32 of
+  its UTF-8 bytes. A range is a half-open interval of buckets `[lo, hi)`. (CRC-32 only spreads
+  ids over buckets; it is never summed.)
+- Every held version (a document or a tombstone) has a 64-bit hash: BLAKE2b with an 8-byte
+  digest of `utf8(id) || revision || _modified || deleted` (two signed 64-bit big-endian
+  integers and one byte, 1 for a tombstone, whose `_modified` is its delete time), read as an
+  unsigned big-endian integer. Tombstones count, so a delete is a difference.
 - A range's summary is its number of versions and the XOR of their hashes. XOR, not a hash of
-  the sorted list, because it is incremental: a write changes a bucket's hash by
-  `old ^ new` without reading the bucket's other rows, so the server keeps its per-bucket
-  summaries inside every write's transaction for the price of one small upsert per batch
+  the sorted list, because it is incremental: a write changes a bucket's hash by `old ^ new`
+  without reading the bucket's other rows, so the server keeps its summaries inside every
+  write's transaction for the price of a few hashes and one small upsert per batch
   (docs/decisions/0009-range-summaries-are-xor-of-version-hashes.md).
 
 On the wire a hash is 16 lower-case hex digits (JSON numbers above 2**53 are not safe in
@@ -21,28 +23,38 @@ every client); in the database it is a signed 64-bit integer.
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
+from struct import Struct
 
 BUCKET_BITS = 12
 BUCKETS = 1 << BUCKET_BITS
-_BUCKET_SHIFT = 64 - BUCKET_BITS
+BUCKET_SHIFT = 32 - BUCKET_BITS
 _U64 = 1 << 64
 _SIGN = 1 << 63
-SEPARATOR = "\x1f"
+VERSION_TAIL = Struct(">qqB").pack
 
 
 def bucket_of(doc_id: str) -> int:
-    """The bucket of an id: the top BUCKET_BITS bits of BLAKE2b-64 of its UTF-8 bytes."""
-    digest = blake2b(doc_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> _BUCKET_SHIFT
+    """The bucket of an id: the top BUCKET_BITS bits of the CRC-32 of its UTF-8 bytes."""
+    return zlib.crc32(doc_id.encode()) >> BUCKET_SHIFT
+
+
+def key_bucket(key: bytes) -> int:
+    """`bucket_of` for an id already encoded (writers encode it once for both hashes)."""
+    return zlib.crc32(key) >> BUCKET_SHIFT
+
+
+def key_version_hash(key: bytes, revision: int, modified: int, deleted: bool) -> int:
+    digest = blake2b(key + VERSION_TAIL(revision, modified, deleted), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def version_hash(doc_id: str, revision: int, modified: int, deleted: bool) -> int:
     """The unsigned 64-bit hash of one held version (a document, or a tombstone)."""
-    text = f"{doc_id}{SEPARATOR}{revision}{SEPARATOR}{modified}{SEPARATOR}{1 if deleted else 0}"
-    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "big")
+    return key_version_hash(doc_id.encode(), revision, modified, deleted)
 
 
 def to_signed(value: int) -> int:
