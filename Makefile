@@ -11,17 +11,26 @@ BENCH_ARGS ?=
 
 .PHONY: run test check lint typecheck bench clean chromium
 
+# Installing and migrating are quiet; their output goes to $(LOG_DIR) and is shown on failure.
+LOG_DIR ?= var/log
+
 $(VENV)/.installed: pyproject.toml sdk/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "DataGate needs Python 3.11 or newer")'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]" -e ./sdk
-	touch $@
+	@mkdir -p $(LOG_DIR)
+	@echo "installing DataGate into $(VENV) (log: $(LOG_DIR)/install.log)"
+	@{ test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install --quiet --upgrade pip && \
+	  $(PY) -m pip install --quiet -e ".[dev]" -e ./sdk; } > $(LOG_DIR)/install.log 2>&1 \
+	  || { cat $(LOG_DIR)/install.log; exit 1; }
+	@touch $@
 
 run: $(VENV)/.installed
-	$(PY) manage.py migrate --no-input
-	$(PY) manage.py datagate_bootstrap --host $(HOST) --port $(PORT)
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) datagate_site.asgi:application
+	@mkdir -p $(LOG_DIR)
+	@$(PY) manage.py migrate --no-input > $(LOG_DIR)/migrate.log 2>&1 \
+	  || { cat $(LOG_DIR)/migrate.log; exit 1; }
+	@$(PY) manage.py datagate_bootstrap --host $(HOST) --port $(PORT) --log $(LOG_DIR)/daphne.log
+	@exec $(VENV)/bin/daphne -b $(HOST) -p $(PORT) datagate_site.asgi:application \
+	  >> $(LOG_DIR)/daphne.log 2>&1
 
 # The console's browser tests drive Debian's Chromium (Playwright never downloads a browser).
 CHROMIUM ?= /usr/bin/chromium

@@ -15,12 +15,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from datagate_replica.cli_topics import TOPIC_COMMANDS, add_topic_commands, run_topic_command
 from datagate_replica.replica import AsyncReplica, default_path
 from datagate_replica.store import Change, StoreError
-from datagate_replica.sync import SyncError
+from datagate_replica.sync import SyncError, check_url
 
 DESCRIPTION = """\
 A local replica of one DataGate collection, kept in a SQLite file. put/get/rm/ls work offline;
@@ -40,6 +40,7 @@ examples:
   export DATAGATE_TENANT=acme DATAGATE_COLLECTION=notes DATAGATE_TOKEN=...
   datagate-replica put n1 title=hello 'tags:=["a","b"]'
   datagate-replica put n2 '{"title": "from JSON", "done": false}'
+  datagate-replica put n3 - < big.json          # or: put n3 @big.json
   datagate-replica sync
   datagate-replica ls done:=false
   datagate-replica watch
@@ -48,6 +49,13 @@ examples:
 
 exit status: 0 done, 1 not found or the server could not be reached, 2 bad usage.
 """
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes get one line on stderr and exit status 2, not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"datagate-replica: error: {message} (see --help)\n")
 
 
 def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -73,7 +81,7 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="datagate-replica",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -92,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument(
         "fields",
         nargs="*",
-        help="a JSON object, or name=text and name:=JSON pairs (title=hi count:=3)",
+        help="a JSON object, name=text and name:=JSON pairs (title=hi count:=3), "
+        "- (a JSON object on stdin) or @FILE (a JSON object in FILE)",
     )
     put.add_argument("--merge", action="store_true", help="keep the fields not given")
 
@@ -107,11 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=None, help="at most this many documents")
 
     sync = command("sync", "push local changes and pull the server's, once")
-    sync.add_argument("--progress", action="store_true", help="always show the pull progress")
+    sync.add_argument(
+        "--progress", action="store_true", help="always show the push and pull progress"
+    )
     sync.add_argument("--quiet", action="store_true", help="no progress, no summary")
 
     watch = command("watch", "stay live and print every change as it arrives (Ctrl-C stops)")
     watch.add_argument("--json", action="store_true", help="print changes as JSON objects")
+    watch.add_argument(
+        "--once",
+        action="store_true",
+        help="exit with status 1 if the first connection fails instead of retrying",
+    )
 
     status = command("status", "show the markers, the journal size and rejected changes")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -124,16 +140,28 @@ class UsageError(Exception):
     pass
 
 
-def parse_fields(items: Sequence[str]) -> dict[str, Any]:
-    """`{"a": 1}` or `a=text b:=json` into a dict."""
-    if len(items) == 1 and items[0].lstrip().startswith("{"):
+def _json_object(text: str, source: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source}: not a JSON object ({exc})") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{source}: fields must be a JSON object")
+    return value
+
+
+def parse_fields(items: Sequence[str], stdin: TextIO | None = None) -> dict[str, Any]:
+    """`{"a": 1}`, `a=text b:=json`, `-` (JSON on stdin) or `@path` (JSON in a file)."""
+    if len(items) == 1 and items[0] == "-":
+        return _json_object((stdin or sys.stdin).read(), "stdin")
+    if len(items) == 1 and items[0].startswith("@"):
         try:
-            value = json.loads(items[0])
-        except ValueError as exc:
-            raise UsageError(f"not a JSON object: {exc}") from exc
-        if not isinstance(value, dict):
-            raise UsageError("fields must be a JSON object")
-        return value
+            text = Path(items[0][1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read {items[0][1:]}: {exc.strerror or exc}") from exc
+        return _json_object(text, items[0][1:])
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        return _json_object(items[0], "fields")
     fields: dict[str, Any] = {}
     for item in items:
         if ":=" in item and ("=" not in item or item.index(":=") < item.index("=")):
@@ -157,10 +185,13 @@ def _dump(value: Any) -> str:
 
 
 class ProgressBar:
-    """A one-line text progress bar on stderr for pulls."""
+    """A one-line text progress bar on stderr for pushes and pulls."""
 
-    def __init__(self, stream: TextIO, *, always: bool, threshold: int = 1000) -> None:
+    def __init__(
+        self, stream: TextIO, *, always: bool, threshold: int = 1000, label: str = "pulling"
+    ) -> None:
         self.stream = stream
+        self.label = label
         self.always = always
         self.threshold = threshold
         self.shown = False
@@ -177,7 +208,7 @@ class ProgressBar:
         filled = width if total <= 0 else min(width, width * done // total)
         percent = 100 if total <= 0 else min(100, 100 * done // total)
         self.stream.write(
-            f"\rpulling [{'#' * filled}{'.' * (width - filled)}] {percent:3d}% {done}/{total}"
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {percent:3d}% {done}/{total}"
         )
         self.stream.flush()
         self.shown = True
@@ -222,13 +253,31 @@ def need_token(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.command} talks to the server: give --token or DATAGATE_TOKEN")
 
 
+def _chain(progress: Any, finish: Any) -> Any:
+    """A push progress listener that ends its line when the push is done."""
+
+    def listener(done: int, total: int) -> None:
+        progress(done, total)
+        if done >= total:
+            finish()
+
+    return listener
+
+
 async def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     need_token(args)
-    bar = ProgressBar(err, always=args.progress and not args.quiet)
-    replica = open_replica(args, on_progress=None if args.quiet else bar)
+    always = args.progress and not args.quiet
+    bar = ProgressBar(err, always=always)
+    push_bar = ProgressBar(err, always=always, label="pushing")
+    replica = open_replica(
+        args,
+        on_progress=None if args.quiet else bar,
+        on_push_progress=None if args.quiet else _chain(push_bar.__call__, push_bar.finish),
+    )
     try:
         report = await replica.sync()
     except SyncError as exc:
+        push_bar.finish()
         bar.finish()
         err.write(f"datagate-replica: sync failed: {exc}\n")
         return 1
@@ -248,32 +297,54 @@ async def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 async def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     need_token(args)
-    replica = open_replica(args)
+    stop = asyncio.Event()
+    gave_up: list[str] = []
+    connected: list[bool] = []
+
+    def retrying(error: SyncError, delay: float) -> None:
+        """Each failed attempt and the next one on stderr; with --once, the first ends it."""
+        if args.once and not connected:
+            gave_up.append(str(error))
+            stop.set()
+            return
+        err.write(f"datagate-replica: {error}; retrying in {delay:.1f} s\n")
+        err.flush()
+
+    replica = open_replica(args, on_retry=retrying)
 
     def show(change: Change) -> None:
         out.write((change_json(change) if args.json else describe(change)) + "\n")
         out.flush()
 
     replica.on_change(show)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await replica.start()
-    err.write(f"watching {args.tenant}/{args.collection} at {args.url} (Ctrl-C stops)\n")
+    err.write(f"connecting to {args.tenant}/{args.collection} at {args.url} (Ctrl-C stops)\n")
     err.flush()
+    await replica.start()
     task = replica._task
     waiter = asyncio.ensure_future(stop.wait())
+    live: asyncio.Future[Any] = asyncio.ensure_future(replica.engine.wait_live(None))
     try:
-        if task is not None:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        while task is not None and not task.done() and not stop.is_set():
+            done, _ = await asyncio.wait({task, waiter, live}, return_when=asyncio.FIRST_COMPLETED)
+            if live in done:
+                connected.append(True)
+                err.write(f"live: {args.tenant}/{args.collection} (changes print below)\n")
+                err.flush()
+                live = loop.create_future()  # reported once; never done again
+        if gave_up:
+            err.write(f"datagate-replica: watch: {gave_up[0]}\n")
+            return 1
         if task is not None and task.done() and task.exception() is not None:
             err.write(f"datagate-replica: watch stopped: {task.exception()}\n")
             return 1
         return 0
     finally:
         waiter.cancel()
+        live.cancel()
         await replica.close()
 
 
@@ -281,7 +352,7 @@ def run_local(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     replica = open_replica(args)
     try:
         if args.command == "put":
-            fields = parse_fields(args.fields)
+            fields = parse_fields(args.fields, sys.stdin)
             doc = replica.update(args.id, fields) if args.merge else replica.put(args.id, fields)
             out.write(_dump(doc) + "\n")
             return 0
@@ -333,10 +404,48 @@ def _iso(millis: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(millis / 1000))
 
 
+# Options that take a value: `--token -abc` is the token "-abc", not an option.
+VALUE_OPTIONS = ("--url", "--tenant", "--collection", "--token", "--file", "--device")
+# Commands whose positional list may continue after an option (`put k --merge x=1`).
+LIST_ARGUMENTS = {"put": "fields", "ls": "where", "rm": "ids"}
+
+
+def glue_option_values(argv: Sequence[str]) -> list[str]:
+    """`--token -abc` -> `--token=-abc`, so that argparse does not read -abc as an option."""
+    glued: list[str] = []
+    index = 0
+    while index < len(argv):
+        item = argv[index]
+        if item == "--":
+            glued.extend(argv[index:])
+            break
+        if item in VALUE_OPTIONS and index + 1 < len(argv) and argv[index + 1].startswith("-"):
+            glued.append(f"{item}={argv[index + 1]}")
+            index += 2
+            continue
+        glued.append(item)
+        index += 1
+    return glued
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = glue_option_values(sys.argv[1:] if argv is None else argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        target = LIST_ARGUMENTS.get(args.command)
+        unknown = [item for item in extras if item.startswith("-") and item != "-"]
+        if target is None or unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown or extras)}")
+        setattr(args, target, [*getattr(args, target), *extras])
     out, err = sys.stdout, sys.stderr
+    url = getattr(args, "url", None) or os.environ.get("DATAGATE_URL")
+    if url:
+        try:
+            check_url(url)
+        except ValueError as exc:
+            err.write(f"datagate-replica: error: --url {exc}\n")
+            return 2
     if args.command in TOPIC_COMMANDS:
         return run_topic_command(args, out, err)
     try:
@@ -346,12 +455,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_watch(args, out, err))
         return run_local(args, out, err)
     except UsageError as exc:
-        parser.print_usage(err)
         err.write(f"datagate-replica: error: {exc}\n")
         return 2
     except StoreError as exc:
         err.write(f"datagate-replica: {exc}\n")
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

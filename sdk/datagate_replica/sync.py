@@ -32,10 +32,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from datagate_replica.clock import DELETE, WRITE, VersionKey
 from datagate_replica.store import Change, Markers, PendingChange, RejectedChange, Store, Version
@@ -94,6 +94,21 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
     """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     ceiling = min(cap, base * (2 ** min(attempt, 30)))
     return rng.uniform(ceiling / 2, ceiling)
+
+
+def check_url(url: str) -> str:
+    """The server URL, or ValueError with a one-line reason (`ws://host:port`, `https://...`)."""
+    parts = urlsplit(url)
+    if "://" not in url or parts.scheme not in ("ws", "wss", "http", "https"):
+        hint = url.split("://", 1)[-1]
+        raise ValueError(f"{url!r} needs a scheme: ws://{hint} (or wss://, http://, https://)")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host name")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    return url
 
 
 def _is_int(value: object) -> bool:
@@ -229,15 +244,44 @@ class _Session:
         return message
 
 
+# What a close code means, in words (docs/protocol.md section 1).
+CLOSE_MEANINGS = {
+    1000: "closed normally",
+    1001: "the server is going away (restart or deploy)",
+    1006: "the connection dropped without a close frame",
+    1009: "a frame was too large",
+    1011: "the server hit an internal error",
+    4400: "the server could not read a frame",
+    4401: "the token was refused",
+    4403: "not allowed",
+    4408: "Connect was not sent in time",
+    4409: "protocol violation",
+    4429: "this replica acknowledged feeds too slowly",
+    4500: "the server hit an internal error",
+}
+
+
+def describe_close(code: int | None, reason: str = "") -> str:
+    """A close in words: `connection closed: the token was refused (close 4401, DG-1001)`."""
+    if code is None:
+        return "connection dropped without a close frame (network error or server killed)"
+    words = CLOSE_MEANINGS.get(code, "closed")
+    dg = next((part for part in reason.split() if part.startswith("DG-")), "")
+    detail = f"close {code}" + (f", {dg}" if dg else "")
+    rest = reason.replace(dg, "").strip(" :-") if dg else reason.strip()
+    return f"connection closed: {words} ({detail})" + (f": {rest}" if rest else "")
+
+
 def _closed_error(exc: ConnectionClosed) -> SyncError:
     code = exc.rcvd.code if exc.rcvd is not None else None
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
     error_type = AuthenticationError if code == CLOSE_NOT_AUTHENTICATED else SyncError
-    return error_type(f"connection closed ({code} {reason})".strip(), close_code=code)
+    return error_type(describe_close(code, reason), close_code=code)
 
 
 ChangeListener = Callable[[list[Change]], None]
 ProgressListener = Callable[[int, int], None]
+RetryListener = Callable[[SyncError, float], None]
 
 
 class SyncEngine:
@@ -261,6 +305,8 @@ class SyncEngine:
         backoff_cap: float = 30.0,
         on_changes: ChangeListener | None = None,
         on_progress: ProgressListener | None = None,
+        on_push_progress: ProgressListener | None = None,
+        on_retry: RetryListener | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -278,6 +324,8 @@ class SyncEngine:
         self.backoff_cap = backoff_cap
         self.on_changes = on_changes
         self.on_progress = on_progress
+        self.on_push_progress = on_push_progress
+        self.on_retry = on_retry  # (error, seconds until the next attempt) after a failure
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.live = False  # True while a live session is up
         self.went_live = False  # the last session reached the live phase
@@ -297,7 +345,7 @@ class SyncEngine:
         """A local change was made: a live session sends it now rather than at the next poll."""
         self._wake.set()
 
-    async def wait_live(self, timeout: float) -> None:  # noqa: ASYNC109 - public API
+    async def wait_live(self, timeout: float | None) -> None:  # noqa: ASYNC109 - public API
         async with asyncio.timeout(timeout):
             await self._live_event.wait()
 
@@ -319,7 +367,7 @@ class SyncEngine:
                     ws, tenant=self.tenant, collection=self.collection, origin=self.store.replica_id
                 )
                 await self._run_session(conn, report, live=live, stop=stop)
-        except (OSError, InvalidHandshake) as exc:
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
             raise SyncError(f"cannot connect to {self.endpoint}: {exc}") from exc
         except ConnectionClosed as exc:
             raise _closed_error(exc) from exc
@@ -388,6 +436,8 @@ class SyncEngine:
     async def _push(self, conn: _Session, report: SessionReport) -> None:
         """Send the journal in chunks, up to `push_window` ahead of their batch.acks."""
         in_flight: OrderedDict[str, dict[str, int]] = OrderedDict()  # chunk id -> sent
+        total = self.store.count()["journal"] if self.on_push_progress is not None else 0
+        acked = 0
         after = 0
         offset = 0
         exhausted = False
@@ -422,6 +472,9 @@ class SyncEngine:
             )
             report.pushed += settled.dropped
             report.rejected += settled.rejected
+            if self.on_push_progress is not None:
+                acked += len(sent)
+                self.on_push_progress(acked, max(acked, total))
 
     # -- pull -------------------------------------------------------------------------------
 
@@ -604,6 +657,7 @@ class SyncEngine:
         attempt = 0
         while not stop.is_set():
             self.went_live = False
+            failure: SyncError | None = None
             try:
                 await self.session(live=True, stop=stop)
             except AuthenticationError as exc:
@@ -614,12 +668,15 @@ class SyncEngine:
                 self.last_error = exc
                 self.store.note("last_error", str(exc))
                 log.info("sync session ended: %s", exc)
+                failure = exc
             if self.went_live:
                 attempt = 0  # the link worked: the next failure starts the back-off afresh
             attempt += 1
             delay = backoff_delay(
                 attempt - 1, base=self.backoff_base, cap=self.backoff_cap, rng=self.rng
             )
+            if failure is not None and self.on_retry is not None and not stop.is_set():
+                self.on_retry(failure, delay)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stop.wait()

@@ -13,12 +13,14 @@ from accounts.services import membership_set, tenant_get_or_create
 
 
 class Command(BaseCommand):
+    requires_system_checks: list[str] = []  # `migrate` ran them just before (make run)
     help = "Create the first admin account (printing its password once) and a demo tenant."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", default="8000")
         parser.add_argument("--username", default="admin")
+        parser.add_argument("--log", default="", help="where the server's log goes (printed)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         users = get_user_model()
@@ -49,4 +51,6 @@ class Command(BaseCommand):
             "/ws/datagate/demo/<collection>/"
         )
         self.stdout.write(f"  a token: .venv/bin/python manage.py datagate_token {username}")
+        if options["log"]:
+            self.stdout.write(f"  server log: {options['log']} (tail -f it); Ctrl-C stops")
         self.stdout.write("")
