@@ -25,6 +25,8 @@ class DocumentForm(forms.Form):
             value = json.loads(raw)
         except ValueError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise forms.ValidationError("The JSON nests too deep to read (DG-2009).") from None
         if not isinstance(value, dict):
             raise forms.ValidationError("The fields must be one JSON object: {...}.")
         reserved = sorted(key for key in value if key.startswith("_"))

@@ -18,6 +18,7 @@ def datagate_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
     positive = (
         "CHUNK_SIZE",
         "MAX_FRAME_BYTES",
+        "MAX_DOCUMENT_DEPTH",
         "TOMBSTONE_TTL_DAYS",
         "CONNECT_TIMEOUT",
         "FEED_WINDOW",

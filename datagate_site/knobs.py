@@ -24,6 +24,12 @@ class Knob:
 KNOBS: tuple[Knob, ...] = (
     Knob("CHUNK_SIZE", 500, int, "Largest number of changes the server sends in one pull chunk."),
     Knob("MAX_FRAME_BYTES", 1024 * 1024, int, "Largest websocket frame accepted (close 1009)."),
+    Knob(
+        "MAX_DOCUMENT_DEPTH",
+        64,
+        int,
+        "Deepest nesting of objects and arrays a document may have (DG-4011).",
+    ),
     Knob("MAX_CLOCK_SKEW_MS", 5 * 60 * 1000, int, "How far in the future `_modified` may be."),
     Knob("TOMBSTONE_TTL_DAYS", 30, int, "Days a tombstone is kept before garbage collection."),
     Knob("CONNECT_TIMEOUT", 10.0, float, "Seconds a socket may stay open without a Connect."),

@@ -1,7 +1,8 @@
 """Turning a wire `feed` into validated versions, and versions back into wire documents.
 
 Pure functions, no Django. A bad change is rejected on its own with its error code; the rest
-of the feed goes on (PROTOCOL.md section 5, docs/errors.md 4xxx).
+of the feed goes on (PROTOCOL.md section 5, docs/errors.md 4xxx). Every document passes the
+one door, `replication.door`, here: whichever interface it came through.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from replication.conflicts import DELETE, WRITE, VersionKey, version_key
+from replication.door import DEFAULT_LIMITS, DoorLimits, document_text, id_check
+from replication.door import printable as _display
 from replication.protocol.errors import DataGateError, ErrorCode
 
-ID_MAX_LENGTH = 128
 META_FIELDS = ("_id", "_revision", "_modified", "_origin")
 MAX_INT = 2**63 - 1
 
@@ -28,6 +30,8 @@ class Version:
     revision: int
     origin: str
     body: dict[str, Any] | None = None
+    # The body's JSON text as the door encoded it (stored as is), when it came through it.
+    text: str | None = None
 
     def key(self) -> VersionKey:
         return version_key(
@@ -55,17 +59,8 @@ def _is_int(value: object) -> bool:
 
 
 def _display_id(raw: object) -> str:
-    return raw[:ID_MAX_LENGTH] if isinstance(raw, str) else ""
-
-
-def _check_id(raw: object) -> str:
-    if not isinstance(raw, str):
-        raise DataGateError(ErrorCode.BAD_DOCUMENT_ID, detail=f"got {type(raw).__name__}")
-    if not raw:
-        raise DataGateError(ErrorCode.BAD_DOCUMENT_ID, detail="empty")
-    if len(raw) > ID_MAX_LENGTH:
-        raise DataGateError(ErrorCode.BAD_DOCUMENT_ID, detail=f"{len(raw)} characters")
-    return raw
+    """The id a rejection names: cut, and escaped where it could not travel in a frame."""
+    return _display(raw) if isinstance(raw, str) else ""
 
 
 def _check_skew(doc_id: str, stamp: int, now_ms: int, max_skew_ms: int) -> None:
@@ -77,12 +72,18 @@ def _check_skew(doc_id: str, stamp: int, now_ms: int, max_skew_ms: int) -> None:
 
 
 def parse_document(
-    raw: object, *, index: int, default_origin: str, now_ms: int, max_skew_ms: int
+    raw: object,
+    *,
+    index: int,
+    default_origin: str,
+    now_ms: int,
+    max_skew_ms: int,
+    limits: DoorLimits = DEFAULT_LIMITS,
 ) -> Version:
-    """Validate one wire document; raise DataGateError with the change's own code."""
+    """Validate one wire document through the door; raise DataGateError with its own code."""
     if not isinstance(raw, Mapping):
         raise DataGateError(ErrorCode.DOCUMENT_NOT_OBJECT, index=index)
-    doc_id = _check_id(raw.get("_id"))
+    doc_id = id_check(raw.get("_id"))
     revision = raw.get("_revision")
     if not _is_int(revision) or not 1 <= revision <= MAX_INT:  # type: ignore[operator]
         raise DataGateError(ErrorCode.BAD_REVISION, doc_id=doc_id, value=revision)
@@ -92,8 +93,7 @@ def parse_document(
     origin = raw.get("_origin", default_origin)
     if origin is None:
         origin = default_origin
-    if not isinstance(origin, str) or len(origin) > ID_MAX_LENGTH:
-        raise DataGateError(ErrorCode.BAD_ORIGIN, doc_id=doc_id)
+    id_check(origin, origin=True, doc_id=doc_id)
     body: dict[str, Any] = {}
     for name, value in raw.items():
         if name in META_FIELDS:
@@ -101,14 +101,15 @@ def parse_document(
         if not isinstance(name, str) or name.startswith("_"):
             raise DataGateError(ErrorCode.RESERVED_FIELD, doc_id=doc_id, field=name)
         body[name] = value
+    text = document_text(body, doc_id=doc_id, limits=limits)
     _check_skew(doc_id, modified, now_ms, max_skew_ms)  # type: ignore[arg-type]
-    return Version(doc_id, WRITE, modified, revision, origin, body)  # type: ignore[arg-type]
+    return Version(doc_id, WRITE, modified, revision, origin, body, text)  # type: ignore[arg-type]
 
 
 def parse_tombstone(
     raw_id: object, raw_time: object, *, origin: str, now_ms: int, max_skew_ms: int
 ) -> Version:
-    doc_id = _check_id(raw_id)
+    doc_id = id_check(raw_id)
     if not _is_int(raw_time) or not 0 <= raw_time <= MAX_INT:  # type: ignore[operator]
         raise DataGateError(ErrorCode.BAD_TOMBSTONE, doc_id=doc_id, value=raw_time)
     _check_skew(doc_id, raw_time, now_ms, max_skew_ms)  # type: ignore[arg-type]
@@ -116,7 +117,12 @@ def parse_tombstone(
 
 
 def parse_feed(
-    feed: Mapping[str, Any], *, origin: str, now_ms: int, max_skew_ms: int
+    feed: Mapping[str, Any],
+    *,
+    origin: str,
+    now_ms: int,
+    max_skew_ms: int,
+    limits: DoorLimits = DEFAULT_LIMITS,
 ) -> ParsedFeed:
     """Validate every change of a feed. A feed that is not the right shape raises DG-2004."""
     change_set = feed.get("changeSet") or []
@@ -134,7 +140,12 @@ def parse_feed(
         try:
             parsed.versions.append(
                 parse_document(
-                    raw, index=index, default_origin=origin, now_ms=now_ms, max_skew_ms=max_skew_ms
+                    raw,
+                    index=index,
+                    default_origin=origin,
+                    now_ms=now_ms,
+                    max_skew_ms=max_skew_ms,
+                    limits=limits,
                 )
             )
         except DataGateError as error:

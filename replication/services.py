@@ -26,6 +26,7 @@ from django.db import connection, transaction
 from django.db.models import F, Model, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from accounts import access
 from accounts.access import DocumentPolicy, System
@@ -38,6 +39,7 @@ from replication.changes import (
     parse_feed,
 )
 from replication.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
+from replication.door import DoorLimits, limits_from_settings
 from replication.doorbell import ring_on_commit
 from replication.models import (
     Collection,
@@ -347,13 +349,20 @@ class _Prepared:
 
 
 def _chunk_prepare(
-    feed: Mapping[str, Any], message_id: str, *, origin: str, now: int, guard: ChangeGuard
+    feed: Mapping[str, Any],
+    message_id: str,
+    *,
+    origin: str,
+    now: int,
+    guard: ChangeGuard,
+    limits: DoorLimits,
 ) -> _Prepared:
     parsed: ParsedFeed = parse_feed(
         feed,
         origin=origin,
         now_ms=now,
         max_skew_ms=int(settings.DATAGATE["MAX_CLOCK_SKEW_MS"]),
+        limits=limits,
     )
     result = ApplyResult(rejected=list(parsed.rejections))
     allowed: list[Version] = []
@@ -399,8 +408,9 @@ def batch_apply_many(
         actor, actor_policy(actor=actor, collection_id=collection_id, policy=policy), guard
     )
     now = now_ms() if at_ms is None else at_ms
+    limits = limits_from_settings()
     prepared = [
-        _chunk_prepare(feed, message_id, origin=origin, now=now, guard=door)
+        _chunk_prepare(feed, message_id, origin=origin, now=now, guard=door, limits=limits)
         for feed, message_id in chunks
     ]
     results = [chunk.result for chunk in prepared]
@@ -523,8 +533,12 @@ def _final_write(
     tombstones: Mapping[str, _Stored],
 ) -> None:
     """Store each changed id's last winning version: a document or a tombstone row (upserted),
-    dropping the row of the other kind that was stored, and keep the search index in step."""
+    dropping the row of the other kind that was stored, and keep the search index in step.
+
+    A body is stored as the JSON text the door made of it (`Version.text`): encoding it again
+    here was a second pass over every document."""
     adapt_json = connection.ops.adapt_json_value
+    postgres = connection.vendor == "postgresql"
     doc_rows: list[tuple[Any, ...]] = []
     tomb_rows: list[tuple[Any, ...]] = []
     written: list[tuple[str, Mapping[str, Any]]] = []  # (doc_id, body) for the search index
@@ -537,7 +551,7 @@ def _final_write(
                 (
                     collection_id,
                     doc_id,
-                    adapt_json(body, None),
+                    _stored_json(body, version.text, adapt_json, postgres),
                     revision,
                     version.modified,
                     version.origin,
@@ -572,6 +586,17 @@ def _final_write(
         update=("deleted_at", "revision", "origin", "seq"),
     )
     search_index_apply(collection_id=collection_id, upserts=written, deletes=drop_docs)
+
+
+def _stored_json(
+    body: Mapping[str, Any], text: str | None, adapt_json: Callable[..., Any], postgres: bool
+) -> Any:
+    """The database parameter for a body: its door-made JSON text when there is one."""
+    if text is None:
+        return adapt_json(body, None)
+    if postgres:
+        return Jsonb(body, dumps=lambda _body: text)
+    return text
 
 
 def _next_stamp(current_modified: int | None) -> int:

@@ -30,8 +30,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Tenant
-from replication.changes import ID_MAX_LENGTH, MAX_INT, Version, parse_document, version_to_wire
+from replication.changes import MAX_INT, Version, parse_document, version_to_wire
 from replication.conflicts import WRITE
+from replication.door import id_check, limits_from_settings
 from replication.doorbell import ring_on_commit
 from replication.markers import new_epoch
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
@@ -174,6 +175,8 @@ def _parse_header(text: str) -> dict[str, Any]:
         header = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _bad(1, f"not JSON ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise _bad(1, f"not JSON the server can read ({type(exc).__name__})") from None
     if not isinstance(header, dict) or header.get("kind") != "header":
         raise _bad(1, "the first line must be the export header")
     if header.get("format") != FORMAT:
@@ -193,13 +196,20 @@ def _parse_row(text: str, line: int) -> _Row:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _bad(line, f"not JSON ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:  # a 5000-digit number; nesting too deep
+        raise _bad(line, f"not JSON the server can read ({type(exc).__name__})") from None
     if not isinstance(raw, dict):
         raise _bad(line, "not a JSON object")
     seq = _int_field(raw, "seq", line, minimum=1)
     if raw.get("kind") == "document":
         try:
             version = parse_document(
-                raw.get("doc"), index=line, default_origin="", now_ms=MAX_INT, max_skew_ms=0
+                raw.get("doc"),
+                index=line,
+                default_origin="",
+                now_ms=MAX_INT,
+                max_skew_ms=0,
+                limits=limits_from_settings(),
             )
         except DataGateError as error:
             raise _bad(line, error.text) from error
@@ -213,12 +223,11 @@ def _parse_row(text: str, line: int) -> _Row:
             version.body,
         )
     if raw.get("kind") == "tombstone":
-        doc_id = raw.get("id")
-        if not isinstance(doc_id, str) or not 0 < len(doc_id) <= ID_MAX_LENGTH:
-            raise _bad(line, "tombstone id must be a non-empty string of at most 128 characters")
-        origin = raw.get("origin", "")
-        if not isinstance(origin, str) or len(origin) > ID_MAX_LENGTH:
-            raise _bad(line, "tombstone origin must be a string of at most 128 characters")
+        try:  # the door's id rules (replication.door)
+            doc_id = id_check(raw.get("id"))
+            origin = id_check(raw.get("origin", ""), origin=True, doc_id=doc_id)
+        except DataGateError as error:
+            raise _bad(line, f"tombstone: {error.text}") from error
         deleted = _int_field(raw, "deleted", line)
         revision = _int_field(raw, "revision", line, minimum=1)
         return _Row(seq, doc_id, True, deleted, revision, origin, None)

@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Tenant
+from replication.door import document_text, id_check, limits_from_settings
 from replication.protocol.errors import DataGateError, ErrorCode
 from topics.doorbell import ring_on_commit
 from topics.models import ConsumerOffset, Message, Scope, Topic
@@ -93,10 +94,15 @@ def messages_publish(
     Idempotent per message id: an id the topic already holds (or that appears earlier in the
     same call) is not stored again and gets its first offset back. Offsets come from the
     topic's counter under its row lock, so concurrent publishers commit gap-free offsets in
-    order (PROTOCOL.md section 7; docs/decisions/0002).
+    order (PROTOCOL.md section 7; docs/decisions/0002). A message id breaking the id rules
+    (DG-4002) or a payload the document door refuses (DG-4010 to DG-4013) refuses the call.
     """
     if not messages:
         return []
+    limits = limits_from_settings()
+    for publication in messages:  # the one door (replication.door): all or nothing
+        id_check(publication.message_id)
+        document_text(publication.payload, doc_id=publication.message_id, limits=limits)
     stamp = at or timezone.now()
     with transaction.atomic():
         topic = Topic.objects.select_for_update().only("id", "last_offset").get(pk=topic_id)

@@ -33,15 +33,49 @@ class Header(BaseModel):
     origin: StrictStr | None = Field(default=None, max_length=128)
 
 
+# Keys that carry documents or topic payloads: the door checks each of those on its own, so
+# that one bad document is rejected in the receipt and the rest of the chunk applies.
+PAYLOAD_KEYS = ("feed", "messages")
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def decode_frame(text: str | bytes) -> dict[str, Any]:
-    """Parse a frame into a JSON object that has a header object, or raise DG-2001/DG-2002."""
+    """Parse a frame into a JSON object that has a header object, or raise DG-2001/DG-2002.
+
+    Nesting too deep for the decoder is DG-2009, never a RecursionError. The frame's own text
+    outside documents and payloads (the header, a connect's token, message ids) must be text
+    a frame can carry back: a lone surrogate or NUL there is DG-2004.
+    """
     try:
         message = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataGateError(ErrorCode.NOT_JSON, detail=str(exc)[:60]) from exc
+    except RecursionError:
+        raise DataGateError(ErrorCode.JSON_TOO_DEEP, detail="the frame") from None
     if not isinstance(message, dict) or not isinstance(message.get("header"), dict):
         raise DataGateError(ErrorCode.MISSING_HEADER)
+    _envelope_check(message)
     return message
+
+
+def _envelope_check(message: dict[str, Any]) -> None:
+    rest = message
+    if any(key in message for key in PAYLOAD_KEYS):
+        rest = {key: value for key, value in message.items() if key not in PAYLOAD_KEYS}
+    try:
+        envelope = _encode(rest)
+        envelope.encode("utf-8")
+    except RecursionError:
+        raise DataGateError(ErrorCode.JSON_TOO_DEEP, detail="the header") from None
+    except (UnicodeEncodeError, ValueError):
+        detail = "a lone surrogate outside the documents"
+        raise DataGateError(
+            ErrorCode.INVALID_MESSAGE, message_type="frame", detail=detail
+        ) from None
+    if "\\u0000" in envelope:
+        detail = "NUL outside the documents"
+        raise DataGateError(ErrorCode.INVALID_MESSAGE, message_type="frame", detail=detail)
 
 
 def make_header(

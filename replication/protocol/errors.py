@@ -112,6 +112,9 @@ class ErrorCode(Enum):
         429,
         "range check: more than {limit} {what} in one session",
     )
+    JSON_TOO_DEEP = _spec(
+        "DG-2009", CloseCode.MALFORMED, 400, "JSON nests too deep to decode: {detail}"
+    )
 
     # --- 3xxx access -----------------------------------------------------------------------
     COLLECTION_NOT_FOUND = _spec(
@@ -141,7 +144,7 @@ class ErrorCode(Enum):
         "DG-4002",
         CloseCode.MALFORMED,
         400,
-        "_id must be a non-empty string of at most 128 characters: {detail}",
+        "_id must be 1-128 characters, no control characters or lone surrogates: {detail}",
     )
     BAD_REVISION = _spec(
         "DG-4003",
@@ -174,13 +177,30 @@ class ErrorCode(Enum):
         "DG-4008",
         CloseCode.MALFORMED,
         400,
-        "_origin of {doc_id!r} must be a string of at most 128 characters",
+        "_origin of {doc_id!r} must be a string of at most 128 characters, no control "
+        "characters or lone surrogates: {detail}",
     )
     REVISION_CONFLICT = _spec(
         "DG-4009",
         CloseCode.PROTOCOL_VIOLATION,
         409,
         "{doc_id!r} is at revision {actual}, not the expected {expected}",
+    )
+
+    BAD_TEXT = _spec(
+        "DG-4010", CloseCode.MALFORMED, 400, "{doc_id!r} holds {what}: not storable text"
+    )
+    DOCUMENT_TOO_DEEP = _spec(
+        "DG-4011", CloseCode.MALFORMED, 400, "{doc_id!r} nests deeper than {limit} levels"
+    )
+    BAD_NUMBER = _spec(
+        "DG-4012", CloseCode.MALFORMED, 400, "{doc_id!r} holds {what}, which JSON cannot carry"
+    )
+    DOCUMENT_TOO_LARGE = _spec(
+        "DG-4013",
+        CloseCode.MALFORMED,
+        413,
+        "{doc_id!r} encodes to {size} bytes, over the document limit of {limit}",
     )
 
     # --- 5xxx flow control and server ------------------------------------------------------
@@ -193,6 +213,12 @@ class ErrorCode(Enum):
     RATE_LIMITED = _spec("DG-5002", CloseCode.TOO_SLOW, 429, "rate limited: {detail}")
     INTERNAL = _spec("DG-5003", CloseCode.SERVER_ERROR, 500, "internal error ({reference})")
     SHUTTING_DOWN = _spec("DG-5004", CloseCode.GOING_AWAY, 503, "server is shutting down")
+    UNSERVABLE_SKIPPED = _spec(
+        "DG-5005",
+        CloseCode.SERVER_ERROR,
+        500,
+        "stored {doc_id!r} cannot be encoded ({reason}): left out; run datagate_verify",
+    )
 
     # --- 6xxx topics -----------------------------------------------------------------------
     TOPIC_TENANT_NOT_FOUND = _spec(
@@ -285,6 +311,13 @@ class ErrorCode(Enum):
         "{collection}: range bucket {bucket} holds {stored}, its rows sum to {actual}",
     )
 
+    UNSERVABLE_STORED = _spec(
+        "DG-7108",
+        CloseCode.SERVER_ERROR,
+        500,
+        "{collection}: document {doc_id!r} cannot be served ({reason}); see datagate_quarantine",
+    )
+
     # --- 8xxx HTTP API ---------------------------------------------------------------------
     NOT_FOUND = _spec("DG-8001", CloseCode.MALFORMED, 404, "not found: {what}")
     METHOD_NOT_ALLOWED = _spec(
@@ -339,6 +372,10 @@ class ErrorCode(Enum):
         except (KeyError, IndexError):
             body = self.value.template
         full = f"{self.code} {body}"
+        try:
+            full.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from the input: escape it, or no frame
+            full = full.encode("utf-8", "backslashreplace").decode("utf-8")
         if len(full) > MAX_ERROR_TEXT:
             full = full[: MAX_ERROR_TEXT - 1] + "…"
         return full
@@ -370,12 +407,13 @@ def fatal_close_code(error: DataGateError, *, before_connect_ack: bool) -> int:
     """The close code for a fatal error (PROTOCOL.md section 2).
 
     Before ConnectAck anything but a valid Connect is a protocol violation (4409); only a frame
-    that is not JSON at all closes with 4400. Otherwise each code closes with its own.
+    that is not JSON at all (or nests too deep to decode) closes with 4400. Otherwise each code
+    closes with its own.
     """
     if (
         before_connect_ack
         and error.close_code is CloseCode.MALFORMED
-        and error.error is not ErrorCode.NOT_JSON
+        and error.error not in (ErrorCode.NOT_JSON, ErrorCode.JSON_TOO_DEEP)
     ):
         return int(CloseCode.PROTOCOL_VIOLATION)
     return int(error.close_code)
