@@ -189,6 +189,7 @@ def test_an_accepted_id_is_printable_text_that_travels(raw: Any) -> None:
 def test_a_refused_document_is_rejected_in_the_receipt_and_the_rest_applies(
     collection: Any,
 ) -> None:
+    from accounts.access import System
     from replication.models import Document
     from replication.services import batch_apply
 
@@ -210,7 +211,7 @@ def test_a_refused_document_is_rejected_in_the_receipt_and_the_rest_applies(
         ],
         "tombstoneMap": {"tomb\ud800": T0, "tomb\x00": T0},
     }
-    result = batch_apply(collection_id=collection.pk, feed=feed, origin="r1")
+    result = batch_apply(actor=System("test"), collection_id=collection.pk, feed=feed, origin="r1")
     receipt = result.receipt()
     assert encode({"receipt": receipt}).encode("utf-8")
     assert receipt["added"] == ["good-1", "good-2"]
