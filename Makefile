@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 # `make bench BENCH_ARGS=--quick` runs the benchmarks at smoke-test sizes (bench/__main__.py).
 BENCH_ARGS ?=
 
-.PHONY: run test check lint typecheck bench clean chromium
+.PHONY: run test check lint typecheck bench clean chromium pouchdb
 
 # Installing and migrating are quiet; their output goes to $(LOG_DIR) and is shown on failure.
 LOG_DIR ?= var/log
@@ -39,7 +39,24 @@ chromium:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
-test: $(VENV)/.installed chromium
+# The real PouchDB client for the CouchDB-protocol tests (tests/test_couchdb_pouchdb.py): pinned
+# in tests/pouchdb/package-lock.json, installed with `npm ci`. Without npm the tests skip, except
+# in CI (CI=true), where a missing npm fails the run.
+POUCHDB_DIR := tests/pouchdb
+$(POUCHDB_DIR)/node_modules/.installed: $(POUCHDB_DIR)/package.json $(POUCHDB_DIR)/package-lock.json
+	cd $(POUCHDB_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+pouchdb:
+	@if command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(POUCHDB_DIR)/node_modules/.installed; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "npm is required in CI (the PouchDB tests)"; exit 1; \
+	else \
+		echo "npm not found: the PouchDB tests will skip"; \
+	fi
+
+test: $(VENV)/.installed chromium pouchdb
 	$(PY) -m pytest
 	DATABASE_URL=$(TEST_DATABASE_URL) DATAGATE_TEST_BACKEND=postgres $(PY) -m pytest -m storage
 
@@ -56,4 +73,4 @@ bench: $(VENV)/.installed
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(POUCHDB_DIR)/node_modules
