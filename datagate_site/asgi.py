@@ -13,9 +13,15 @@ from accounts.websocket_origins import WebsocketOriginCheck  # noqa: E402
 from console.routing import websocket_urlpatterns as console_routes  # noqa: E402
 from couchdb.asgi import PREFIX as COUCHDB_PREFIX  # noqa: E402
 from couchdb.asgi import application as couchdb_app  # noqa: E402
+from replication.daphne_support import install_frame_limit  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
 from replication.scheduler import MaintenanceStarter  # noqa: E402
 from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
+
+# daphne's websocket size limit follows DATAGATE_MAX_FRAME_BYTES, whatever command line started
+# it (`make run`, the production command, the tests' servers): see
+# docs/decisions/0010-one-frame-limit.md.
+install_frame_limit()
 
 
 async def http_app(scope, receive, send):

@@ -23,7 +23,7 @@ from django.conf import settings
 from datagate_site import metrics
 from replication import selectors, services
 from replication.consumer_support import DirectDispatchMixin
-from replication.daphne_support import allow_protocol_close_codes
+from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
 from replication.markers import Markers
 from replication.protocol import machine as mc
@@ -97,7 +97,16 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         frame: str | bytes | None = message.get("text")
         if frame is None:
             frame = message.get("bytes") or b""
-        size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        # A message over the limit that daphne read and dropped (daphne_support.py) has no
+        # frame, only its size.
+        oversized = message.get(OVERSIZED)
+        size = (
+            int(oversized)
+            if oversized is not None
+            else len(frame)
+            if isinstance(frame, bytes)
+            else len(frame.encode())
+        )
         metrics.bytes_record(direction="in", count=size)
         if size > self.max_frame:
             error = DataGateError(ErrorCode.FRAME_TOO_LARGE, size=size, limit=self.max_frame)

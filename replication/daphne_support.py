@@ -32,3 +32,97 @@ def allow_protocol_close_codes() -> None:
 
     WebSocketProtocol.serverClose = server_close
     WebSocketProtocol._datagate_close_codes = True
+
+
+# --- the frame limit: DATAGATE_MAX_FRAME_BYTES, end to end ---------------------------------
+
+# The key of the `websocket.receive` event that stands for a message over the limit: its size
+# in bytes (as announced by its frame header, or as far as it got). The event carries no text
+# and empty bytes, so an application that does not know the key sees an empty frame.
+OVERSIZED = "datagate.oversized"
+
+# Seconds an application has to close a socket after an oversized message before autobahn
+# fails the connection itself (close 1009), so no socket stays half dead.
+OVERSIZED_CLOSE_GRACE = 5.0
+
+
+def install_frame_limit(limit: int | None = None) -> None:
+    """Make daphne's websocket size limit DATAGATE_MAX_FRAME_BYTES, refused by the application.
+
+    daphne gives autobahn a limit of its own (1 MiB, `--websocket-max-message-size`) through
+    `WebSocketFactory.setProtocolOptions(maxMessagePayloadSize=..., maxFramePayloadSize=...)`;
+    a message over it made autobahn drop the TCP connection (1006) before DataGate saw it, and
+    a `MAX_FRAME_BYTES` above 1 MiB had no effect. autobahn also applies
+    `maxMessagePayloadSize` to what the server sends, which would fail a pull chunk over it.
+
+    After this call (datagate_site/asgi.py makes it, so every daphne command line has it):
+    - autobahn's own limits are off (0), whatever daphne or its command line asked for;
+    - an incoming message is measured here, frame by frame as its headers arrive, against
+      `limit` (default DATAGATE_MAX_FRAME_BYTES); the first frame that takes it over the
+      limit makes the rest of the message be read and dropped, never buffered, and the
+      application gets one `websocket.receive` event with `OVERSIZED: size`. The DataGate
+      consumers answer it like any frame over the limit: DG-2007, then close 1009;
+    - if the application has not closed the socket `OVERSIZED_CLOSE_GRACE` seconds later,
+      autobahn fails the connection with 1009 itself.
+    What the server sends is not limited by autobahn: the server chooses its own chunks.
+    Without daphne installed this does nothing.
+    """
+    try:
+        from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+    except ImportError:  # pragma: no cover - daphne is a dependency
+        return
+    if limit is None:
+        from django.conf import settings
+
+        limit = int(settings.DATAGATE["MAX_FRAME_BYTES"])
+    WebSocketProtocol._datagate_frame_limit = limit
+    if getattr(WebSocketProtocol, "_datagate_frame_limit_installed", False):
+        return
+    set_options = WebSocketFactory.setProtocolOptions
+
+    def set_protocol_options(self: Any, *args: Any, **options: Any) -> None:
+        if "maxMessagePayloadSize" in options or "maxFramePayloadSize" in options:
+            options["maxMessagePayloadSize"] = 0
+            options["maxFramePayloadSize"] = 0
+        set_options(self, *args, **options)
+
+    frame_begin = WebSocketProtocol.onMessageFrameBegin
+
+    def on_message_frame_begin(self: Any, length: int) -> None:
+        frame_begin(self, length)  # adds `length` to message_data_total_length
+        if self.failedByMe:
+            return
+        limit = self._datagate_frame_limit
+        if 0 < limit < self.message_data_total_length:
+            self._max_message_size_exceeded(
+                self.message_data_total_length,
+                limit,
+                f"message of {self.message_data_total_length} bytes over the {limit} limit",
+            )
+
+    def max_size_exceeded(self: Any, size: int, limit: int, reason: str) -> None:
+        if self.failedByMe:
+            return
+        # autobahn reads and drops whatever else comes while failedByMe is set; the socket
+        # stays open so the application can send its error before closing.
+        self.failedByMe = True
+        self.wasMaxMessagePayloadSizeExceeded = True
+        queue = getattr(self, "application_queue", None)
+        if queue is None or self.state != self.STATE_OPEN:
+            self._fail_connection(self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG, reason)
+            return
+        queue.put_nowait({"type": "websocket.receive", "text": None, "bytes": b"", OVERSIZED: size})
+
+        def close_if_still_open() -> None:
+            if self.state == self.STATE_OPEN:
+                self._fail_connection(self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG, reason)
+
+        from twisted.internet import reactor
+
+        twisted_reactor: Any = reactor
+        twisted_reactor.callLater(OVERSIZED_CLOSE_GRACE, close_if_still_open)
+
+    WebSocketFactory.setProtocolOptions = set_protocol_options
+    WebSocketProtocol.onMessageFrameBegin = on_message_frame_begin
+    WebSocketProtocol._max_message_size_exceeded = max_size_exceeded
+    WebSocketProtocol._datagate_frame_limit_installed = True

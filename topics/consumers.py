@@ -23,7 +23,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from replication.consumer_support import DirectDispatchMixin
-from replication.daphne_support import allow_protocol_close_codes
+from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import get_hub as process_sessions
 from replication.protocol.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 from topics import actions, protocol
@@ -90,6 +90,19 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         self.windows.clear()
 
     # --- frames in ------------------------------------------------------------------------
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        # A message over the limit that daphne read and dropped (daphne_support.py) comes
+        # with its size only.
+        oversized = message.get(OVERSIZED)
+        if oversized is not None:
+            await self.fail(
+                DataGateError(
+                    ErrorCode.FRAME_TOO_LARGE, fatal=True, size=int(oversized), limit=self.max_frame
+                )
+            )
+            return
+        await super().websocket_receive(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         frame: str | bytes = text_data if text_data is not None else (bytes_data or b"")
