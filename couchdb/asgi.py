@@ -14,12 +14,12 @@ import contextlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from couchdb import services
 from couchdb.live import FeedWaiter
@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 PREFIX = "/couchdb/"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_MS = 60_000
-# How often a live feed re-checks its token while it waits (revocation ends it within this).
-RECHECK_SECONDS = 5.0
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -496,7 +494,7 @@ async def _live_changes(
         timeout = DEFAULT_TIMEOUT_MS
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout / 1000 if timeout is not None and heartbeat is None else None
-    tick = heartbeat / 1000 if heartbeat else RECHECK_SECONDS
+    recheck = recheck_interval()
     streaming = feed != "longpoll"
     content_type = "text/event-stream" if feed == "eventsource" else "application/json"
     if streaming or heartbeat:
@@ -505,7 +503,8 @@ async def _live_changes(
     waiter = FeedWaiter(grant.collection_id, since)
     position = since
     sent = 0
-    last_check = time.monotonic()
+    next_beat = loop.time() + heartbeat / 1000 if heartbeat else None
+    next_check = loop.time() + recheck
     ended_by = ""
     page: services.ChangesPage | None = None
     try:
@@ -531,20 +530,27 @@ async def _live_changes(
                 fresh = True
                 if await waiter.join():
                     continue
-            woken = await _wait(request, waiter, deadline, tick, loop)
-            if request.disconnected.is_set():
-                return
-            if woken:
-                continue
-            if deadline is not None and loop.time() >= deadline:
-                break
-            if heartbeat:
-                await request.write(b"\n")
-            if time.monotonic() - last_check >= RECHECK_SECONDS:
-                last_check = time.monotonic()
-                if not await _db(services.actor_still_valid)(actor=grant.actor):
-                    ended_by = "token revoked"
+            while True:
+                now = loop.time()
+                wake_at = min(t for t in (deadline, next_beat, next_check) if t is not None)
+                woken = await _wait(request, waiter, max(0.0, wake_at - now))
+                if request.disconnected.is_set():
+                    return
+                if woken:
                     break
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    break
+                if next_beat is not None and now >= next_beat:
+                    next_beat = now + heartbeat / 1000 if heartbeat else None
+                    await request.write(b"\n")
+                if now >= next_check:
+                    next_check = now + recheck
+                    ended_by = await _db(services.feed_still_allowed)(grant=grant)
+                    if ended_by:
+                        break
+            if not woken:
+                break
     finally:
         watcher.cancel()
         await waiter.leave()
@@ -571,25 +577,25 @@ def _stream_line(feed: str, row: dict[str, Any]) -> bytes:
     return _encode(row) + b"\n"
 
 
-async def _wait(
-    request: Request,
-    waiter: FeedWaiter,
-    deadline: float | None,
-    tick: float,
-    loop: asyncio.AbstractEventLoop,
-) -> bool:
-    """Wait for the hub's offer, a tick, the deadline or the client going; True if woken."""
-    wait_for = tick if deadline is None else max(0.0, min(tick, deadline - loop.time()))
+async def _wait(request: Request, waiter: FeedWaiter, seconds: float) -> bool:
+    """Wait for the hub's offer, `seconds`, or the client going; True if woken."""
     woken = asyncio.ensure_future(waiter.woken.wait())
     gone = asyncio.ensure_future(request.disconnected.wait())
     try:
-        await asyncio.wait({woken, gone}, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({woken, gone}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (woken, gone):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     return waiter.woken.is_set()
+
+
+def recheck_interval() -> float:
+    """Seconds between a live feed's re-checks of its token and access (DATAGATE
+    SESSION_RECHECK_INTERVAL, as for websocket sessions): revocation or a changed key rule
+    ends a feed within this."""
+    return float(settings.DATAGATE["SESSION_RECHECK_INTERVAL"])
 
 
 ENDPOINTS: dict[str, Callable[[Request, DatabaseGrant], Awaitable[None]]] = {

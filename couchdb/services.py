@@ -22,8 +22,9 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
 from accounts import access
+from accounts.access_changes import access_version, access_versions, session_scopes
 from accounts.models import Tenant
-from accounts.tokens import TokenRejected, token_authenticate
+from accounts.tokens import TokenRejected, token_authenticate, token_user
 from couchdb import revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
@@ -86,20 +87,35 @@ def actor_authenticate(*, raw_token: str | None) -> Actor:
 
 def actor_still_valid(*, actor: Actor) -> bool:
     """Whether the actor's token still authenticates (live feeds re-check it)."""
+    from django.utils import timezone
     from oauth2_provider.models import get_access_token_model
 
-    return bool(get_access_token_model().objects.filter(pk=actor.token_id).exists())
+    token = (
+        get_access_token_model()
+        .objects.select_related("user", "application__user")
+        .filter(pk=actor.token_id)
+        .first()
+    )
+    if token is None or token.expires <= timezone.now():
+        return False
+    user = token_user(token)
+    return user is not None and bool(user.is_active)
 
 
 @dataclass(frozen=True)
 class DatabaseGrant:
-    """One collection as a CouchDB database, for one actor: decided once per request."""
+    """One collection as a CouchDB database, for one actor: decided once per request.
+
+    `baseline` is the access marker's counter read before the decision
+    (accounts/access_changes.py): a live feed re-checks against it.
+    """
 
     actor: Actor
     tenant: Tenant
     name: str
     collection_id: int
     policy: access.DocumentPolicy
+    baseline: int = 0
 
     @property
     def origin(self) -> str:
@@ -118,6 +134,7 @@ def database_open(*, actor: Actor, tenant_slug: str, name: str) -> DatabaseGrant
     as DG-3001 on the websocket), 403 without the `read` scope."""
     if not access.access_scope(scopes=actor.scopes, scope="read"):
         raise _refusal(ErrorCode.TOKEN_SCOPE, scope="read")
+    baseline = access_version()
     not_found = CouchError(
         404,
         "not_found",
@@ -134,7 +151,21 @@ def database_open(*, actor: Actor, tenant_slug: str, name: str) -> DatabaseGrant
     policy = access.document_policy(
         user=actor.user, tenant=tenant, collection_name=name, collection=collection
     )
-    return DatabaseGrant(actor, tenant, name, collection.pk, policy)
+    return DatabaseGrant(actor, tenant, name, collection.pk, policy, baseline)
+
+
+def feed_still_allowed(*, grant: DatabaseGrant) -> str:
+    """Why a live feed must end now ("" while it may go on): its token was revoked or
+    expired, or an input of its access decision changed (roles, grants, key rules). Two
+    queries; the feed's next request gets a fresh decision."""
+    if not actor_still_valid(actor=grant.actor):
+        return "token revoked or expired"
+    scopes = session_scopes(
+        user_id=grant.actor.user.pk, tenant_id=grant.tenant.pk, collection_name=grant.name
+    )
+    if access_versions(scopes=scopes, after=grant.baseline):
+        return "access changed"
+    return ""
 
 
 def database_create(*, actor: Actor, tenant_slug: str, name: str) -> bool:

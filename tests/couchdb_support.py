@@ -11,15 +11,15 @@ from channels.testing import HttpCommunicator
 from couchdb.asgi import application
 
 
-async def couch(
+async def couch_raw(
     method: str,
     path: str,
     token: str | None = None,
     body: Any = None,
     query: dict[str, Any] | None = None,
     timeout: float = 10,
-) -> tuple[int, Any]:
-    """(status, decoded JSON body) of one request to `/couchdb/<path>`."""
+) -> tuple[int, bytes]:
+    """(status, raw body) of one request to `/couchdb/<path>`."""
     headers = [(b"content-type", b"application/json"), (b"accept", b"application/json")]
     if token is not None:
         headers.append((b"authorization", f"Bearer {token}".encode()))
@@ -36,8 +36,21 @@ async def couch(
         headers=headers,
     )
     response = await communicator.get_response(timeout=timeout)
-    raw = response["body"].strip()
-    return response["status"], json.loads(raw) if raw else None
+    return response["status"], response["body"]
+
+
+async def couch(
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: Any = None,
+    query: dict[str, Any] | None = None,
+    timeout: float = 10,
+) -> tuple[int, Any]:
+    """(status, decoded JSON body) of one request to `/couchdb/<path>`."""
+    status, raw = await couch_raw(method, path, token, body, query, timeout)
+    raw = raw.strip()
+    return status, json.loads(raw) if raw else None
 
 
 def rev_path(*revs: str) -> dict[str, Any]:
