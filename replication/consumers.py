@@ -305,6 +305,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                 origin=self.session.origin or "",
                 replica_name=connect.replicaName or "",
                 address=str(client[0] or ""),
+                polling=self.session.g3,
             )
         except DataGateError as error:
             return self.session.connect_refused(error)

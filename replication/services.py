@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from hashlib import blake2b
 from typing import Any
 from zlib import crc32
@@ -705,6 +705,10 @@ def document_delete(
 # --- replica bookkeeping ------------------------------------------------------------------
 
 
+# A polling replica's connects this close to its last session's end continue that session.
+POLLING_SESSION_GAP = timedelta(seconds=60)
+
+
 def replica_connected(
     *,
     collection_id: int,
@@ -713,7 +717,14 @@ def replica_connected(
     name: str = "",
     client_version: str = "",
     address: str = "",
+    polling: bool = False,
 ) -> Replica:
+    """Register a replica's connect: online, and a session record for the console.
+
+    A `polling` replica (Nitrite G3) opens a fresh socket for every sync, once a second by
+    default: its connects within POLLING_SESSION_GAP of its last session's end continue that
+    session record instead of adding one per poll (86,400 rows a day per replica otherwise).
+    """
     replica, _ = Replica.objects.get_or_create(
         collection_id=collection_id,
         user_id=user_id,
@@ -727,12 +738,19 @@ def replica_connected(
         sessions_count=F("sessions_count") + 1,
         last_seen=_now(),  # update() skips auto_now; GC counts replicas seen lately
     )
+    replica.refresh_from_db()
+    if polling:
+        latest = ReplicaSession.objects.filter(replica=replica).order_by("-started_at").first()
+        if latest is not None and (
+            latest.ended_at is None or latest.ended_at >= _now() - POLLING_SESSION_GAP
+        ):
+            ReplicaSession.objects.filter(pk=latest.pk).update(ended_at=None, address=address[:100])
+            return replica
     # A replica has one session at a time: a session left open by a crash ends here.
     ReplicaSession.objects.filter(replica=replica, ended_at__isnull=True).update(ended_at=_now())
     ReplicaSession.objects.create(
         replica=replica, address=address[:100], client_version=client_version[:100]
     )
-    replica.refresh_from_db()
     return replica
 
 
@@ -891,8 +909,11 @@ def session_open(
     origin: str,
     replica_name: str = "",
     address: str = "",
+    polling: bool = False,
 ) -> SessionGrant:
     """Authenticate a Connect and register the replica (PROTOCOL.md section 4, step 1).
+
+    `polling`: a replica that opens a socket per sync (a G3 session, see `replica_connected`).
 
     Raises a fatal DataGateError: DG-1001 for a bad, expired or revoked token, DG-1002 without
     the `read` scope, DG-1003 when the URL names another user, DG-3001 when the collection does
@@ -944,6 +965,7 @@ def session_open(
         user_id=user.pk,
         name=replica_name,
         address=address,
+        polling=polling,
     )
     return SessionGrant(
         user=user,

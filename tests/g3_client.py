@@ -238,6 +238,7 @@ class SessionLog:
     frames: list[dict[str, Any]] = field(default_factory=list)
     pushed_docs: int = 0
     pushed_tombstones: int = 0
+    pushed_ids: set[str] = field(default_factory=set)
     acked: bool = False  # ConnectAck arrived
     completed: bool = False  # the server's Disconnect after the pull
     error: str | None = None
@@ -289,6 +290,8 @@ class G3Replica:
         self.sessions: list[SessionLog] = []
         self.problems: list[str] = []
         self.errors: list[str] = []
+        # id -> (session number, monotonic time) of the first arrival of each pulled version
+        self.arrivals: dict[tuple[str, int, int], tuple[int, float]] = {}
         self._ids = itertools.count(1)
         self._poller: asyncio.Task[None] | None = None
         self._session_tasks: set[asyncio.Task[None]] = set()
@@ -324,7 +327,20 @@ class G3Replica:
 
     # --- merge (crdt/LastWriteWinMap) -------------------------------------------------------
 
-    def merge(self, feed: DeltaStates | None) -> tuple[list[str], list[str]]:
+    def arrived(self, doc_id: str) -> tuple[int, float] | None:
+        """(session number, monotonic time) of the latest version of `doc_id` that arrived."""
+        doc = self.docs.get(doc_id)
+        if doc is None:
+            key = (
+                (doc_id, -1, self.tombstones[doc_id].deleted_time)
+                if doc_id in self.tombstones
+                else None
+            )
+        else:
+            key = (doc_id, doc["_revision"], doc["_modified"])
+        return self.arrivals.get(key) if key is not None else None
+
+    def merge(self, feed: DeltaStates | None, session: int = 0) -> tuple[list[str], list[str]]:
         added: list[str] = []
         removed: list[str] = []
         if feed is None:
@@ -334,6 +350,9 @@ class G3Replica:
             doc = {k: v for k, v in doc.items() if k != "_source"}
             doc_id = doc["_id"]
             added.append(doc_id)
+            self.arrivals.setdefault(
+                (doc_id, doc["_revision"], doc["_modified"]), (session, time.monotonic())
+            )
             local = self.docs.get(doc_id)
             tomb = self.tombstones.get(doc_id)
             if local is None:
@@ -349,6 +368,7 @@ class G3Replica:
                 self.docs[doc_id] = doc
         for doc_id, deleted_time in (feed.tombstoneMap or {}).items():
             removed.append(doc_id)
+            self.arrivals.setdefault((doc_id, -1, deleted_time), (session, time.monotonic()))
             if doc_id in self.docs:
                 del self.docs[doc_id]
                 self.tombstones[doc_id] = Tombstone(deleted_time, 0, REPLICATOR)
@@ -550,7 +570,7 @@ class _Conversation:
         elif message_type == BATCH_END_ACK:
             r.local_markers = _stored(message.endMarkers, "BatchEndAck.endMarkers")
         elif message_type in (BATCH_START, BATCH_CONTINUE):
-            added, removed = r.merge(message.feed)
+            added, removed = r.merge(message.feed, self.log.number)
             await self.send(
                 {
                     "nextOffset": message.nextOffset,
@@ -588,7 +608,9 @@ class _Conversation:
             await self.socket.close(1000, self.log.close_reason)
             return True
         elif message_type == FEED:
-            r.merge(message.feed)  # then a ClassCastException: no DataGateFeedAck (2.5)
+            r.merge(
+                message.feed, self.log.number
+            )  # then a ClassCastException: no DataGateFeedAck (2.5)
         return False
 
     async def send_chunk(
@@ -602,6 +624,7 @@ class _Conversation:
         r = self.replica
         r.ledger_added |= {d["_id"] for d in docs}
         r.ledger_removed |= set(tombs)
+        self.log.pushed_ids |= {d["_id"] for d in docs} | set(tombs)
         self.log.pushed_docs += len(docs)
         self.log.pushed_tombstones += len(tombs)
         await self.send(

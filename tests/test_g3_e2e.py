@@ -7,6 +7,8 @@ replicas share the collection with them. Runs on SQLite, and on PostgreSQL with 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from channels.db import database_sync_to_async
 from datagate_replica import AsyncReplica
 
+from replication.models import ErrorEvent, ReplicaSession
 from replication.selectors import collection_state
 from replication.services import collection_get_or_create
 from tests.g3_client import G3Replica
@@ -130,3 +133,140 @@ async def test_a_g3_push_of_100_documents_reaches_a_g3_and_an_sdk_replica(
     frames = [f for r in (first, second) for s in r.sessions for f in s.frames]
     docs = [d for f in frames for d in (f.get("feed") or {}).get("changeSet", [])]
     assert docs and not any("_origin" in d for d in docs)
+
+
+def replica_sessions(replica_id: str) -> int:
+    return ReplicaSession.objects.filter(replica__replica_id=replica_id).count()
+
+
+async def test_polling_keeps_one_session_record_per_replica(g3: Callable[..., G3Replica]) -> None:
+    replica = g3("poller")
+    replica.put(title="x")
+    replica.start()
+    await replica.wait_for(
+        lambda: sum(s.completed for s in replica.sessions) >= 3, what="three polls"
+    )
+    assert await database_sync_to_async(replica_sessions)(replica.replica_id) == 1
+
+
+async def test_two_sockets_opened_together_both_finish_their_session(
+    g3: Callable[..., G3Replica], notes: Any
+) -> None:
+    replica = g3("twice")
+    ids = [replica.put(n=n) for n in range(25)]
+    await asyncio.gather(replica.open_session(), replica.open_session())
+    assert [s.completed for s in replica.sessions] == [True, True]
+    assert all(s.error is None for s in replica.sessions)
+    assert set(await database_sync_to_async(server_documents)(notes.pk)) == set(ids)
+    assert not replica.ledger_added
+
+
+async def test_updates_and_deletes_flow_both_ways_between_g3_and_sdk_replicas(
+    g3: Callable[..., G3Replica], sdk: Callable[..., AsyncReplica]
+) -> None:
+    nitrite, own = g3("nitrite"), sdk("own")
+    a, b, c = (nitrite.put(title=t) for t in ("a", "b", "c"))
+    await nitrite.sync_once()
+    await own.sync()
+    assert {d["_id"] for d in own.list()} == {a, b, c}
+    # G3 updates one and deletes one; the SDK replica sees both.
+    nitrite.put(a, title="a2")
+    nitrite.remove(b)
+    await nitrite.sync_once()
+    await own.sync()
+    assert (own.get(a) or {}).get("title") == "a2"
+    assert own.get(b) is None
+    # The SDK replica updates one and deletes one; the G3 replica sees both.
+    own.put(c, {"title": "c2"})
+    own.delete(a)
+    await own.sync()
+    await nitrite.sync_once()
+    assert nitrite.fields(c) == {"title": "c2"}
+    assert a not in nitrite.docs and nitrite.tombstones[a].source != "notes"
+    # A new document from the SDK, with a NitriteId-shaped id, arrives too.
+    d = nitrite.new_id()
+    own.put(d, {"title": "from the sdk"})
+    await own.sync()
+    await nitrite.sync_once()
+    assert nitrite.fields(d) == {"title": "from the sdk"}
+    await own.sync()
+    assert {x["_id"] for x in own.list()} == set(nitrite.docs) == {c, d}
+
+
+async def test_a_change_reaches_the_other_kind_of_replica_within_one_g3_poll(
+    g3: Callable[..., G3Replica], sdk: Callable[..., AsyncReplica]
+) -> None:
+    nitrite, own = g3("poller"), sdk("live")
+    await own.start()
+    await own.wait_live(30)
+    nitrite.start()
+    await nitrite.wait_for(lambda: any(s.completed for s in nitrite.sessions), what="a G3 sync")
+
+    # SDK -> G3: committed (the live replica's journal is empty), then the first G3 session
+    # that starts afterwards brings it: within one polling period of the commit.
+    doc_id = nitrite.new_id()
+    own.put(doc_id, {"title": "live"})
+    await nitrite.wait_for(lambda: own.store.journal_size() == 0, what="the SDK push")
+    committed, polls_before = time.monotonic(), len(nitrite.sessions)
+    await nitrite.wait_for(lambda: doc_id in nitrite.docs, what="the SDK change at G3")
+    session, arrived = nitrite.arrived(doc_id) or (0, 0.0)
+    assert session <= polls_before + 1
+    g3_delay = arrived - committed
+
+    # G3 -> SDK: the next G3 session pushes it, and the live SDK replica has it at once.
+    polls_before = len(nitrite.sessions)
+    written = time.monotonic()
+    other = nitrite.put(title="from g3")
+    await nitrite.wait_for(lambda: own.get(other) is not None, what="the G3 change at the SDK")
+    sdk_delay = time.monotonic() - written
+    pushed_in = min(s.number for s in nitrite.sessions if other in s.pushed_ids)
+    assert pushed_in <= polls_before + 1
+    print(f"SDK->G3 {g3_delay:.2f} s, G3->SDK {sdk_delay:.2f} s (G3 polling period 1 s)")
+
+
+async def test_a_bad_token_and_a_wrong_user_segment_show_their_codes_to_g3(
+    g3: Callable[..., G3Replica],
+) -> None:
+    bad = g3("bad", token="not-a-token")
+    bad.start()
+    await bad.wait_for(lambda: len(bad.errors) >= 2, what="two polls refused")
+    assert bad.errors[0].startswith("DG-1001 failed to validate token")
+    assert bad.sessions[0].close_reason == bad.errors[0]
+    assert len(bad.errors[0]) <= 123
+    stranger = g3("stranger", user="someone-else")
+    await stranger.sync_once()
+    assert (stranger.errors[0] or "").startswith("DG-1003 user 'someone-else'")
+
+
+async def test_a_read_only_g3_users_refused_changes_end_as_the_servers_version(
+    g3: Callable[..., G3Replica], member: Any, issue_token: Any, notes: Any
+) -> None:
+    writer = g3("writer")
+    kept, doomed = writer.put(v="server"), writer.put(v="server too")
+    await writer.sync_once()
+    reader_token = await database_sync_to_async(issue_token)(
+        await database_sync_to_async(member)("reader", "reader"), "read write"
+    )
+    reader = g3("reader", user="reader", token=reader_token)
+    await reader.sync_once()
+    assert reader.fields(kept) == {"v": "server"}
+    # Offline, the reader edits one, deletes the other and makes a new one.
+    reader.put(kept, v="mine")
+    reader.remove(doomed)
+    mine = reader.put(v="new")
+    log = await reader.sync_once()
+    assert log.completed and not reader.ledger_added and not reader.ledger_removed
+    assert reader.fields(kept) == {"v": "server"}
+    assert mine not in reader.docs
+    assert reader.fields(doomed) == {"v": "server too"}
+    # A G3 replica pushes what it pulled again; a few sessions on, it pushes nothing and
+    # holds what the server holds.
+    for _ in range(3):
+        log = await reader.sync_once()
+    assert (log.pushed_docs, log.pushed_tombstones) == (0, 0)
+    stored = await database_sync_to_async(server_documents)(notes.pk)
+    assert {i: reader.fields(i) for i in reader.docs} == {i: d["body"] for i, d in stored.items()}
+    codes = await database_sync_to_async(
+        lambda: set(ErrorEvent.objects.values_list("code", flat=True))
+    )()
+    assert codes == {"DG-3002"}

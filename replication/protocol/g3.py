@@ -181,9 +181,10 @@ def corrections(
     session, every document whose `_modified` lies past the local marker it sent in this
     session's batch.end (`client_end`: its collection and tombstone markers). So:
 
-    - a refused write, the server holding a document: the server's document, verbatim when its
-      revision already beats the replica's; otherwise with the replica's revision + 1 and the
-      replica's own `_modified`, so that it wins there without being pushed back;
+    - a refused write, the server holding a document: nothing when it is that very version (a
+      read-only replica pushing back what it pulled); else the server's document, verbatim
+      when its revision already beats the replica's, otherwise with the replica's revision + 1
+      and the replica's own `_modified`, so that it wins there without being pushed back;
     - a refused write, the server holding nothing readable: a tombstone (the replica drops it);
     - a refused delete, the server holding a document: the document, with a `_modified` no
       older than the replica's tombstone counters (so it lands over the tombstone);
@@ -199,6 +200,8 @@ def corrections(
                 tombstone_map[doc_id] = pushed.modified if pushed.modified is not None else now_ms
             continue
         revision, modified = server.revision, server.modified
+        if not pushed.deleted and (pushed.revision, pushed.modified) == (revision, modified):
+            continue  # the replica pushed back the server's own version: it holds it already
         if pushed.deleted:
             modified = max(modified, end_tombs or now_ms)
         elif pushed.revision is not None and revision <= pushed.revision:
