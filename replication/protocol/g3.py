@@ -12,7 +12,7 @@ for any session; `shape` then projects each one onto its G3 key set. What else G
 here too, as pure functions: the receipt that acknowledges every id received
 (`receipt_of_feed`), incoming documents without the `_origin` a G3 replica carries back as
 a user field (`without_origin`), and the pull's corrections for refused changes
-(`corrections`, docs/decisions/0009-a-refused-g3-change-is-corrected-in-the-pull.md).
+(`corrections`, docs/decisions/0011-a-refused-g3-change-is-corrected-in-the-pull.md).
 
 No Django, no I/O.
 """
@@ -173,7 +173,7 @@ def corrections(
     now_ms: int,
 ) -> dict[str, Any]:
     """The pull chunk that brings a G3 replica back to the server's version of each id whose
-    change the server refused (docs/decisions/0009).
+    change the server refused (docs/decisions/0011).
 
     G3 merges by revision first, then by a strictly greater `_modified`; a document arriving
     over a local tombstone only lands if its `_modified` is at least the tombstone's counter;

@@ -32,7 +32,7 @@ Rules (PROTOCOL.md section 4, docs/protocol.md):
    `rejected`, no `code`/`fatal`, no `_origin`, integer `nextOffset`s. A G3 receipt lists
    every id received; the changes the server refused are corrected in the pull: before its
    batch.end the session reads the server's version of each refused id (`ReadVersions`) and
-   sends it in one more chunk (docs/decisions/0009-a-refused-g3-change-is-corrected-in-the-pull.md).
+   sends it in one more chunk (docs/decisions/0011-a-refused-g3-change-is-corrected-in-the-pull.md).
 
 Every (state, message type) pair is either a transition in `TRANSITIONS` or a protocol error
 DG-2006 that names the message and the state (fatal, 4409). After ConnectAck, a frame that is
