@@ -36,9 +36,11 @@ from datagate_site import metrics
 from replication import services
 from replication.changes import Version, version_to_wire
 from replication.conflicts import WRITE
+from replication.door import printable, unencodable
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.protocol.messages import encode_served, served_feed
 from replication.selectors import changes_since, collection_position, feed_from_changes
 from search.selectors import search_documents
 
@@ -98,6 +100,21 @@ def wire_document(doc: Document) -> dict[str, Any]:
     return version_to_wire(
         Version(doc.doc_id, WRITE, doc.modified, doc.revision, doc.origin, doc.body)
     )
+
+
+def served(feed: dict[str, Any], request: Request, collection: Collection) -> dict[str, Any]:
+    """`feed` without stored documents that cannot be encoded, recorded as DG-5005 (one bad
+    row never makes a page answer 500: docs/decisions/0011)."""
+    _, skipped = encode_served({"feed": feed})
+    if not skipped:
+        return feed
+    services.unservable_record(
+        collection_id=collection.pk,
+        skipped=skipped,
+        via=f"{request.method} {request.path}"[:200],
+        user_id=request.user.pk,
+    )
+    return served_feed(feed)[0]
 
 
 # --- resolving the URL's tenant and collection for the caller -------------------------------
@@ -219,6 +236,7 @@ class DocumentListView(APIView):
             user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
         )
         documents = [wire_document(d) for d in page if allowed is None or allowed(d.doc_id)]
+        documents = served({"changeSet": documents}, request, found)["changeSet"]
         next_after = page[-1].doc_id if len(page) == limit else None
         return Response({"documents": documents, "next": next_after})
 
@@ -246,7 +264,13 @@ class DocumentView(APIView):
         )
         if allowed is not None and not allowed(doc_id):
             raise DataGateError(ErrorCode.NOT_FOUND, what=f"document {doc_id[:64]!r}")
-        return Response(wire_document(doc), headers={"ETag": f'"{doc.revision}"'})
+        wire = wire_document(doc)
+        reason = unencodable(wire)
+        if reason is not None:
+            raise DataGateError(
+                ErrorCode.UNSERVABLE_SKIPPED, doc_id=printable(doc_id), reason=reason
+            )
+        return Response(wire, headers={"ETag": f'"{doc.revision}"'})
 
     @extend_schema(
         operation_id="documents_put",
@@ -405,7 +429,7 @@ class ChangesView(APIView):
             next_url = request.build_absolute_uri(f"{request.path}?{urlencode(query)}")
         return Response(
             {
-                "feed": feed_from_changes(changes),
+                "feed": served(feed_from_changes(changes), request, found),
                 "reset": reset,
                 "startMarkers": Markers(after_seq, epoch).to_wire(),
                 "endMarkers": end.to_wire(),

@@ -16,7 +16,6 @@ or not (the form shows why; the write service itself refuses it, for the acting 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ from console import selectors
 from console.dashboard import dashboard_data
 from console.errorsdoc import errors_doc_html
 from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm, ReplicaFilterForm
+from replication.door import display_json
 from replication.doorbell import replica_disconnect_request
 from replication.maintenance import (
     journal_prune_all,
@@ -417,7 +417,7 @@ def document_edit(request: HttpRequest, tenant: str, collection: str) -> HttpRes
         form = DocumentForm(
             initial={
                 "doc_id": doc_id,
-                "body": json.dumps(document.body, indent=2, ensure_ascii=False, sort_keys=True),
+                "body": display_json(document.body, indent=2),
                 "expected_revision": document.revision,
             }
         )

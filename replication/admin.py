@@ -6,6 +6,7 @@ from replication.models import (
     ErrorEvent,
     JournalEntry,
     MaintenanceRun,
+    QuarantinedDocument,
     Replica,
     Tombstone,
 )
@@ -142,6 +143,21 @@ class MaintenanceRunAdmin(admin.ModelAdmin):
         "result",
         "error",
     ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(QuarantinedDocument)
+class QuarantinedDocumentAdmin(admin.ModelAdmin):
+    """What `datagate_quarantine` took out (docs/maintenance.md): read-only evidence."""
+
+    list_display = ["doc_id", "collection", "reason", "action", "revision", "quarantined_at"]
+    list_filter = ["reason", "action", "collection__tenant"]
+    search_fields = ["doc_id"]
 
     def has_add_permission(self, request):
         return False

@@ -28,7 +28,7 @@ from replication.live import FeedBlock, LiveHub, get_hub
 from replication.markers import Markers
 from replication.protocol import machine as mc
 from replication.protocol.errors import DataGateError, ErrorCode
-from replication.protocol.messages import encode, parse_message, splice
+from replication.protocol.messages import encode, encode_served, parse_message, splice
 from replication.selectors import Change
 from replication.session_access import SessionAccess, access_baseline
 
@@ -165,7 +165,10 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             # must go out at once, or it could arrive after the next one.
             await self._applied()
         if isinstance(effect, mc.Send):
-            await self._send_text(encode(effect.message))
+            text, skipped = encode_served(effect.message)
+            if skipped:
+                await self._unservable(skipped)
+            await self._send_text(text)
             return []
         if isinstance(effect, mc.ReportError):
             await self._report(effect.error)
@@ -333,6 +336,23 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         if read_filter is not None:
             changes = [change for change in changes if read_filter(change.doc_id)]
         return selectors.feed_from_changes(changes)
+
+    async def _unservable(self, skipped: list[tuple[str, str]]) -> None:
+        """Stored documents left out of a frame (DG-5005): an error event, never a close."""
+        grant = self.grant
+        if grant is None:
+            return
+        metrics.error_record(code=ErrorCode.UNSERVABLE_SKIPPED.code)
+        try:
+            await database_sync_to_async(services.unservable_record)(
+                collection_id=grant.collection_id,
+                skipped=skipped,
+                via="websocket",
+                user_id=grant.user.pk,
+                replica_pk=grant.replica_pk,
+            )
+        except Exception:
+            logger.warning("could not record the documents left out", exc_info=True)
 
     async def _report(self, error: DataGateError) -> None:
         metrics.error_record(code=error.code)

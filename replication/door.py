@@ -169,14 +169,45 @@ def _holds_nul(value: Any) -> bool:
     return False
 
 
-def servable(body: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> str | None:
-    """Why a stored body cannot be served (a short reason), or None if it can.
+def door_refusal(body: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> str | None:
+    """The code the door would refuse a stored body with (size aside), or None.
 
-    The same rules as the door, without the size limit (a stored row that is large still goes
-    out in a frame of its own). Used by `datagate_verify` and when a page cannot be encoded.
+    `datagate_verify` reports such rows (DG-7108): written before the door existed, or by hand.
     """
     try:
         document_text(body, doc_id="", limits=DoorLimits(max_depth, 1 << 62))
     except DataGateError as error:
         return error.code
     return None
+
+
+def unencodable(value: Any) -> str | None:
+    """Why `value` cannot go out in a frame (a short reason), or None if it can.
+
+    Only what breaks the encoding: a lone surrogate (no UTF-8 for it), NaN or Infinity (not
+    JSON), nesting too deep for the encoder. NUL and deep-but-encodable nesting do go out.
+    """
+    try:
+        _encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate"
+    except ValueError:
+        return "NaN or Infinity"
+    except RecursionError:
+        return "nesting too deep"
+    except TypeError:
+        return "a value that is not JSON"
+    return None
+
+
+def display_json(value: Any, *, indent: int | None = None) -> str:
+    """JSON text for people (the console): unencodable text shown as `\\ud800` escapes."""
+    try:
+        text = json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=True)
+        text.encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError, TypeError):
+        try:
+            return json.dumps(value, indent=indent, ensure_ascii=True, sort_keys=True)
+        except (ValueError, RecursionError, TypeError):
+            return "(this document cannot be shown: run datagate_verify)"
+    return text

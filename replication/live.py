@@ -49,7 +49,7 @@ from replication.doorbell import (
     collection_group,
 )
 from replication.markers import Markers
-from replication.protocol.messages import encode_body
+from replication.protocol.messages import encode_served
 from replication.selectors import Change
 
 logger = logging.getLogger(__name__)
@@ -188,13 +188,17 @@ class CollectionFeed:
             )
             if page.covered <= self.position:
                 return
-            body = encode_body(
+            body, skipped = encode_served(
                 {
                     "feed": selectors.feed_from_changes(page.changes),
                     "startMarkers": Markers(self.position, page.epoch).to_wire(),
                     "endMarkers": Markers(page.covered, page.epoch).to_wire(),
                 }
             )
+            if skipped:  # stored rows that cannot be encoded: left out, never a dead feed
+                await database_sync_to_async(services.unservable_record)(
+                    collection_id=self.collection_id, skipped=skipped, via="live feed"
+                )
             block = FeedBlock(
                 self.collection_id, self.position, page.covered, page.epoch, page.changes, body
             )

@@ -108,6 +108,33 @@ class Tombstone(models.Model):
         return self.doc_id
 
 
+class QuarantinedDocument(models.Model):
+    """A stored document that could not be served, as `datagate_quarantine` found it.
+
+    Rows written before the document door existed (or by hand) that a frame cannot carry: a
+    lone surrogate, NaN, nesting too deep, an id outside the rules. The body is kept as
+    ASCII-escaped JSON text, which both backends store whatever it holds; the document itself
+    was repaired or deleted through the services (docs/maintenance.md).
+    """
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="quarantined")
+    doc_id = models.CharField(max_length=ID_MAX_LENGTH * 8, help_text="escaped where needed")
+    body_text = models.TextField(help_text="the stored body, as ASCII-escaped JSON")
+    revision = models.PositiveIntegerField()
+    modified = models.BigIntegerField()
+    origin = models.CharField(max_length=ID_MAX_LENGTH * 8, blank=True)
+    seq = models.BigIntegerField()
+    reason = models.CharField(max_length=8, help_text="the door's code: DG-4002, DG-4010..4012")
+    action = models.CharField(max_length=16, help_text="repaired, deleted or removed")
+    quarantined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["collection", "quarantined_at"], name="quarantine_coll")]
+
+    def __str__(self) -> str:
+        return f"{self.doc_id} ({self.reason}, {self.action})"
+
+
 class RangeBucket(models.Model):
     """The summary of one fixed range of the id-hash space: how many documents and tombstones
     it holds and the XOR of their version hashes (replication/protocol/ranges.py).

@@ -877,6 +877,35 @@ def error_event_record(
     )
 
 
+def unservable_record(
+    *,
+    collection_id: int,
+    skipped: Sequence[tuple[str, str]],
+    via: str,
+    user_id: int | None = None,
+    replica_pk: int | None = None,
+) -> None:
+    """Record DG-5005: stored documents left out of a frame or page because they cannot be
+    encoded (docs/decisions/0011). One event per page; `datagate_verify` finds the rows."""
+    if not skipped:
+        return
+    names = Collection.objects.filter(pk=collection_id).values_list("tenant__slug", "name").first()
+    tenant, name = names if names is not None else ("", "")
+    doc_id, reason = skipped[0]
+    error_event_record(
+        error=DataGateError(ErrorCode.UNSERVABLE_SKIPPED, doc_id=doc_id, reason=reason),
+        user_id=user_id,
+        replica_pk=replica_pk,
+        tenant=tenant,
+        collection=name,
+        context={
+            "via": via,
+            "skipped": len(skipped),
+            "ids": [[doc, why] for doc, why in skipped[:20]],
+        },
+    )
+
+
 # --- replication sessions (docs/protocol.md): what the websocket consumer does in the database
 
 

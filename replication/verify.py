@@ -10,6 +10,7 @@ Read-only. Each broken invariant is reported as a `DataGateError` with its own 7
   DG-7105  the journal entry at that seq records another id, revision or operation
   DG-7106  purge_seq or journal_pruned_seq is above last_seq
   DG-7107  a range summary bucket differs from the rows it summarises
+  DG-7108  a stored document the document door would refuse (it cannot be served)
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any
 
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
+from replication.door import printable
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
 from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.ranges import hash_to_wire
+from replication.quarantine import unservable_rows
 from replication.ranges import ranges_mismatches
 
 DEFAULT_LIMIT = 20
@@ -134,6 +137,13 @@ def collection_verify(*, collection_id: int, limit: int = DEFAULT_LIMIT) -> Veri
     for doc_id in found.sample(ErrorCode.LIVE_AND_TOMBSTONED, both.order_by("doc_id")):
         found.add(ErrorCode.LIVE_AND_TOMBSTONED, collection=name, doc_id=doc_id)
 
+    for row in unservable_rows(collection_id=collection_id):
+        found.add(
+            ErrorCode.UNSERVABLE_STORED,
+            collection=name,
+            doc_id=printable(row.doc_id),
+            reason=row.reason + (" (tombstone)" if row.tombstone else ""),
+        )
     _check_journal(found, name, collection, documents, Operation.PUT, "document")
     _check_journal(found, name, collection, tombstones, Operation.DELETE, "tombstone")
     for bucket, stored, actual in ranges_mismatches(collection_id):

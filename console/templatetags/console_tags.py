@@ -18,9 +18,9 @@ def thousands(value: Any) -> str:
 
 @register.filter
 def pretty_json(value: Any) -> str:
-    import json
+    from replication.door import display_json
 
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return display_json(value, indent=2)
 
 
 @register.filter

@@ -32,6 +32,7 @@ from pydantic import (
     ValidationError,
 )
 
+from replication.door import printable, unencodable
 from replication.markers import Markers
 from replication.protocol.envelope import Header, decode_frame, make_header
 from replication.protocol.errors import DataGateError, ErrorCode
@@ -304,6 +305,52 @@ def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
+_strict = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def encode_served(message: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+    """A frame carrying stored documents, and the (id, reason) of those left out of it.
+
+    Nothing stored may stop a pull or a feed (docs/decisions/0011): a stored document that
+    cannot be encoded (a lone surrogate, NaN, written before the door existed) is left out of
+    the frame and named, so the caller records DG-5005; the markers still move past it. The
+    check is one strict UTF-8 encoding of the frame text; documents are looked at one by one
+    only when the whole frame fails.
+    """
+    try:
+        text = _strict(message)
+        text.encode("utf-8")
+        return text, []
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        feed = message.get("feed")
+        if not isinstance(feed, dict):
+            raise
+    kept, skipped = served_feed(feed)
+    text = _strict({**message, "feed": kept})
+    text.encode("utf-8")
+    return text, skipped
+
+
+def served_feed(feed: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """`feed` without the documents and tombstones that cannot be encoded, and those left out."""
+    skipped: list[tuple[str, str]] = []
+    change_set = []
+    for doc in feed.get("changeSet") or []:
+        reason = unencodable(doc)
+        if reason is None:
+            change_set.append(doc)
+        else:
+            skipped.append((printable(str(doc.get("_id", ""))), reason))
+    tombstones = {}
+    for doc_id, stamp in (feed.get("tombstoneMap") or {}).items():
+        reason = unencodable(doc_id)
+        if reason is None:
+            tombstones[doc_id] = stamp
+        else:
+            skipped.append((printable(doc_id), reason))
+    return {**feed, "changeSet": change_set, "tombstoneMap": tombstones}, skipped
+
+
 def encode_body(body: dict[str, Any]) -> str:
     """A body without header, encoded once so many sessions can share it (see `splice`)."""
     return encode(body)
@@ -338,6 +385,7 @@ __all__ = [
     "Message",
     "encode",
     "encode_body",
+    "encode_served",
     "make_header",
     "parse_message",
     "splice",
