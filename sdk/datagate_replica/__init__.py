@@ -11,7 +11,15 @@ Imports nothing of the server; depends on `websockets` and the standard library.
 
 from datagate_replica.clock import HybridClock, incoming_wins, version_key
 from datagate_replica.replica import AsyncReplica, Replica
-from datagate_replica.store import Change, Markers, RejectedChange, Store, StoreError, Version
+from datagate_replica.store import (
+    Change,
+    DocumentTooLarge,
+    Markers,
+    RejectedChange,
+    Store,
+    StoreError,
+    Version,
+)
 from datagate_replica.sync import AuthenticationError, SessionReport, SyncEngine, SyncError
 
 __version__ = "0.1.0"
@@ -20,6 +28,7 @@ __all__ = [
     "AsyncReplica",
     "AuthenticationError",
     "Change",
+    "DocumentTooLarge",
     "HybridClock",
     "Markers",
     "RejectedChange",

@@ -77,7 +77,10 @@ class AsyncReplica:
     def put(
         self, doc_id: str, fields: Mapping[str, Any] | None = None, **more: Any
     ) -> dict[str, Any]:
-        """Write a document (its fields replace the old ones); returns it with its meta fields."""
+        """Write a document (its fields replace the old ones); returns it with its meta fields.
+
+        Raises `DocumentTooLarge` (a `StoreError`) when the fields cannot fit in one frame of
+        the server (`max_frame_bytes`, learned from the server's DG-2007 too)."""
         version = self.store.local_put(doc_id, {**(fields or {}), **more})
         self._after_local(Change(doc_id, "local", version))
         return version.to_document()
@@ -158,6 +161,7 @@ class AsyncReplica:
             "documents": counts["documents"],
             "tombstones": counts["tombstones"],
             "journal": counts["journal"],
+            "frame_limit": self.store.frame_limit(),
             "rejected": [
                 {"id": r.version.doc_id, "code": r.code, "error": r.error}
                 for r in self.store.rejected()

@@ -11,7 +11,12 @@ draws the replica id (the `origin` it writes with), which never changes afterwar
   was edited again while in flight does not drop the newer edit.
 - `rejected`: local changes the server refused, with its code and text. They leave the journal
   (the server would refuse them again) and are reported instead of retried.
-- `meta`: the replica id, the binding, the stored server markers, the clock's highest time seen.
+- `meta`: the replica id, the binding, the stored server markers, the clock's highest time seen,
+  the server's frame limit (configured, or learned from a DG-2007).
+
+A change must fit in one websocket frame to be pushed: `local_put` refuses a document whose
+fields encode to more than the frame limit less `FRAME_RESERVE_BYTES` (`DocumentTooLarge`),
+the size the server refuses with DG-4013.
 
 Every write is one transaction (`BEGIN IMMEDIATE`), so a crash leaves either all of a step or
 none of it. The file runs in WAL mode; other processes (the command line) may use it at the same
@@ -35,6 +40,10 @@ from datagate_replica.clock import DELETE, WRITE, HybridClock, VersionKey, versi
 
 ID_MAX_LENGTH = 128
 SCHEMA_VERSION = "1"
+# The server's DATAGATE_MAX_FRAME_BYTES by default, and what a frame holds besides one
+# document's fields (header, meta fields, the feed's keys): the server's own reserve.
+DEFAULT_FRAME_BYTES = 1024 * 1024
+FRAME_RESERVE_BYTES = 4096
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,8 +64,29 @@ CREATE TABLE IF NOT EXISTS rejected (
 """
 
 
+def max_document_bytes(frame_limit: int) -> int:
+    """The largest encoded document (its fields) that fits a frame of `frame_limit` bytes."""
+    return max(frame_limit - FRAME_RESERVE_BYTES, frame_limit // 2)
+
+
+def encoded_size(body: Mapping[str, Any] | None) -> int:
+    """Bytes of `body` as it travels (compact JSON, UTF-8), as the server measures it."""
+    text = json.dumps(body or {}, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise StoreError(
+            "fields must be valid Unicode text (a lone surrogate cannot be sent)"
+        ) from None
+
+
 class StoreError(Exception):
     """The local file cannot be used as asked (bound to another collection, bad input)."""
+
+
+class DocumentTooLarge(StoreError):
+    """A document whose fields cannot fit in one websocket frame: the server could never take
+    it (DG-2007 for the frame, DG-4013 for the document), so `put` refuses it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,10 +454,32 @@ class Store:
         self._set_meta("clock_seen", self.clock.seen)
         return stamp
 
+    # -- the server's frame limit ----------------------------------------------------------
+
+    def frame_limit(self) -> int:
+        """The server's DATAGATE_MAX_FRAME_BYTES as this replica knows it."""
+        return int(self._meta("frame_limit") or DEFAULT_FRAME_BYTES)
+
+    def frame_limit_store(self, limit: int) -> None:
+        with self.transaction():
+            self._set_meta("frame_limit", int(limit))
+
+    def max_document_bytes(self) -> int:
+        return max_document_bytes(self.frame_limit())
+
     def local_put(self, doc_id: str, fields: Mapping[str, Any]) -> Version:
-        """Write a document here: next revision, a fresh stamp, journaled for the server."""
+        """Write a document here: next revision, a fresh stamp, journaled for the server.
+
+        Raises DocumentTooLarge when its fields cannot fit in one frame of the server."""
         doc_id = check_doc_id(doc_id)
         body = check_body(fields)
+        size, most = encoded_size(body), self.max_document_bytes()
+        if size > most:
+            raise DocumentTooLarge(
+                f"document {doc_id!r} encodes to {size} bytes; a change must fit in one "
+                f"websocket frame: at most {most} bytes (the server's frame limit "
+                f"{self.frame_limit()} less {FRAME_RESERVE_BYTES})"
+            )
         with self.transaction():
             held = self._held(doc_id)
             if held is not None:
@@ -512,35 +564,59 @@ class Store:
                 doc_id = entry.get("id") if isinstance(entry, Mapping) else None
                 if not isinstance(doc_id, str) or doc_id not in sent:
                     continue
-                row = self._db.execute(
-                    "SELECT kind, body, revision, modified, origin FROM journal "
-                    "WHERE doc_id = ? AND change_no = ?",
-                    (doc_id, sent[doc_id]),
-                ).fetchone()
-                if row is None:
-                    continue
                 code, error = str(entry.get("code") or ""), str(entry.get("error") or "")
-                self._db.execute(
-                    "INSERT INTO rejected (doc_id, kind, body, revision, modified, origin, "
-                    "code, error, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(doc_id) DO UPDATE SET kind = excluded.kind, "
-                    "body = excluded.body, revision = excluded.revision, "
-                    "modified = excluded.modified, origin = excluded.origin, "
-                    "code = excluded.code, error = excluded.error, "
-                    "rejected_at = excluded.rejected_at",
-                    (doc_id, *row, code, error, at_ms),
-                )
-                self._db.execute("DELETE FROM journal WHERE doc_id = ?", (doc_id,))
-                version = Version(
-                    doc_id,
-                    row[0],
-                    row[3],
-                    row[2],
-                    row[4],
-                    None if row[1] is None else json.loads(row[1]),
-                )
-                result.rejected.append(RejectedChange(version, code, error, at_ms))
+                rejected = self._reject(doc_id, sent[doc_id], code, error, at_ms)
+                if rejected is not None:
+                    result.rejected.append(rejected)
         return result
+
+    def reject_pending(
+        self, doc_id: str, change_no: int, *, code: str, error: str, at_ms: int = 0
+    ) -> RejectedChange | None:
+        """Move a journal entry to `rejected` without a receipt (a change that can never be
+        sent: too large for a frame, or a frame the server refused on its own)."""
+        with self.transaction():
+            return self._reject(doc_id, change_no, code, error, at_ms)
+
+    def suspects(self) -> set[int]:
+        """Journal entries (change_no) that were in a frame the server refused as a whole:
+        the engine sends each alone until it is settled or rejected."""
+        return set(json.loads(self._meta("suspects") or "[]"))
+
+    def suspects_store(self, change_nos: Iterable[int]) -> None:
+        with self.transaction():
+            self._set_meta("suspects", json.dumps(sorted(change_nos)))
+
+    def _reject(
+        self, doc_id: str, change_no: int, code: str, error: str, at_ms: int
+    ) -> RejectedChange | None:
+        row = self._db.execute(
+            "SELECT kind, body, revision, modified, origin FROM journal "
+            "WHERE doc_id = ? AND change_no = ?",
+            (doc_id, change_no),
+        ).fetchone()
+        if row is None:
+            return None
+        self._db.execute(
+            "INSERT INTO rejected (doc_id, kind, body, revision, modified, origin, "
+            "code, error, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(doc_id) DO UPDATE SET kind = excluded.kind, "
+            "body = excluded.body, revision = excluded.revision, "
+            "modified = excluded.modified, origin = excluded.origin, "
+            "code = excluded.code, error = excluded.error, "
+            "rejected_at = excluded.rejected_at",
+            (doc_id, *row, code, error, at_ms),
+        )
+        self._db.execute("DELETE FROM journal WHERE doc_id = ?", (doc_id,))
+        version = Version(
+            doc_id,
+            row[0],
+            row[3],
+            row[2],
+            row[4],
+            None if row[1] is None else json.loads(row[1]),
+        )
+        return RejectedChange(version, code, error, at_ms)
 
     def rejected(self) -> list[RejectedChange]:
         rows = self._read(

@@ -14,7 +14,14 @@ What makes it safe to stop anywhere (a crash, a killed server, a lost network):
   not hold are dropped; if the server went back in time (its epoch changed, or its position is
   behind ours) what we hold that the snapshot lacks or has older is journaled and pushed again;
 - a live feed whose marker range does not start where we are is a gap: the session ends and
-  the next one resumes from the stored markers.
+  the next one resumes from the stored markers;
+- a change the server cannot take never blocks the rest of the journal: one too large for a
+  frame is refused at `put` or, already journaled, rejected here with DG-4013; when the server
+  closes the session over a frame (DG-2007, a bad change it could not read), the changes of
+  the frames in flight become suspects, sent one per frame with one frame in flight, and a
+  suspect the server refuses alone is rejected with the server's code. Rejected changes are
+  kept with their code (`Store.rejected`, `status`), so a live replica does not reconnect
+  in a loop.
 
 `SyncEngine.run()` keeps a live session up, reconnecting with exponential back-off and jitter.
 """
@@ -26,6 +33,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -38,7 +46,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from datagate_replica.clock import DELETE, WRITE, VersionKey
-from datagate_replica.store import Change, Markers, PendingChange, RejectedChange, Store, Version
+from datagate_replica.store import (
+    Change,
+    Markers,
+    PendingChange,
+    RejectedChange,
+    Store,
+    StoreError,
+    Version,
+    encoded_size,
+)
 
 log = logging.getLogger("datagate_replica")
 
@@ -56,7 +73,25 @@ FEED_ACK = "no2.sync.feed.ack"
 
 # Close codes after which trying again with the same token cannot help.
 CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_FRAME_TOO_LARGE = 1009
 ID_MAX_LENGTH = 128
+FRAME_TOO_LARGE = "DG-2007"
+DOCUMENT_TOO_LARGE = "DG-4013"
+# Fatal errors that a frame we sent causes by what it holds (docs/errors.md): not JSON, an
+# invalid message, too large, too deep, a change the server could not read.
+FRAME_FAULTS = frozenset({"DG-2001", "DG-2004", FRAME_TOO_LARGE, "DG-2009"})
+# DG-2007's text names the server's limit: "... exceeds the limit of N bytes".
+LIMIT_IN_TEXT = re.compile(r"limit of (\d+) bytes")
+META_BYTES = 512  # a change's meta fields and its share of the frame's keys, in a chunk
+
+
+def frame_fault(error: SyncError) -> bool:
+    """Whether the server ended the session over the content of a frame we sent."""
+    return (
+        error.close_code == CLOSE_FRAME_TOO_LARGE
+        or error.code in FRAME_FAULTS
+        or error.code.startswith("DG-4")
+    )
 
 
 class SyncError(Exception):
@@ -94,6 +129,10 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
     """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     ceiling = min(cap, base * (2 ** min(attempt, 30)))
     return rng.uniform(ceiling / 2, ceiling)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def check_url(url: str) -> str:
@@ -190,6 +229,7 @@ class _Session:
         self.origin = origin
         self.transaction_id = str(uuid.uuid4())
         self.user_name: str | None = None
+        self.last_size = 0  # bytes of the last frame sent
 
     async def send(
         self, message_type: str, *, correlation_id: str | None = None, **body: Any
@@ -206,7 +246,10 @@ class _Session:
             "messageType": message_type,
             "origin": self.origin,
         }
-        await self.ws.send(json.dumps({"header": header, **body}, separators=(",", ":")))
+        # UTF-8 as the server measures it (not \u escapes, which can take six bytes a letter).
+        text = json.dumps({"header": header, **body}, ensure_ascii=False, separators=(",", ":"))
+        self.last_size = len(text.encode("utf-8"))
+        await self.ws.send(text)
         return message_id
 
     async def receive(self, seconds: float | None) -> dict[str, Any]:
@@ -308,8 +351,11 @@ class SyncEngine:
         on_push_progress: ProgressListener | None = None,
         on_retry: RetryListener | None = None,
         rng: random.Random | None = None,
+        max_frame_bytes: int | None = None,
     ) -> None:
         self.store = store
+        if max_frame_bytes is not None:  # the server's DATAGATE_MAX_FRAME_BYTES, if not 1 MiB
+            store.frame_limit_store(max_frame_bytes)
         self.url = url.rstrip("/")
         self.tenant = tenant
         self.collection = collection
@@ -333,6 +379,9 @@ class SyncEngine:
         self.last_error: SyncError | None = None
         self._wake = asyncio.Event()
         self._live_event = asyncio.Event()
+        # Frames sent and not answered yet: message id -> (bytes, {doc id: change_no}).
+        self._unacked: dict[str, tuple[int, dict[str, int]]] = {}
+        self._suspects: set[int] = store.suspects()
 
     @property
     def endpoint(self) -> str:
@@ -354,6 +403,7 @@ class SyncEngine:
     async def session(self, *, live: bool, stop: asyncio.Event | None = None) -> SessionReport:
         """Connect, push, pull; with `live`, stay live until `stop` is set or the link drops."""
         report = SessionReport()
+        self._unacked = {}
         try:
             async with connect(
                 self.endpoint,
@@ -370,11 +420,50 @@ class SyncEngine:
         except (OSError, InvalidHandshake, InvalidURI) as exc:
             raise SyncError(f"cannot connect to {self.endpoint}: {exc}") from exc
         except ConnectionClosed as exc:
-            raise _closed_error(exc) from exc
+            error = _closed_error(exc)
+            self._after_fault(error, report)
+            raise error from exc
+        except SyncError as exc:
+            self._after_fault(exc, report)
+            raise
         finally:
             self.live = False
             self._live_event.clear()
         return report
+
+    def _after_fault(self, error: SyncError, report: SessionReport) -> None:
+        """After the server ended a session over a frame we sent, make sure the next session
+        does not send the same frame again (the module docstring)."""
+        if not frame_fault(error):
+            return
+        if error.code == FRAME_TOO_LARGE or error.close_code == CLOSE_FRAME_TOO_LARGE:
+            found = LIMIT_IN_TEXT.search(str(error))
+            if found is not None and int(found.group(1)) < self.store.frame_limit():
+                self.store.frame_limit_store(int(found.group(1)))
+        frames = list(self._unacked.values())
+        self._unacked = {}
+        if len(frames) == 1 and len(frames[0][1]) == 1:
+            # One frame in flight, one change in it: the server refused that change.
+            doc_id, change_no = next(iter(frames[0][1].items()))
+            code = error.code or FRAME_TOO_LARGE
+            rejected = self.store.reject_pending(
+                doc_id, change_no, code=code, error=str(error), at_ms=_now_ms()
+            )
+            if rejected is not None:
+                report.rejected.append(rejected)
+                log.warning("the server refused %r on its own: %s", doc_id, error)
+            self._suspects.discard(change_no)
+        else:
+            for _, sent in frames:
+                self._suspects.update(sent.values())
+        self.store.suspects_store(self._suspects)
+
+    def _settled(self, message_id: str | None) -> None:
+        """A frame was answered: its changes are no longer suspect."""
+        frame = self._unacked.pop(message_id or "", None)
+        if frame is not None and self._suspects & set(frame[1].values()):
+            self._suspects.difference_update(frame[1].values())
+            self.store.suspects_store(self._suspects)
 
     async def _run_session(
         self, conn: _Session, report: SessionReport, *, live: bool, stop: asyncio.Event | None
@@ -422,16 +511,50 @@ class SyncEngine:
 
     # -- push -------------------------------------------------------------------------------
 
-    def _next_chunk(self, after: int) -> list[PendingChange]:
-        """The next journal entries to send: at most push_chunk_size, about push_chunk_bytes."""
+    def _next_chunk(self, after: int, report: SessionReport) -> list[PendingChange]:
+        """The next journal entries to send: at most push_chunk_size, about push_chunk_bytes,
+        and never more than fits in one frame of the server. A change too large for any frame
+        is rejected here (DG-4013); a suspect goes alone."""
+        most = self.store.max_document_bytes()
+        budget = min(self.push_chunk_bytes, most)
         chunk: list[PendingChange] = []
         size = 0
-        for change in self.store.journal(limit=self.push_chunk_size, after=after):
-            size += len(json.dumps(change.version.body or {})) + 100
-            if chunk and (size > self.push_chunk_bytes or len(chunk) >= self.push_chunk_size):
-                break
-            chunk.append(change)
+        while not chunk:
+            pending = self.store.journal(limit=self.push_chunk_size, after=after)
+            if not pending:
+                return chunk
+            for change in pending:
+                after = change.change_no
+                try:
+                    body_size = encoded_size(change.version.body)
+                except StoreError as exc:  # written before this check existed
+                    self._reject_local(change, "DG-4010", str(exc), report)
+                    continue
+                if body_size > most:
+                    detail = (
+                        f"{DOCUMENT_TOO_LARGE} {change.version.doc_id!r} encodes to {body_size} "
+                        f"bytes; a change must fit in one frame: at most {most} bytes"
+                    )
+                    self._reject_local(change, DOCUMENT_TOO_LARGE, detail, report)
+                    continue
+                alone = change.change_no in self._suspects
+                size += body_size + META_BYTES
+                if chunk and (alone or size > budget or len(chunk) >= self.push_chunk_size):
+                    return chunk
+                chunk.append(change)
+                if alone:
+                    return chunk
         return chunk
+
+    def _reject_local(
+        self, change: PendingChange, code: str, error: str, report: SessionReport
+    ) -> None:
+        rejected = self.store.reject_pending(
+            change.version.doc_id, change.change_no, code=code, error=error, at_ms=_now_ms()
+        )
+        if rejected is not None:
+            report.rejected.append(rejected)
+            log.warning("%s", error)
 
     async def _push(self, conn: _Session, report: SessionReport) -> None:
         """Send the journal in chunks, up to `push_window` ahead of their batch.acks."""
@@ -442,8 +565,10 @@ class SyncEngine:
         offset = 0
         exhausted = False
         while True:
-            while not exhausted and len(in_flight) < self.push_window:
-                chunk = self._next_chunk(after)
+            # With suspects, one frame in flight: a refusal then names its frame.
+            window = 1 if self._suspects else self.push_window
+            while not exhausted and len(in_flight) < window:
+                chunk = self._next_chunk(after, report)
                 if not chunk:
                     exhausted = True
                     break
@@ -458,6 +583,7 @@ class SyncEngine:
                     endMarkers=None,
                 )
                 in_flight[message_id] = sent
+                self._unacked[message_id] = (conn.last_size, sent)
                 after = chunk[-1].change_no
             if not in_flight:
                 return
@@ -466,7 +592,10 @@ class SyncEngine:
             if correlation is not None and correlation not in in_flight:
                 raise SyncError("a batch.ack answers no chunk in flight")
             # Acks come in order; one without a correlationId answers the oldest chunk.
-            sent = in_flight.pop(correlation) if correlation else in_flight.popitem(last=False)[1]
+            if not correlation:
+                correlation = next(iter(in_flight))
+            sent = in_flight.pop(correlation)
+            self._settled(correlation)
             settled = self.store.settle(
                 sent, reply.get("receipt") or {}, at_ms=time.time_ns() // 1_000_000
             )
@@ -580,13 +709,14 @@ class SyncEngine:
         `change_no` only grows, so everything up to the highest one sent is in flight or
         settled; an entry a receipt did not mention stays journaled for the next session.
         """
-        while len(inflight) < 4:
-            chunk = self._next_chunk(self._sent_upto)
+        while len(inflight) < (1 if self._suspects else 4):
+            chunk = self._next_chunk(self._sent_upto, SessionReport())
             if not chunk:
                 return
             feed, sent = feed_of(chunk)
             message_id = await conn.send(FEED, feed=feed)
             inflight[message_id] = sent
+            self._unacked[message_id] = (conn.last_size, sent)
             self._sent_upto = chunk[-1].change_no
 
     async def _on_live_message(
@@ -603,6 +733,7 @@ class SyncEngine:
             await conn.ws.close()
             return True
         if kind == FEED_ACK:
+            self._settled(header.get("correlationId"))
             sent = inflight.pop(header.get("correlationId") or "", None)
             if sent is not None:
                 settled = self.store.settle(
