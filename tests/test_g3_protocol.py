@@ -322,3 +322,65 @@ def test_shape_leaves_exactly_the_g3_keys_whatever_the_message_had(
         assert shaped["receipt"] == {"added": ["a"], "removed": []}
     if shaped.get("startMarkers") is not None:
         assert shaped["startMarkers"] == {"collectionMarker": 1, "tombstoneMarker": 2}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    change_set=st.lists(json_values | st.fixed_dictionaries({"_id": json_values}), max_size=6),
+    tombstones=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    next_offset=st.none() | st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_any_pushed_chunk_gets_a_g3_ack_listing_every_string_id(
+    change_set: list[Any], tombstones: dict[str, Any], next_offset: int | None
+) -> None:
+    session = connected()
+    effects = session.receive(
+        client(
+            m.BATCH_CONTINUE,
+            nextOffset=next_offset,
+            batchSize=10,
+            feed={"changeSet": change_set, "tombstoneMap": tombstones},
+        )
+    )
+    (apply,) = effects
+    (ack,) = sent([mc.Send(apply.reply)])
+    assert isinstance(ack["nextOffset"], int)
+    ids = [d["_id"] for d in change_set if isinstance(d, dict) and isinstance(d.get("_id"), str)]
+    assert ack["receipt"] == {"added": list(dict.fromkeys(ids)), "removed": list(tombstones)}
+    assert not any(isinstance(d, dict) and "_origin" in d for d in apply.feed["changeSet"])
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("ws/datagate/acme/todos/", {"tenant": "acme", "collection": "todos"}),
+        ("ws/datagate/acme/todos", {"tenant": "acme", "collection": "todos"}),
+        (
+            "ws/datagate/acme/todos/a@b.c/",
+            {"tenant": "acme", "collection": "todos", "user": "a@b.c"},
+        ),
+        (
+            "ws/datagate/acme/todos/a@b.c",
+            {"tenant": "acme", "collection": "todos", "user": "a@b.c"},
+        ),
+        ("ws/datagate/acme/todos/a/b", None),
+        ("ws/datagate/acme", None),
+    ],
+)
+def test_the_sync_urls_match_with_and_without_the_trailing_slash(
+    path: str, kwargs: dict[str, str] | None
+) -> None:
+    from replication.routing import websocket_urlpatterns
+
+    matches = [p.pattern.match(path) for p in websocket_urlpatterns]
+    found = [match[2] for match in matches if match]
+    assert found == ([kwargs] if kwargs else [])
