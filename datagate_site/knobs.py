@@ -104,7 +104,7 @@ KNOBS: tuple[Knob, ...] = (
         "ALLOWED_ORIGINS",
         "",
         str,
-        "Comma-separated websocket Origins browsers may connect from (empty: the allowed hosts).",
+        "Comma-separated websocket Origins browsers may connect from (empty: the server's own).",
     ),
 )
 

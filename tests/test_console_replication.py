@@ -28,7 +28,9 @@ def fast_passwords(settings: Any) -> None:
 
 async def live_replica(token: str, origin: str) -> WireReplica:
     communicator = WebsocketCommunicator(
-        application, "/ws/datagate/acme/notes/", headers=[(b"origin", b"http://testserver")]
+        application,
+        "/ws/datagate/acme/notes/",
+        headers=[(b"origin", b"http://testserver"), (b"host", b"testserver")],
     )
     connected, _ = await communicator.connect(timeout=10)
     assert connected

@@ -67,8 +67,10 @@ async def accept(scope: Any, receive: Any, send: Any) -> None:
         pass
 
 
-async def opens(origin: bytes | None) -> bool:
+async def opens(origin: bytes | None, host: bytes | None = b"sync.example.com") -> bool:
     headers = [(b"origin", origin)] if origin is not None else []
+    if host is not None:
+        headers.append((b"host", host))
     communicator = WebsocketCommunicator(WebsocketOriginCheck(accept), "/ws/x/", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     await communicator.disconnect()
@@ -95,8 +97,26 @@ async def test_websocket_origins_are_checked(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_origins_default_to_the_allowed_hosts(settings: Any) -> None:
+@pytest.mark.parametrize(
+    "origin,host,allowed",
+    [
+        (b"https://sync.example.com", b"sync.example.com", True),
+        (b"http://sync.example.com", b"sync.example.com", True),
+        (b"https://SYNC.example.com:443", b"sync.example.com", True),
+        (b"http://127.0.0.1:8000", b"127.0.0.1:8000", True),
+        (b"http://[::1]:8000", b"[::1]:8000", True),
+        (b"http://127.0.0.1:9000", b"127.0.0.1:8000", False),  # another port, another origin
+        (b"https://other.example.com", b"sync.example.com", False),
+        (b"https://sync.example.com.evil.net", b"sync.example.com", False),
+        (b"null", b"sync.example.com", False),  # a sandboxed page or a file
+        (b"https://sync.example.com", None, False),  # no Host: nothing to be the same as
+        (None, b"sync.example.com", True),  # no Origin: not a browser
+    ],
+)
+async def test_by_default_browsers_connect_only_from_the_servers_own_origin(
+    settings: Any, origin: bytes | None, host: bytes | None, allowed: bool
+) -> None:
+    """With DATAGATE_ALLOWED_ORIGINS unset, whatever DJANGO_ALLOWED_HOSTS says (default `*`)."""
     settings.DATAGATE = {**settings.DATAGATE, "ALLOWED_ORIGINS": ""}
-    settings.ALLOWED_HOSTS = ["sync.example.com"]
-    assert await opens(b"https://sync.example.com")
-    assert not await opens(b"https://other.example.com")
+    settings.ALLOWED_HOSTS = ["*"]
+    assert await opens(origin, host) is allowed
