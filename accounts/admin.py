@@ -1,6 +1,8 @@
+from typing import Any
+
 from django.contrib import admin
 
-from accounts.models import KeyRule, Membership, Tenant
+from accounts.models import AuditEntry, KeyRule, Membership, Tenant
 
 
 class MembershipInline(admin.TabularInline):
@@ -14,6 +16,21 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log, read-only: entries are written by the services (accounts/audit.py)."""
+
+    list_display = ["at", "actor_name", "tenant_slug", "action", "target"]
+    list_filter = ["action", "tenant"]
+    search_fields = ["actor_name", "target", "action"]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Membership)

@@ -134,3 +134,37 @@ class AccessMarker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} at {self.version}"
+
+
+class AuditEntry(models.Model):
+    """One operator action: who did what, when, to which object (accounts/audit.py writes it).
+
+    The services write it, in the transaction of the action, when they are called with an
+    actor (the console passes the signed-in user, the commands `System("command ...")`).
+    """
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The user who acted (empty for the server itself or a deleted user).",
+    )
+    actor_name = models.CharField(max_length=150, help_text="User name, or `system: purpose`.")
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+    )
+    tenant_slug = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=64, help_text="`token.revoke`, `collection.create`, …")
+    target = models.CharField(max_length=300, help_text="The object acted on, in words.")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["tenant", "-at"], name="audit_tenant_at")]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.target}"

@@ -26,10 +26,19 @@ from oauth2_provider.models import (
     set_token_value,
 )
 
-from accounts.access import ACTIONS, COLLECTION_PERMISSIONS, collection_lookup
+from accounts.access import ACTIONS, COLLECTION_PERMISSIONS, collection_lookup, collection_model
+from accounts.audit import audit_record
 from accounts.models import KeyRule, Membership, Role, RuleEffect, Tenant
 
 CLI_APPLICATION_NAME = "datagate-cli"
+
+
+def _audit(actor: Any, action: str, target: str, *, tenant: Tenant | None = None, **detail: Any):
+    """An audit entry when the caller named an actor (accounts/audit.py)."""
+    if actor is not None:
+        audit_record(actor=actor, action=action, target=target, tenant=tenant, detail=detail)
+
+
 KNOWN_SCOPES = frozenset(settings.OAUTH2_PROVIDER["SCOPES"])
 
 
@@ -42,12 +51,14 @@ def tenant_get_or_create(*, slug: str, name: str = "") -> Tenant:
     return tenant
 
 
-def membership_set(*, user: Any, tenant: Tenant, role: str) -> Membership:
+def membership_set(*, user: Any, tenant: Tenant, role: str, actor: Any = None) -> Membership:
     if role not in Role.values:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(Role.values)}")
-    membership, _ = Membership.objects.update_or_create(
-        user=user, tenant=tenant, defaults={"role": role}
-    )
+    with transaction.atomic():
+        membership, _ = Membership.objects.update_or_create(
+            user=user, tenant=tenant, defaults={"role": role}
+        )
+        _audit(actor, "member.set", f"{user.get_username()} as {role}", tenant=tenant, role=role)
     return membership
 
 
@@ -102,8 +113,12 @@ def token_pair_issue(
     with_refresh: bool = False,
     application: Any = None,
     family: uuid.UUID | None = None,
+    actor: Any = None,
+    tenant: Tenant | None = None,
 ) -> IssuedTokens:
-    """Issue an access token (and optionally a refresh token), stored the toolkit's way."""
+    """Issue an access token (and optionally a refresh token), stored the toolkit's way.
+
+    With an `actor`, the issue is audited (in `tenant`'s log when given)."""
     _check_scopes(scopes)
     lifetime = expires_in if expires_in is not None else settings.DATAGATE["ACCESS_TOKEN_TTL"]
     raw = secrets.token_urlsafe(32)
@@ -122,14 +137,26 @@ def token_pair_issue(
             )
             set_token_value(refresh, raw_refresh)
             refresh.save()
+        _audit(
+            actor,
+            "token.issue",
+            f"token #{access.pk} for {user.get_username()}",
+            tenant=tenant,
+            scope=" ".join(scopes),
+            token_id=access.pk,
+        )
     return IssuedTokens(
         access_token=raw, expires=expires, scope=" ".join(scopes), refresh_token=raw_refresh
     )
 
 
-def access_token_issue(*, user: Any, scopes: list[str], expires_in: int | None = None) -> str:
+def access_token_issue(
+    *, user: Any, scopes: list[str], expires_in: int | None = None, actor: Any = None
+) -> str:
     """Issue a fresh access token for `user` with `scopes`; return the raw token."""
-    return token_pair_issue(user=user, scopes=scopes, expires_in=expires_in).access_token
+    return token_pair_issue(
+        user=user, scopes=scopes, expires_in=expires_in, actor=actor
+    ).access_token
 
 
 def _checksum(raw: str) -> str:
@@ -232,33 +259,50 @@ def application_create(
 # --- tenants and users --------------------------------------------------------------------
 
 
-def tenant_create(*, slug: str, name: str = "") -> Tenant:
+def tenant_create(*, slug: str, name: str = "", actor: Any = None) -> Tenant:
     if Tenant.objects.filter(slug=slug).exists():
         raise ValueError(f"tenant {slug!r} already exists")
     tenant = Tenant(slug=slug, name=name or slug)
     tenant.full_clean()
-    tenant.save()
+    with transaction.atomic():
+        tenant.save()
+        _audit(actor, "tenant.create", f"tenant {slug}", tenant=tenant)
     return tenant
 
 
-def tenant_delete(*, slug: str) -> None:
+def tenant_delete(*, slug: str, actor: Any = None) -> None:
     """Delete a tenant with everything it holds (collections, documents, topics, rules)."""
-    deleted, _ = Tenant.objects.filter(slug=slug).delete()
-    if not deleted:
-        raise LookupError(f"no tenant {slug!r}")
+    with transaction.atomic():
+        deleted, _ = Tenant.objects.filter(slug=slug).delete()
+        if not deleted:
+            raise LookupError(f"no tenant {slug!r}")
+        _audit(actor, "tenant.delete", f"tenant {slug}")
 
 
-def user_create(*, username: str, password: str, email: str = "") -> Any:
+def user_create(
+    *,
+    username: str,
+    password: str,
+    email: str = "",
+    actor: Any = None,
+    tenant: Tenant | None = None,
+) -> Any:
     users = get_user_model()
     if users.objects.filter(username=username).exists():
         raise ValueError(f"user {username!r} already exists")
     if not password:
         raise ValueError("the password is empty")
-    return users.objects.create_user(username=username, password=password, email=email)
+    with transaction.atomic():
+        user = users.objects.create_user(username=username, password=password, email=email)
+        _audit(actor, "user.create", f"user {username}", tenant=tenant)
+    return user
 
 
-def membership_remove(*, user: Any, tenant: Tenant) -> bool:
-    deleted, _ = Membership.objects.filter(user=user, tenant=tenant).delete()
+def membership_remove(*, user: Any, tenant: Tenant, actor: Any = None) -> bool:
+    with transaction.atomic():
+        deleted, _ = Membership.objects.filter(user=user, tenant=tenant).delete()
+        if deleted:
+            _audit(actor, "member.remove", f"{user.get_username()}", tenant=tenant)
     return bool(deleted)
 
 
@@ -281,24 +325,66 @@ def _collection_required(*, tenant: Tenant, collection_name: str) -> Any:
 
 
 def collection_perm_grant(
-    *, tenant: Tenant, collection_name: str, perm: str, user: Any = None, group: Group | None = None
+    *,
+    tenant: Tenant,
+    collection_name: str,
+    perm: str,
+    user: Any = None,
+    group: Group | None = None,
+    create_collection: bool = False,
+    actor: Any = None,
 ) -> None:
-    """Grant `read`, `write` or `administer` on one collection to a user or a group."""
+    """Grant `read`, `write` or `administer` on one collection to a user or a group.
+
+    With `create_collection`, a collection that does not exist yet is created first (key rules
+    may name one before it exists; a grant then needs the row to hang on)."""
     from guardian.shortcuts import assign_perm
 
     codename = _permission(perm)
-    collection = _collection_required(tenant=tenant, collection_name=collection_name)
-    assign_perm(codename, _subject(user=user, group=group), collection)
+    subject = _subject(user=user, group=group)
+    with transaction.atomic():
+        if (
+            create_collection
+            and collection_lookup(tenant=tenant, collection_name=collection_name) is None
+        ):
+            model = collection_model()
+            model(tenant=tenant, name=collection_name).full_clean()
+            model.objects.get_or_create(tenant=tenant, name=collection_name)
+        collection = _collection_required(tenant=tenant, collection_name=collection_name)
+        assign_perm(codename, subject, collection)
+        _audit(
+            actor,
+            "grant.add",
+            f"{perm} on {tenant.slug}/{collection_name} to {_subject_words(user, group)}",
+            tenant=tenant,
+        )
 
 
 def collection_perm_revoke(
-    *, tenant: Tenant, collection_name: str, perm: str, user: Any = None, group: Group | None = None
+    *,
+    tenant: Tenant,
+    collection_name: str,
+    perm: str,
+    user: Any = None,
+    group: Group | None = None,
+    actor: Any = None,
 ) -> None:
     from guardian.shortcuts import remove_perm
 
     codename = _permission(perm)
     collection = _collection_required(tenant=tenant, collection_name=collection_name)
-    remove_perm(codename, _subject(user=user, group=group), collection)
+    with transaction.atomic():
+        remove_perm(codename, _subject(user=user, group=group), collection)
+        _audit(
+            actor,
+            "grant.remove",
+            f"{perm} on {tenant.slug}/{collection_name} from {_subject_words(user, group)}",
+            tenant=tenant,
+        )
+
+
+def _subject_words(user: Any, group: Group | None) -> str:
+    return f"user {user.get_username()}" if user is not None else f"group {group}"
 
 
 def _subject(*, user: Any, group: Group | None) -> Any:
@@ -336,6 +422,7 @@ def key_rule_add(
     position: int = 100,
     user: Any = None,
     group: Group | None = None,
+    actor: Any = None,
 ) -> KeyRule:
     """Add a key rule (accounts/access.py gives the evaluation order). No user and no group:
     the rule applies to everyone."""
@@ -357,17 +444,39 @@ def key_rule_add(
         **{f"for_{action}": action in actions for action in ACTIONS},
     )
     rule.full_clean()
-    rule.save()
+    with transaction.atomic():
+        rule.save()
+        _audit(
+            actor,
+            "rule.add",
+            f"rule #{rule.pk} on {tenant.slug}/{collection_name}: {rule}",
+            tenant=tenant,
+        )
     return rule
 
 
-def key_rule_remove(*, rule_id: int) -> None:
-    deleted, _ = KeyRule.objects.filter(pk=rule_id).delete()
-    if not deleted:
+def key_rule_remove(*, rule_id: int, actor: Any = None) -> None:
+    rule = KeyRule.objects.select_related("tenant").filter(pk=rule_id).first()
+    if rule is None:
         raise LookupError(f"no key rule #{rule_id}")
+    with transaction.atomic():
+        KeyRule.objects.filter(pk=rule_id).delete()
+        _audit(
+            actor,
+            "rule.remove",
+            f"rule #{rule_id} on {rule.tenant.slug}/{rule.collection_name}: {rule}",
+            tenant=rule.tenant,
+        )
 
 
-def access_tokens_revoke(*, user: Any, application_id: int | None = None) -> int:
+def access_tokens_revoke(
+    *,
+    user: Any,
+    application_id: int | None = None,
+    token_id: int | None = None,
+    actor: Any = None,
+    tenant: Tenant | None = None,
+) -> int:
     """Revoke the user's access and refresh tokens (of one OAuth2 application, or all).
 
     Returns how many access tokens were revoked. Refresh tokens are revoked too, so the app
@@ -381,7 +490,20 @@ def access_tokens_revoke(*, user: Any, application_id: int | None = None) -> int
     if application_id is not None:
         access = access.filter(application_id=application_id)
         refresh = refresh.filter(application_id=application_id)
+    if token_id is not None:  # one access token and its refresh token
+        access = access.filter(pk=token_id)
+        refresh = refresh.filter(access_token_id=token_id)
     with transaction.atomic():
         refresh.update(revoked=timezone.now())
         _, deleted = access.delete()
-    return int(deleted.get(access_model._meta.label, 0))
+        count = int(deleted.get(access_model._meta.label, 0))
+        what = f"token #{token_id}" if token_id is not None else f"{count} token(s)"
+        _audit(
+            actor,
+            "token.revoke",
+            f"{what} of {user.get_username()}",
+            tenant=tenant,
+            revoked=count,
+            application_id=application_id,
+        )
+    return count

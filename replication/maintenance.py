@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import Length
@@ -236,14 +235,17 @@ def journal_prune(
 ) -> PruneReport:
     """Delete one collection's journal entries older than the retention, keeping what online
     replicas have not acknowledged yet."""
-    days = int(
-        settings.DATAGATE["JOURNAL_RETENTION_DAYS"] if retention_days is None else retention_days
-    )
-    cutoff = timezone.now() - timedelta(days=days)
     with transaction.atomic():
         collection = (
             Collection.objects.select_for_update().select_related("tenant").get(pk=collection_id)
         )
+        # An explicit retention (a command's --days) wins over the collection's own setting.
+        days = int(
+            collection.effective_journal_retention_days
+            if retention_days is None
+            else retention_days
+        )
+        cutoff = timezone.now() - timedelta(days=days)
         old = JournalEntry.objects.filter(collection_id=collection_id, created_at__lt=cutoff)
         floor = journal_floor_seq(collection_id=collection_id)
         prunable = old if floor is None else old.filter(seq__lte=floor)

@@ -43,6 +43,9 @@ class Collection(models.Model):
     tombstone_ttl_days = models.PositiveIntegerField(
         null=True, blank=True, help_text="Overrides DATAGATE TOMBSTONE_TTL_DAYS when set."
     )
+    journal_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Overrides DATAGATE JOURNAL_RETENTION_DAYS when set."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -65,6 +68,12 @@ class Collection(models.Model):
         if self.tombstone_ttl_days is not None:
             return self.tombstone_ttl_days
         return int(settings.DATAGATE["TOMBSTONE_TTL_DAYS"])
+
+    @property
+    def effective_journal_retention_days(self) -> int:
+        if self.journal_retention_days is not None:
+            return self.journal_retention_days
+        return int(settings.DATAGATE["JOURNAL_RETENTION_DAYS"])
 
 
 class Document(models.Model):

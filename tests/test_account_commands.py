@@ -131,9 +131,13 @@ def test_grant_revoke_rules_and_list(make_user: Any, tenant: Any, collection: An
     run("datagate_grant", "revoke", "acme/notes", "read", "--user", "bob")
     assert not access.access_collection_read(user=bob, tenant=tenant, collection_name="notes")
     refused("datagate_grant", "unrule", str(rule.pk), match="no key rule")
-    refused(
-        "datagate_grant", "grant", "acme/missing", "read", "--user", "bob", match="no collection"
+    # A grant on a collection that does not exist yet creates it, as `rule` accepts one.
+    granted = json.loads(
+        run("datagate_grant", "grant", "acme/later", "read", "--user", "bob", "--json")
     )
+    assert granted == {"granted": "read", "collection": "acme/later"}
+    assert access.access_collection_read(user=bob, tenant=tenant, collection_name="later")
+    refused("datagate_grant", "grant", "acme/Bad Name", "read", "--user", "bob", match="letters")
     refused("datagate_grant", "grant", "acme", "read", "--user", "bob", match="TENANT/COLLECTION")
     refused("datagate_grant", "revoke", "acme/notes", "read", "--group", "nobody", match="no group")
     refused(

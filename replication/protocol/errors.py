@@ -318,6 +318,32 @@ class ErrorCode(Enum):
         "{collection}: document {doc_id!r} cannot be served ({reason}); see datagate_quarantine",
     )
 
+    # --- 72xx collection management (replication/collection_services.py) ---------------
+    COLLECTION_EXISTS = _spec(
+        "DG-7201", CloseCode.PROTOCOL_VIOLATION, 409, "collection {tenant}/{collection} exists"
+    )
+    COLLECTION_CREATE_DENIED = _spec(
+        "DG-7202",
+        CloseCode.FORBIDDEN,
+        403,
+        "{user} may not create collections in {tenant} (admins and writers may)",
+    )
+    COLLECTION_ADMIN_DENIED = _spec(
+        "DG-7203",
+        CloseCode.FORBIDDEN,
+        403,
+        "{user} may not {action} {tenant}/{collection} (needs admin or administer)",
+    )
+    COLLECTION_BAD_SETTING = _spec(
+        "DG-7204", CloseCode.MALFORMED, 400, "bad collection setting {name}: {detail}"
+    )
+    COLLECTION_DELETE_UNCONFIRMED = _spec(
+        "DG-7205",
+        CloseCode.MALFORMED,
+        400,
+        "deleting {tenant}/{collection} needs its name typed again as confirmation",
+    )
+
     # --- 8xxx HTTP API ---------------------------------------------------------------------
     NOT_FOUND = _spec("DG-8001", CloseCode.MALFORMED, 404, "not found: {what}")
     METHOD_NOT_ALLOWED = _spec(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandParser
 
+from accounts.access import System
 from accounts.management.commands._cli import (
     group_named,
     refused,
@@ -24,6 +26,7 @@ from accounts.services import (
 )
 
 PERMS = ["read", "write", "administer"]
+ACTOR = System("command datagate_grant")
 
 
 def _collection(parser: CommandParser) -> None:
@@ -40,7 +43,8 @@ class Command(BaseCommand):
     help = (
         "Grant collection permissions and key rules. "
         "`grant TENANT/COLLECTION PERM (--user U | --group G)` and `revoke ...` with PERM one of "
-        "read, write, administer; "
+        "read, write, administer (a grant creates a collection that does not exist yet, as a "
+        "rule may name one); "
         "`rule TENANT/COLLECTION --pattern GLOB (--allow | --deny) --actions read,write,delete "
         "[--user U | --group G] [--position N]` (no user or group: everyone; `{username}` in "
         "the pattern is the asking user's name; rules are tried by ascending position, the "
@@ -68,7 +72,8 @@ class Command(BaseCommand):
         unrule.add_argument("rule_id", type=int)
         listing = actions.add_parser("list", help="list a collection's grants and key rules")
         _collection(listing)
-        listing.add_argument("--json", action="store_true", help="print a JSON array")
+        for sub in actions.choices.values():
+            sub.add_argument("--json", action="store_true", help="print JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -96,14 +101,23 @@ class Command(BaseCommand):
     def _grant(self, options: dict[str, Any]) -> None:
         tenant, name = self._split(options)
         who = self._who(options, create_group=True)
-        collection_perm_grant(tenant=tenant, collection_name=name, perm=options["perm"], **who)
-        self.stdout.write(f"granted {options['perm']} on {tenant.slug}/{name}")
+        collection_perm_grant(
+            tenant=tenant,
+            collection_name=name,
+            perm=options["perm"],
+            create_collection=True,
+            actor=ACTOR,
+            **who,
+        )
+        self._done(options, granted=options["perm"], collection=f"{tenant.slug}/{name}")
 
     def _revoke(self, options: dict[str, Any]) -> None:
         tenant, name = self._split(options)
         who = self._who(options, create_group=False)
-        collection_perm_revoke(tenant=tenant, collection_name=name, perm=options["perm"], **who)
-        self.stdout.write(f"revoked {options['perm']} on {tenant.slug}/{name}")
+        collection_perm_revoke(
+            tenant=tenant, collection_name=name, perm=options["perm"], actor=ACTOR, **who
+        )
+        self._done(options, revoked=options["perm"], collection=f"{tenant.slug}/{name}")
 
     def _rule(self, options: dict[str, Any]) -> None:
         tenant, name = self._split(options)
@@ -114,13 +128,27 @@ class Command(BaseCommand):
             effect=options["effect"],
             actions=[a.strip() for a in options["actions"].split(",") if a.strip()],
             position=options["position"],
+            actor=ACTOR,
             **self._who(options, create_group=True),
         )
-        self.stdout.write(f"added rule {rule.pk}: {rule}")
+        self._done(options, added_rule=rule.pk, rule=str(rule))
 
     def _unrule(self, options: dict[str, Any]) -> None:
-        key_rule_remove(rule_id=options["rule_id"])
-        self.stdout.write(f"removed rule {options['rule_id']}")
+        key_rule_remove(rule_id=options["rule_id"], actor=ACTOR)
+        self._done(options, removed_rule=options["rule_id"])
+
+    def _done(self, options: dict[str, Any], **result: Any) -> None:
+        """`granted read on acme/notes` for people, one JSON object with --json."""
+        if options.get("json"):
+            self.stdout.write(json.dumps(result, default=str))
+            return
+        words = {
+            "granted": lambda r: f"granted {r['granted']} on {r['collection']}",
+            "revoked": lambda r: f"revoked {r['revoked']} on {r['collection']}",
+            "added_rule": lambda r: f"added rule {r['added_rule']}: {r['rule']}",
+            "removed_rule": lambda r: f"removed rule {r['removed_rule']}",
+        }
+        self.stdout.write(words[next(iter(result))](result))
 
     def _list(self, options: dict[str, Any]) -> None:
         tenant, name = self._split(options)

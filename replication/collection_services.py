@@ -1,0 +1,170 @@
+"""Collection management: create, delete, and per-collection tombstone TTL and journal retention.
+
+The console, `datagate_collection` and the HTTP API call these with the acting user (or a
+`System` for a command); each one decides access through `accounts.access` and writes its
+audit entry in the same transaction (accounts/audit.py). Errors are DG-72xx (docs/errors.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from guardian.models import GroupObjectPermission, UserObjectPermission
+
+from accounts import access
+from accounts.access import System
+from accounts.audit import audit_record
+from accounts.models import Tenant
+from replication.models import Collection
+from replication.protocol.errors import DataGateError, ErrorCode
+
+MAX_DAYS = 3650
+SETTINGS = ("tombstone_ttl_days", "journal_retention_days")
+
+
+def _user_name(actor: Any) -> str:
+    return f"system: {actor.purpose}" if isinstance(actor, System) else actor.get_username()
+
+
+def _days(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DAYS:
+        raise DataGateError(
+            ErrorCode.COLLECTION_BAD_SETTING,
+            name=name,
+            detail=f"{value!r} is not a whole number of days from 1 to {MAX_DAYS}",
+        )
+    return value
+
+
+def _check_admin(*, actor: Any, collection: Collection, action: str) -> None:
+    if isinstance(actor, System):
+        return
+    if not access.access_collection_admin(
+        user=actor, tenant=collection.tenant, collection_name=collection.name, collection=collection
+    ):
+        raise DataGateError(
+            ErrorCode.COLLECTION_ADMIN_DENIED,
+            user=_user_name(actor),
+            action=action,
+            tenant=collection.tenant.slug,
+            collection=collection.name,
+        )
+
+
+def collection_for_admin(*, actor: Any, tenant: Tenant, name: str) -> Collection:
+    """The collection, if the actor may see it (DG-3001 otherwise, as for a missing one)."""
+    found = Collection.objects.select_related("tenant").filter(tenant=tenant, name=name).first()
+    if found is None or not (
+        isinstance(actor, System)
+        or access.access_collection_read(
+            user=actor, tenant=tenant, collection_name=name, collection=found
+        )
+    ):
+        raise DataGateError(ErrorCode.COLLECTION_NOT_FOUND, tenant=tenant.slug, collection=name)
+    return found
+
+
+def collection_create(
+    *,
+    actor: Any,
+    tenant: Tenant,
+    name: str,
+    tombstone_ttl_days: int | None = None,
+    journal_retention_days: int | None = None,
+) -> Collection:
+    """A new empty collection (DG-7201 if it exists, DG-7202 if the actor may not)."""
+    if not isinstance(actor, System) and not access.access_collection_create(
+        user=actor, tenant=tenant
+    ):
+        raise DataGateError(
+            ErrorCode.COLLECTION_CREATE_DENIED, user=_user_name(actor), tenant=tenant.slug
+        )
+    collection = Collection(
+        tenant=tenant,
+        name=name,
+        tombstone_ttl_days=_days("tombstone_ttl_days", tombstone_ttl_days),
+        journal_retention_days=_days("journal_retention_days", journal_retention_days),
+    )
+    try:
+        collection.full_clean(validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        raise DataGateError(
+            ErrorCode.COLLECTION_BAD_SETTING, name="name", detail="; ".join(exc.messages)
+        ) from exc
+    try:
+        with transaction.atomic():
+            collection.save()
+            audit_record(
+                actor=actor,
+                action="collection.create",
+                target=str(collection),
+                tenant=tenant,
+                detail=_settings_of(collection),
+            )
+    except IntegrityError as exc:
+        raise DataGateError(
+            ErrorCode.COLLECTION_EXISTS, tenant=tenant.slug, collection=name
+        ) from exc
+    return collection
+
+
+def _settings_of(collection: Collection) -> dict[str, Any]:
+    return {name: getattr(collection, name) for name in SETTINGS}
+
+
+def collection_settings_set(
+    *,
+    actor: Any,
+    collection: Collection,
+    tombstone_ttl_days: int | None,
+    journal_retention_days: int | None,
+) -> Collection:
+    """Set both settings (None: the server default); DG-7203 without the right to."""
+    _check_admin(actor=actor, collection=collection, action="change")
+    before = _settings_of(collection)
+    collection.tombstone_ttl_days = _days("tombstone_ttl_days", tombstone_ttl_days)
+    collection.journal_retention_days = _days("journal_retention_days", journal_retention_days)
+    with transaction.atomic():
+        collection.save(update_fields=list(SETTINGS))
+        audit_record(
+            actor=actor,
+            action="collection.settings",
+            target=str(collection),
+            tenant=collection.tenant,
+            detail={"before": before, "after": _settings_of(collection)},
+        )
+    return collection
+
+
+def collection_delete(*, actor: Any, collection: Collection, confirm: str) -> dict[str, int]:
+    """Delete the collection with its documents, tombstones, journal and grants.
+
+    `confirm` must repeat the collection's name (DG-7205). Returns the counts deleted.
+    """
+    _check_admin(actor=actor, collection=collection, action="delete")
+    if confirm != collection.name:
+        raise DataGateError(
+            ErrorCode.COLLECTION_DELETE_UNCONFIRMED,
+            tenant=collection.tenant.slug,
+            collection=collection.name,
+        )
+    name, tenant = str(collection), collection.tenant
+    counts = {
+        "documents": collection.documents.count(),
+        "tombstones": collection.tombstones.count(),
+    }
+    content_type = ContentType.objects.get_for_model(Collection)
+    with transaction.atomic():
+        # guardian's object permissions point at the row by id, without a foreign key.
+        for model in (UserObjectPermission, GroupObjectPermission):
+            model.objects.filter(content_type=content_type, object_pk=str(collection.pk)).delete()
+        collection.delete()
+        audit_record(
+            actor=actor, action="collection.delete", target=name, tenant=tenant, detail=counts
+        )
+    return counts
