@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('replication', '0005_range_buckets'),
+        ('replication', '0006_quarantined_documents'),
     ]
 
     operations = [
