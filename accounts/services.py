@@ -140,7 +140,7 @@ def token_pair_issue(
         _audit(
             actor,
             "token.issue",
-            f"token #{access.pk} for {user.get_username()}",
+            f"token #{access.pk} for {_name(user)}",
             tenant=tenant,
             scope=" ".join(scopes),
             token_id=access.pk,
@@ -383,6 +383,10 @@ def collection_perm_revoke(
         )
 
 
+def _name(user: Any) -> str:
+    return "no user" if user is None else str(user.get_username())
+
+
 def _subject_words(user: Any, group: Group | None) -> str:
     return f"user {user.get_username()}" if user is not None else f"group {group}"
 
@@ -501,7 +505,7 @@ def access_tokens_revoke(
         _audit(
             actor,
             "token.revoke",
-            f"{what} of {user.get_username()}",
+            f"{what} of {_name(user)}",
             tenant=tenant,
             revoked=count,
             application_id=application_id,
