@@ -13,6 +13,7 @@ from accounts.websocket_origins import WebsocketOriginCheck  # noqa: E402
 from console.routing import websocket_urlpatterns as console_routes  # noqa: E402
 from couchdb.asgi import PREFIX as COUCHDB_PREFIX  # noqa: E402
 from couchdb.asgi import application as couchdb_app  # noqa: E402
+from datagate_site.websocket_refusal import NOT_FOUND_ROUTE  # noqa: E402
 from replication.daphne_support import install_frame_limit  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
 from replication.scheduler import MaintenanceStarter  # noqa: E402
@@ -36,7 +37,8 @@ application = ProtocolTypeRouter(
     {
         "http": http_app,
         "websocket": WebsocketOriginCheck(
-            URLRouter(replication_routes + topics_routes + console_routes)
+            # Any other path: refused with HTTP 403, no traceback (websocket_refusal.py).
+            URLRouter([*replication_routes, *topics_routes, *console_routes, NOT_FOUND_ROUTE])
         ),
     }
 )

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import dj_database_url
-
+from datagate_site.database import default_database
 from datagate_site.knobs import knobs_from_environment, origins_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -104,36 +103,8 @@ TEMPLATES = [
     },
 ]
 
-# --- Database: SQLite (WAL) by default, PostgreSQL with DATABASE_URL -------------------------
-if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
-else:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("DATAGATE_SQLITE_PATH", str(DATA_DIR / "datagate.sqlite3")),
-            "OPTIONS": {
-                # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at
-                # BEGIN so two writers queue on busy_timeout instead of deadlocking on upgrade.
-                "init_command": (
-                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-                    "PRAGMA foreign_keys=ON; PRAGMA cache_size=-20000;"
-                ),
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
-            # Keep each thread's connection: replication sessions run every ORM call in
-            # database_sync_to_async, which otherwise reconnects (and re-runs the PRAGMAs) per
-            # call; measured, ConnectAck went from 132 ms to 38 ms (median, loaded machine);
-            # it was 28% of a live server's CPU in bench/ profiles (bench/RESULTS.md).
-            "CONN_MAX_AGE": None,
-            # A file, not shared-cache memory: tests with threads need SQLite's real locking.
-            "TEST": {
-                "NAME": os.environ.get("DATAGATE_SQLITE_TEST_PATH", str(DATA_DIR / "test.sqlite3"))
-            },
-        }
-    }
+# --- Database: SQLite (WAL) by default, PostgreSQL (or another SQLite file) with DATABASE_URL
+DATABASES = {"default": default_database(os.environ, DATA_DIR)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer: in-memory by default, Redis with REDIS_URL -------------------------------

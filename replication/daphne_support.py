@@ -25,6 +25,9 @@ def allow_protocol_close_codes() -> None:
     original = WebSocketProtocol.serverClose
 
     def server_close(self: Any, code: int | None = None) -> None:
+        # autobahn takes only a plain int (`type(code) != int` raises "invalid type ... for
+        # close code"): an IntEnum such as CloseCode.NORMAL must not reach it as it is.
+        code = int(code) if code is not None else None
         if code in RFC_CLOSE_CODES:
             self.sendCloseFrame(code=code, isReply=False)
             return

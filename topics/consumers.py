@@ -271,7 +271,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
 
     async def on_disconnect_message(self, inbound: Inbound) -> None:
         self.session.close()
-        await self.close(code=CloseCode.NORMAL)
+        await self.close(code=int(CloseCode.NORMAL))
 
     # --- delivery -------------------------------------------------------------------------
 
@@ -359,7 +359,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
             self.session.close()
             with contextlib.suppress(Exception):
                 await self.reply_uncorrelated(protocol.DISCONNECT)
-            await self.close(code=CloseCode.GOING_AWAY)
+            await self.close(code=int(CloseCode.GOING_AWAY))
 
     async def offer(self, block: Any) -> None:
         """Collection feeds are not for topic sessions."""
@@ -390,7 +390,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         if error.fatal:
             close = fatal_close_code(error, before_connect_ack=self.session.state is State.OPEN)
             self.session.close()
-            await self.close(code=close)
+            await self.close(code=int(close))
 
     async def _connect_timeout(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
