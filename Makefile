@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 # `make bench BENCH_ARGS=--quick` runs the benchmarks at smoke-test sizes (bench/__main__.py).
 BENCH_ARGS ?=
 
-.PHONY: run test check lint typecheck bench clean chromium pouchdb
+.PHONY: run test check lint typecheck bench bench-couchdb clean chromium pouchdb
 
 # Installing and migrating are quiet; their output goes to $(LOG_DIR) and is shown on failure.
 LOG_DIR ?= var/log
@@ -72,5 +72,14 @@ check: lint typecheck test
 bench: $(VENV)/.installed
 	$(PY) -m bench $(BENCH_ARGS)
 
+# PouchDB against DataGate's CouchDB door and against pouchdb-server (bench/couchdb.py); its
+# npm packages (pinned in bench/pouchdb/package-lock.json) are installed only for this.
+bench/pouchdb/node_modules/.installed: bench/pouchdb/package.json bench/pouchdb/package-lock.json
+	cd bench/pouchdb && npm ci --no-audit --no-fund
+	touch $@
+
+bench-couchdb: $(VENV)/.installed bench/pouchdb/node_modules/.installed
+	$(PY) -m bench --only couchdb --backends sqlite $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(POUCHDB_DIR)/node_modules
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(POUCHDB_DIR)/node_modules bench/pouchdb/node_modules

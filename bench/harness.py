@@ -40,6 +40,12 @@ class Sizes:
     connections_hold: float
     client_processes: int
     topic_messages: int
+    # bench/couchdb.py: PouchDB against DataGate and pouchdb-server.
+    couch_push_docs: int = 50_000
+    couch_catchup_docs: int = 100_000
+    couch_live_replicas: int = 50
+    couch_live_rate: int = 100
+    couch_live_seconds: float = 10.0
 
 
 FULL = Sizes(
@@ -67,6 +73,11 @@ QUICK = Sizes(
     connections_hold=1.0,
     client_processes=2,
     topic_messages=500,
+    couch_push_docs=2_000,
+    couch_catchup_docs=2_000,
+    couch_live_replicas=5,
+    couch_live_rate=20,
+    couch_live_seconds=2.0,
 )
 # The smallest run that still goes through every step: the harness's own test.
 SMOKE = Sizes(
@@ -81,6 +92,11 @@ SMOKE = Sizes(
     connections_hold=0.5,
     client_processes=1,
     topic_messages=100,
+    couch_push_docs=200,
+    couch_catchup_docs=200,
+    couch_live_replicas=2,
+    couch_live_rate=10,
+    couch_live_seconds=1.0,
 )
 SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 

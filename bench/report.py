@@ -197,12 +197,47 @@ def topics_rows(entry: dict[str, Any]) -> list[Row]:
     ]
 
 
+def couchdb_rows(entry: dict[str, Any]) -> list[Row]:
+    problem = _problem(entry)
+    if problem or "push" not in entry:
+        return [("PouchDB vs pouchdb-server", problem or "-", "-", "-", "")]
+    push, catch, live = entry["push"], entry["catch_up"], entry["live"]
+    dg, peer = live.get("datagate", {}), live.get("pouchdb_server", {})
+    pushed, caught = push["datagate"], catch["datagate"]
+    return [
+        (
+            "PouchDB push",
+            f"{_n(pushed.get('docs_per_s'), ' docs/s')} ({_n(pushed.get('docs'))} docs)",
+            f"pouchdb-server {_n(push['pouchdb_server'].get('docs_per_s'), ' docs/s')}",
+            _r(push.get("ratio")),
+            ">= 3x pouchdb-server",
+        ),
+        (
+            "PouchDB catch-up",
+            f"{_n(caught.get('seconds'), ' s')} ({_n(caught.get('docs'))} docs)",
+            f"pouchdb-server {_n(catch['pouchdb_server'].get('seconds'), ' s')}",
+            _r(catch.get("ratio")),
+            ">= 3x pouchdb-server",
+        ),
+        (
+            f"PouchDB live, {_n(dg.get('replicas'))} replicas at {_n(dg.get('rate'))}/s",
+            f"p50 {_n(dg.get('p50_ms'), ' ms')}, p99 {_n(dg.get('p99_ms'), ' ms')}, "
+            f"{_n(dg.get('delivered'))}/{_n(dg.get('expected'))} delivered",
+            f"pouchdb-server p50 {_n(peer.get('p50_ms'), ' ms')}, "
+            f"p99 {_n(peer.get('p99_ms'), ' ms')}",
+            _r(live.get("ratio_p50")),
+            "ahead of pouchdb-server",
+        ),
+    ]
+
+
 ROWS = {
     "push_ingest": push_rows,
     "catch_up": catch_up_rows,
     "fanout": fanout_rows,
     "connections": connections_rows,
     "topics": topics_rows,
+    "couchdb": couchdb_rows,
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.harness import SIZES, TENANT, USER, PassContext, load, raise_nofile
 
-BENCHMARKS = ("push_ingest", "catch_up", "fanout", "connections", "topics")
+BENCHMARKS = ("push_ingest", "catch_up", "fanout", "connections", "topics", "couchdb")
 
 
 def _configure_django(backend: str, work_dir: Path, database_url: str) -> None:

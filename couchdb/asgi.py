@@ -14,7 +14,9 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -176,11 +178,49 @@ def _segments(scope: Scope) -> list[str]:
     return [unquote(part) for part in path[len(PREFIX) :].split("/")]
 
 
+def _bearer(request: Request) -> str | None:
+    scheme, _, raw = request.headers.get("authorization", "").partition(" ")
+    return raw.strip() if scheme.lower() == "bearer" else None
+
+
 async def _actor(request: Request) -> Actor:
-    header = request.headers.get("authorization", "")
-    scheme, _, raw = header.partition(" ")
-    token = raw.strip() if scheme.lower() == "bearer" else None
-    return await _db(services.actor_authenticate)(raw_token=token)
+    return await _db(services.actor_authenticate)(raw_token=_bearer(request))
+
+
+# (token, tenant, db) -> (grant, monotonic time it may be used until). PouchDB sends several
+# requests a second per database; deciding access once a second instead of per request saves
+# a dozen queries each. The price: a revoked token or a changed rule reaches new requests
+# within GRANT_CACHE_SECONDS (live feeds re-check on their own, docs/couchdb.md).
+GRANT_CACHE_SECONDS = 1.0
+GRANT_CACHE_MAX = 10_000
+_grants: dict[tuple[str, str, str], tuple[DatabaseGrant, float]] = {}
+
+
+def _forget(token: str) -> None:
+    """Drop the token's cached grants: its feed found it revoked, or its access changed."""
+    for key in [k for k in _grants if k[0] == token]:
+        del _grants[key]
+
+
+async def _grant(request: Request, tenant: str, name: str) -> DatabaseGrant:
+    token = _bearer(request) or ""
+    key = (token, tenant, name)
+    now = time.monotonic()
+    cached = _grants.get(key)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    grant = await _db(services.grant_open)(raw_token=token, tenant_slug=tenant, name=name)
+    until = now + GRANT_CACHE_SECONDS
+    expires = grant.actor.expires
+    if expires is not None:
+        until = min(until, now + (expires - datetime.now(UTC)).total_seconds())
+    if len(_grants) >= GRANT_CACHE_MAX:
+        for stale in [k for k, (_, t) in _grants.items() if t <= now]:
+            del _grants[stale]
+        if len(_grants) >= GRANT_CACHE_MAX:
+            _grants.clear()
+    _grants[key] = (grant, until)
+    return grant
 
 
 async def _dispatch(request: Request) -> None:
@@ -206,14 +246,14 @@ async def _dispatch(request: Request) -> None:
             },
         )
         return
-    actor = await _actor(request)
     name = rest[0]
     if len(rest) == 1:
         if method == "PUT":
+            actor = await _actor(request)
             await _db(services.database_create)(actor=actor, tenant_slug=tenant, name=name)
             await request.respond(201, {"ok": True})
             return
-        grant = await _db(services.database_open)(actor=actor, tenant_slug=tenant, name=name)
+        grant = await _grant(request, tenant, name)
         if method in ("GET", "HEAD"):
             await request.respond(200, await _db(services.database_info)(grant=grant))
             return
@@ -223,7 +263,7 @@ async def _dispatch(request: Request) -> None:
             await _single_write(request, results[0], created=201)
             return
         raise CouchError(405, "method_not_allowed", "Only GET,HEAD,PUT,POST allowed")
-    grant = await _db(services.database_open)(actor=actor, tenant_slug=tenant, name=name)
+    grant = await _grant(request, tenant, name)
     action, tail = rest[1], rest[2:]
     handler = ENDPOINTS.get(action)
     if handler is not None and not tail:
@@ -453,9 +493,10 @@ async def _changes(request: Request, grant: DatabaseGrant) -> None:
         "all_docs": request.query.get("style") == "all_docs",
         "doc_ids": doc_ids,
     }
-    since = await _db(services.since_resolve)(grant=grant, raw=request.query.get("since"))
-    if feed == "normal":
-        page = await _db(services.changes_read)(grant=grant, since=since, limit=limit, **options)
+    since, page = await _db(services.changes_from)(
+        grant=grant, raw_since=request.query.get("since"), limit=limit, **options
+    )
+    if feed == "normal" or (feed == "longpoll" and page.results):
         await request.respond(200, _changes_body(page, since))
         return
     await _live_changes(request, grant, feed, since, limit, heartbeat, timeout, options)
@@ -556,6 +597,7 @@ async def _live_changes(
         await waiter.leave()
     if ended_by:
         logger.info("live _changes feed ended: %s", ended_by)
+        _forget(_bearer(request) or "")
     epoch = page.epoch if page is not None else 0
     last_seq = services.seq_encode(position, epoch) if epoch else str(since)
     if feed == "longpoll":

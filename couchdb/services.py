@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -74,6 +75,7 @@ class Actor:
     user: Any
     scopes: frozenset[str]
     token_id: int
+    expires: datetime | None = None
 
 
 def actor_authenticate(*, raw_token: str | None) -> Actor:
@@ -82,7 +84,15 @@ def actor_authenticate(*, raw_token: str | None) -> Actor:
         token = token_authenticate(raw_token)
     except TokenRejected as rejected:
         raise _refusal(ErrorCode.TOKEN_INVALID, reason=rejected.reason) from None
-    return Actor(user=token.user, scopes=token.scopes, token_id=token.token_id)
+    return Actor(
+        user=token.user, scopes=token.scopes, token_id=token.token_id, expires=token.expires
+    )
+
+
+def grant_open(*, raw_token: str | None, tenant_slug: str, name: str) -> DatabaseGrant:
+    """`actor_authenticate` then `database_open`, in one database step."""
+    actor = actor_authenticate(raw_token=raw_token)
+    return database_open(actor=actor, tenant_slug=tenant_slug, name=name)
 
 
 def actor_still_valid(*, actor: Actor) -> bool:
@@ -681,6 +691,14 @@ def changes_read(
         if page.covered >= page.head:
             break
     return ChangesPage(results, position, head, epoch)
+
+
+def changes_from(
+    *, grant: DatabaseGrant, raw_since: object, limit: int | None, **options: Any
+) -> tuple[int, ChangesPage]:
+    """`since_resolve` then `changes_read`, in one database step."""
+    since = since_resolve(grant=grant, raw=raw_since)
+    return since, changes_read(grant=grant, since=since, limit=limit, **options)
 
 
 def revs_diff(*, grant: DatabaseGrant, asked: Mapping[str, Sequence[str]]) -> dict[str, Any]:
