@@ -288,3 +288,61 @@ def test_hostile_input_never_takes_data_away(
 @pytest.fixture
 def settings_fast(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.mark.skipif(
+    os.environ.get("DATAGATE_TEST_BACKEND") == "postgres",
+    reason="PostgreSQL's jsonb cannot hold a lone surrogate (tests/test_hostile_storage.py)",
+)
+async def test_a_stored_row_that_cannot_be_encoded_blocks_nobody(
+    tmp_path: Any, collection: Any, member: Any, issue_token: Any, settings_fast: None
+) -> None:
+    """Issue 14's first reproduction, with the row planted as an old server would have left
+    it: the pull and the live feed go on without it (DG-5005 recorded), never close 4500."""
+    from channels.db import database_sync_to_async
+    from django.db import transaction
+
+    from accounts.access import System
+    from replication.models import Collection, Document, ErrorEvent
+    from replication.services import document_put
+
+    def put(doc_id: str, body: dict[str, Any], bad: bool = False) -> None:
+        document_put(
+            actor=System("test"), collection_id=collection.pk, doc_id=doc_id, body=body, origin="s"
+        )
+        if bad:  # behind the services' back, as before the door
+            Document.objects.filter(doc_id=doc_id).update(body={"t": "\ud800"})
+
+    def seed() -> str:
+        put("a", {"v": 1})
+        put("user-kw/x", {}, bad=True)
+        put("b", {"v": 2})
+        return str(issue_token(member("rita", "reader"), "read write"))
+
+    def write_more() -> int:
+        with transaction.atomic():
+            put("bad-2", {}, bad=True)
+            put("c", {"v": 3})
+        return int(Collection.objects.get(pk=collection.pk).last_seq)
+
+    token = await database_sync_to_async(seed)()
+    server = DaphneServer.start(tmp_path=tmp_path)
+    try:
+        reader = WireReplica(
+            transport=await WebsocketsTransport.open(f"{server.ws_url}/ws/datagate/acme/notes/"),
+            token=token,
+            tenant="acme",
+            collection="notes",
+        )
+        await reader.sync()
+        assert set(reader.documents) == {"a", "b"} and not reader.errors
+        last = await database_sync_to_async(write_more)()
+        await reader.feed_until(last)
+        assert set(reader.documents) == {"a", "b", "c"} and not reader.errors
+        assert await reader.disconnect() == 1000
+        events = await database_sync_to_async(
+            lambda: set(ErrorEvent.objects.values_list("code", flat=True))
+        )()
+        assert "DG-5005" in events and "DG-5003" not in events
+    finally:
+        server.stop()
