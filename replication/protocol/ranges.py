@@ -14,7 +14,7 @@ them, and the client SDK implements the same few lines (sdk/datagate_replica/ran
   the sorted list, because it is incremental: a write changes a bucket's hash by `old ^ new`
   without reading the bucket's other rows, so the server keeps its summaries inside every
   write's transaction for the price of a few hashes and one small upsert per batch
-  (docs/decisions/0009-range-summaries-are-xor-of-version-hashes.md).
+  (docs/decisions/0012-range-summaries-are-xor-of-version-hashes.md).
 
 On the wire a hash is 16 lower-case hex digits (JSON numbers above 2**53 are not safe in
 every client); in the database it is a signed 64-bit integer.
