@@ -21,7 +21,7 @@ from channels.exceptions import StopConsumer
 from django.conf import settings
 
 from datagate_site import metrics
-from replication import selectors, services
+from replication import ranges, selectors, services
 from replication.consumer_support import DirectDispatchMixin
 from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
@@ -237,6 +237,19 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             )
             self.live_joined = True
             return self.session.notice_head(head=head, now=self.loop.time())
+        if isinstance(effect, mc.CheckRanges):
+            body = await database_sync_to_async(ranges.range_check_answer)(
+                collection_id=grant.collection_id,
+                replica_pk=grant.replica_pk,
+                read_filter=grant.read_filter,
+                asks=effect.asks,
+            )
+            return self.session.ranges_answered(body=body, correlation_id=effect.message_id)
+        if isinstance(effect, mc.FetchVersions):
+            body = await database_sync_to_async(ranges.range_fetch)(
+                collection_id=grant.collection_id, read_filter=grant.read_filter, ids=effect.ids
+            )
+            return self.session.versions_fetched(body=body, correlation_id=effect.message_id)
         if isinstance(effect, mc.RefreshToken):
             return await self.access.refresh(effect)
         if isinstance(effect, mc.SendShared):
@@ -327,6 +340,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             user_name=grant.user_name,
             read_only=not grant.may_push,
             end_markers=Markers(grant.last_seq, grant.epoch),
+            purge_seq=grant.purge_seq,
         )
 
     def _feed(self, changes: list[Change]) -> dict[str, Any]:

@@ -23,15 +23,23 @@ some ranges: one scan of the collection's ids, whatever the number of ranges ask
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from django.db import connection, transaction
+from django.utils import timezone
 
-from replication.models import Collection, Document, RangeBucket, Tombstone
+from replication.models import Collection, Document, RangeBucket, Replica, Tombstone
 from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.ranges import (
+    BUCKETS,
+    EQUAL,
+    HEADERS,
+    Ask,
     BucketTable,
     Header,
     Summary,
+    answer_plan,
+    answer_to_wire,
     bucket_of,
     in_ranges,
     to_signed,
@@ -241,3 +249,80 @@ def version_delta(
         xor ^= version_hash(doc_id, *new)
         count += 1
     deltas_add(deltas, bucket_of(doc_id), count, xor)
+
+
+def range_answer(
+    *,
+    collection_id: int,
+    read_filter: Callable[[str], bool] | None,
+    asks: Sequence[Ask],
+) -> dict[str, Any]:
+    """The body of a range.result (docs/protocol.md, "Ranges").
+
+    `markers` is the collection's position read before the summaries: everything committed
+    up to it is in them, so a client that repairs its differences and then pulls from these
+    markers has every change (one committed in between may come twice, which changes nothing).
+    """
+    last_seq, epoch = (
+        Collection.objects.filter(pk=collection_id).values_list("last_seq", "epoch").get()
+    )
+    table = ranges_table(collection_id=collection_id, read_filter=read_filter)
+    plan = answer_plan(table, asks)
+    leaves = [(a.ask.lo, a.ask.hi) for a in plan if a.status == HEADERS]
+    headers = range_headers(collection_id=collection_id, ranges=leaves, read_filter=read_filter)
+    ranges = [
+        answer_to_wire(a, headers.get((a.ask.lo, a.ask.hi), ()) if a.status == HEADERS else ())
+        for a in plan
+    ]
+    return {
+        "markers": {"collectionMarker": int(last_seq), "tombstoneMarker": int(epoch)},
+        "ranges": ranges,
+        "equal": all(a.status == EQUAL for a in plan),
+    }
+
+
+def range_fetch(
+    *, collection_id: int, read_filter: Callable[[str], bool] | None, ids: Sequence[str]
+) -> dict[str, Any]:
+    """The body of a range.docs: the held version of each id the user may read, as a feed;
+    the ids the server does not hold (or the user may not read) as `missing`."""
+    wanted = [i for i in dict.fromkeys(ids) if read_filter is None or read_filter(i)]
+    change_set: list[dict[str, Any]] = []
+    tombstone_map: dict[str, int] = {}
+    for start in range(0, len(wanted), 500):
+        batch = wanted[start : start + 500]
+        documents = Document.objects.filter(collection_id=collection_id, doc_id__in=batch)
+        for doc_id, body, revision, modified, origin in documents.values_list(
+            "doc_id", "body", "revision", "modified", "origin"
+        ):
+            change_set.append(
+                {
+                    **(body or {}),
+                    "_id": doc_id,
+                    "_revision": revision,
+                    "_modified": modified,
+                    "_origin": origin,
+                }
+            )
+        tombstones = Tombstone.objects.filter(collection_id=collection_id, doc_id__in=batch)
+        tombstone_map.update(tombstones.values_list("doc_id", "deleted_at"))
+    found = {doc["_id"] for doc in change_set} | set(tombstone_map)
+    return {
+        "feed": {"changeSet": change_set, "tombstoneMap": tombstone_map},
+        "missing": [i for i in dict.fromkeys(ids) if i not in found],
+    }
+
+
+def range_check_answer(
+    *,
+    collection_id: int,
+    replica_pk: int,
+    read_filter: Callable[[str], bool] | None,
+    asks: Sequence[Ask],
+) -> dict[str, Any]:
+    """A session's range.result; a check of the whole id space found equal is recorded as
+    the replica's `verified_at` (the console shows it)."""
+    body = range_answer(collection_id=collection_id, read_filter=read_filter, asks=asks)
+    if body["equal"] and any(a.lo == 0 and a.hi == BUCKETS for a in asks):
+        Replica.objects.filter(pk=replica_pk).update(verified_at=timezone.now())
+    return body

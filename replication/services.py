@@ -499,20 +499,23 @@ def _range_deltas(
     for doc_id, (version, revision, _) in final.items():
         key = doc_id.encode()
         bucket = crc32(key) >> BUCKET_SHIFT
-        digest = blake2b(
-            key + VERSION_TAIL(revision, version.modified, version.kind != WRITE), digest_size=8
-        ).digest()
-        value = from_bytes(digest, "big")
-        stored = documents.get(doc_id)
-        deleted = False
-        if stored is None:
-            stored = tombstones.get(doc_id)
-            deleted = True
-        if stored is None:
-            counts[bucket] = counts.get(bucket, 0) + 1
+        # A tombstone's revision hashes as 0 (replication/protocol/ranges.py).
+        if version.kind == WRITE:
+            tail = VERSION_TAIL(revision, version.modified, False)
         else:
-            tail = VERSION_TAIL(stored.revision, stored.stamp, deleted)
+            tail = VERSION_TAIL(0, version.modified, True)
+        value = from_bytes(blake2b(key + tail, digest_size=8).digest(), "big")
+        stored = documents.get(doc_id)
+        if stored is not None:
+            tail = VERSION_TAIL(stored.revision, stored.stamp, False)
             value ^= from_bytes(blake2b(key + tail, digest_size=8).digest(), "big")
+        else:
+            stored = tombstones.get(doc_id)
+            if stored is None:
+                counts[bucket] = counts.get(bucket, 0) + 1
+            else:
+                tail = VERSION_TAIL(0, stored.stamp, True)
+                value ^= from_bytes(blake2b(key + tail, digest_size=8).digest(), "big")
         xors[bucket] = xors.get(bucket, 0) ^ value
     return {bucket: (counts.get(bucket, 0), value) for bucket, value in xors.items()}
 
@@ -927,6 +930,7 @@ class SessionGrant:
     # accounts.access.DocumentPolicy, compiled on the first pushed change and again whenever
     # the session re-checks its access: the per-change guard then needs no query.
     policy: Any = None
+    purge_seq: int = 0  # the purge horizon at Connect (connect.ack's `purgeMarker`)
 
 
 def session_open(
@@ -1005,6 +1009,7 @@ def session_open(
         may_push=may_push,
         write_scope="write" in token.scopes,
         last_seq=collection.last_seq,
+        purge_seq=collection.purge_seq,
         epoch=collection.epoch,
         read_filter=policy.read_filter,
         token_id=token.token_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,7 +18,14 @@ from accounts.access import System
 from accounts.services import access_token_issue, membership_set, tenant_get_or_create
 from accounts.tokens import TokenRejected, token_authenticate
 from replication.doorbell import REPLICA_CONTROL_GROUP, REPLICA_DISCONNECT
-from replication.models import Document, ErrorEvent, JournalEntry, ReplicaSession, Tombstone
+from replication.models import (
+    Document,
+    ErrorEvent,
+    JournalEntry,
+    Replica,
+    ReplicaSession,
+    Tombstone,
+)
 from replication.protocol.errors import ErrorCode
 from replication.services import (
     document_put,
@@ -318,6 +325,12 @@ def test_replica_page_shows_sessions_and_errors(
     assert html.count('<span class="badge online">open</span>') == 1
     assert "DG-2001" in html
     assert ">Disconnect<" in html
+    assert "<dt>Last verified equal</dt><dd>never" in html
+    Replica.objects.filter(pk=replica.pk).update(
+        verified_at=datetime(2026, 12, 5, 8, 30, tzinfo=UTC)
+    )
+    html = client.get(url).content.decode()
+    assert "<dt>Last verified equal</dt><dd>2026-12-05 08:30:00</dd>" in html
 
 
 def test_disconnect_sends_the_replica_group_a_disconnect_message(

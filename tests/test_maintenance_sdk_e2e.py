@@ -75,7 +75,12 @@ async def test_sdk_replica_offline_past_the_ttl_ends_equal_to_the_server(
 
         session = await stale.sync()
         assert [(r.version.doc_id, r.code) for r in session.rejected] == [("a", "DG-7001")]
-        assert session.reset is True
+        # Repaired by range checks (docs/protocol.md, "Ranges"), not by a reset snapshot.
+        assert session.reset is False
+        assert {(d.doc_id, d.kind) for d in session.differences} == {
+            ("a", "extra"),  # pending here: pushed, and refused behind the purge horizon
+            ("b", "extra"),  # its delete was collected: dropped here
+        }
         expected = {"c": {"title": "C"}}
         assert await server_documents(collection) == expected
         assert local_documents(stale) == expected
@@ -115,8 +120,14 @@ async def test_sdk_replica_pushes_again_what_a_restore_lost(
         assert await server_documents(collection) == {"a": {"title": "A1"}, "b": {"title": "B"}}
 
         session = await phone.sync()
-        assert (session.reset, session.restored) == (True, True)
-        assert session.requeued >= 3  # a (newer here), c (missing there), b's delete
+        # Repaired by range checks: only the differences moved.
+        assert session.reset is False
+        assert {(d.doc_id, d.kind) for d in session.differences} == {
+            ("a", "newer"),  # pushed again
+            ("b", "newer"),  # its delete, pushed again
+            ("c", "extra"),  # the server lost it: pushed again after a restore
+        }
+        assert session.fetched == 0
         assert await server_documents(collection) == newest
         assert local_documents(phone) == newest
         assert (await database_sync_to_async(collection_verify)(collection_id=collection.pk)).ok

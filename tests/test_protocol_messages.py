@@ -48,6 +48,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     m.TOKEN_REFRESH: {"authToken": "fresh"},
     m.TOKEN_REFRESH_ACK: {"expires": 1_800_000_000_000, "scopes": ["read"], "readOnly": True},
+    m.RANGE_CHECK: {"ranges": [{"lo": 0, "hi": 4096, "count": 3, "hash": "00ff00ff00ff00ff"}]},
+    m.RANGE_RESULT: {
+        "markers": {"collectionMarker": 3, "tombstoneMarker": 9},
+        "ranges": [{"lo": 0, "hi": 4096, "status": "equal"}],
+        "equal": True,
+    },
+    m.RANGE_FETCH: {"ids": ["a", "b"]},
+    m.RANGE_DOCS: {"feed": {"changeSet": [], "tombstoneMap": {"a": 1}}, "missing": ["b"]},
 }
 
 

@@ -43,7 +43,10 @@ def client(message_type: str, correlation: str | None = None, **body: Any) -> m.
         "origin": "replica-1",
     }
     defaults: dict[str, Any] = {
-        m.CONNECT: {"authToken": "t", "capabilities": ["live"]},
+        m.CONNECT: {"authToken": "t", "capabilities": ["live", "ranges"]},
+        m.RANGE_CHECK: {"ranges": [{"lo": 0, "hi": 4096, "count": 0, "hash": "0" * 16}]},
+        m.RANGE_RESULT: {"markers": {}},
+        m.RANGE_FETCH: {"ids": ["a"]},
         m.CONNECT_ACK: {"tombstoneTtl": 1, "batchSize": 1, "endMarkers": {}},
         m.ERROR: {"error": "x"},
         m.TOKEN_REFRESH: {"authToken": "fresh"},

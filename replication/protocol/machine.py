@@ -34,6 +34,13 @@ Rules (PROTOCOL.md section 4, docs/protocol.md):
    batch.end the session reads the server's version of each refused id (`ReadVersions`) and
    sends it in one more chunk (docs/decisions/0011-a-refused-g3-change-is-corrected-in-the-pull.md).
 
+8. A client that announced the `ranges` capability (and got it back in ConnectAck) may, in
+   CONNECTED, send range.check (answered by range.result: each range equal, split into
+   sub-ranges with the server's summaries, or listed as headers) and range.fetch (answered by
+   range.docs: the held versions of some ids), before its batch.end. The shell reads the
+   database (`CheckRanges`, `FetchVersions`); the machine counts them (DG-2031 beyond
+   RANGE_CHECKS_MAX / RANGE_FETCHES_MAX). Without the capability both are DG-2006.
+
 Every (state, message type) pair is either a transition in `TRANSITIONS` or a protocol error
 DG-2006 that names the message and the state (fatal, 4409). After ConnectAck, a frame that is
 not JSON, has no header, names an unknown type or fails validation gets a non-fatal error and
@@ -60,6 +67,7 @@ from replication.markers import Markers, PullStart, pull_start
 from replication.protocol import g3
 from replication.protocol import messages as m
 from replication.protocol.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
+from replication.protocol.ranges import Ask, Summary, hash_from_wire
 
 
 class State(enum.Enum):
@@ -177,6 +185,23 @@ class RefreshToken:
     message_id: str
 
 
+@dataclass(frozen=True)
+class CheckRanges:
+    """Answer a range.check: compare `asks` with the server's summaries (replication/ranges.py)
+    and answer with `ranges_answered`."""
+
+    asks: tuple[Ask, ...]
+    message_id: str
+
+
+@dataclass(frozen=True)
+class FetchVersions:
+    """Read the held versions of `ids` for a range.fetch; answer with `versions_fetched`."""
+
+    ids: tuple[str, ...]
+    message_id: str
+
+
 Effect = (
     Send
     | SendShared
@@ -191,6 +216,8 @@ Effect = (
     | RecordAck
     | GoLive
     | RefreshToken
+    | CheckRanges
+    | FetchVersions
 )
 
 
@@ -203,6 +230,9 @@ TRANSITIONS: dict[tuple[State, str], str] = {
     (State.CONNECTED, m.BATCH_START): "_on_push_chunk",
     (State.CONNECTED, m.BATCH_CONTINUE): "_on_push_chunk",
     (State.CONNECTED, m.BATCH_END): "_on_push_end",
+    # Range checks and repair fetches, before the pull (docs/protocol.md, "Ranges").
+    (State.CONNECTED, m.RANGE_CHECK): "_on_range_check",
+    (State.CONNECTED, m.RANGE_FETCH): "_on_range_fetch",
     (State.CONNECTED, m.DISCONNECT): "_on_disconnect",
     (State.PULLING, m.BATCH_ACK): "_on_pull_ack",
     (State.PULLING, m.BATCH_END_ACK): "_on_pull_end_ack",
@@ -221,8 +251,15 @@ TRANSITIONS: dict[tuple[State, str], str] = {
 G3_TRANSITIONS: dict[tuple[State, str], str] = {
     (state, message_type): handler
     for (state, message_type), handler in TRANSITIONS.items()
-    if state is not State.LIVE and message_type != m.TOKEN_REFRESH
+    if state is not State.LIVE
+    and message_type != m.TOKEN_REFRESH
+    and message_type not in m.RANGE_MESSAGES
 }
+
+# Range messages one session may send at most (DG-2031): a range check ends within about
+# log16(4096) + 1 rounds, and a repair's fetches are its differences / RANGE_FETCH_MAX.
+RANGE_CHECKS_MAX = 64
+RANGE_FETCHES_MAX = 1000
 
 
 @dataclass
@@ -295,6 +332,9 @@ class Session:
         self.waiting_since: float | None = None
         self._now = 0.0
         self._connect_id: str | None = None
+        # range checks (rule 8)
+        self.range_checks = 0
+        self.range_fetches = 0
         # G3 sessions (rule 7)
         self.g3 = False
         self.transitions = TRANSITIONS
@@ -411,8 +451,12 @@ class Session:
             self.transitions = G3_TRANSITIONS
         return [Authenticate(message)]
 
+    @property
+    def ranges(self) -> bool:
+        return m.CAPABILITY_RANGES in self.capabilities and not self.g3
+
     def connect_accepted(
-        self, *, user_name: str, read_only: bool, end_markers: Markers
+        self, *, user_name: str, read_only: bool, end_markers: Markers, purge_seq: int = 0
     ) -> list[Effect]:
         """The token and collection are fine: ConnectAck, and the push phase begins."""
         self.connecting = False
@@ -429,9 +473,13 @@ class Session:
             "tombstoneTtl": self.limits.tombstone_ttl_days,
             "batchSize": self.limits.chunk_size,
             "endMarkers": end_markers.to_wire(),
-            "capabilities": sorted(self.capabilities & {m.CAPABILITY_LIVE}),
+            "capabilities": sorted(self.capabilities & {m.CAPABILITY_LIVE, m.CAPABILITY_RANGES}),
             "readOnly": read_only,
         }
+        if self.ranges:
+            # With it a client can tell, before its pull, that its markers are behind the
+            # purge horizon and repair by ranges instead of taking a reset snapshot.
+            body["purgeMarker"] = purge_seq
         return [Send(self._message(m.CONNECT_ACK, body, self._connect_id))]
 
     def connect_refused(self, error: DataGateError) -> list[Effect]:
@@ -504,6 +552,56 @@ class Session:
             message.header.id,
         )
         return [Send(ack), ReadPosition()]
+
+    # --- range checks (rule 8) ------------------------------------------------------------
+
+    def _ranges_refused(self, message_type: str, what: str, count: int, limit: int) -> list[Effect]:
+        if not self.ranges:
+            return self._fatal(
+                DataGateError(
+                    ErrorCode.WRONG_STATE,
+                    message_type=message_type,
+                    state=f"{self.state.value} (no `ranges` capability)",
+                )
+            )
+        if count > limit:
+            return self._fatal(DataGateError(ErrorCode.RANGE_ROUNDS, limit=limit, what=what))
+        return []
+
+    def _on_range_check(self, message: m.Body) -> list[Effect]:
+        assert isinstance(message, m.RangeCheck)
+        self.range_checks += 1
+        refused = self._ranges_refused(
+            m.RANGE_CHECK, "range checks", self.range_checks, RANGE_CHECKS_MAX
+        )
+        if refused:
+            return refused
+        asks = tuple(
+            Ask(r.lo, r.hi, Summary(r.count, hash_from_wire(r.hash))) for r in message.ranges
+        )
+        return [CheckRanges(asks, message.header.id)]
+
+    def ranges_answered(self, *, body: dict[str, Any], correlation_id: str) -> list[Effect]:
+        """The shell compared the ranges: send the range.result."""
+        if self.state is not State.CONNECTED:
+            return []
+        return [Send(self._message(m.RANGE_RESULT, body, correlation_id))]
+
+    def _on_range_fetch(self, message: m.Body) -> list[Effect]:
+        assert isinstance(message, m.RangeFetch)
+        self.range_fetches += 1
+        refused = self._ranges_refused(
+            m.RANGE_FETCH, "range fetches", self.range_fetches, RANGE_FETCHES_MAX
+        )
+        if refused:
+            return refused
+        return [FetchVersions(tuple(message.ids), message.header.id)]
+
+    def versions_fetched(self, *, body: dict[str, Any], correlation_id: str) -> list[Effect]:
+        """The shell read the fetched ids: send the range.docs."""
+        if self.state is not State.CONNECTED:
+            return []
+        return [Send(self._message(m.RANGE_DOCS, body, correlation_id))]
 
     # --- pull ---------------------------------------------------------------------------
 

@@ -30,12 +30,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_validator,
 )
 
 from replication.door import printable, unencodable
 from replication.markers import Markers
 from replication.protocol.envelope import Header, decode_frame, make_header
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.protocol.ranges import BUCKETS
 
 # --- message type codes (PROTOCOL.md section 3) --------------------------------------------
 
@@ -55,6 +57,16 @@ TOKEN_REFRESH = "no2.sync.token.refresh"  # noqa: S105 (a message type, not a se
 TOKEN_REFRESH_ACK = "no2.sync.token.refresh.ack"  # noqa: S105
 
 CAPABILITY_LIVE = "live"
+
+# Range checks (docs/protocol.md, "Ranges"): capability `ranges`, in the push phase.
+RANGE_CHECK = "no2.sync.range.check"
+RANGE_RESULT = "no2.sync.range.result"
+RANGE_FETCH = "no2.sync.range.fetch"
+RANGE_DOCS = "no2.sync.range.docs"
+CAPABILITY_RANGES = "ranges"
+RANGE_CHECK_MAX = 256  # ranges in one range.check
+RANGE_FETCH_MAX = 500  # ids in one range.fetch
+RANGE_MESSAGES = frozenset({RANGE_CHECK, RANGE_RESULT, RANGE_FETCH, RANGE_DOCS})
 MAX_LIST = 100_000
 
 
@@ -204,6 +216,45 @@ class FeedAck(Body):
     receipt: Receipt = Field(default_factory=Receipt)
 
 
+class WireRange(BaseModel):
+    """One range of a range.check: buckets [lo, hi) and the client's summary of them."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    lo: StrictInt = Field(ge=0, le=BUCKETS - 1)
+    hi: StrictInt = Field(ge=1, le=BUCKETS)
+    count: StrictInt = Field(ge=0)
+    hash: StrictStr = Field(pattern=r"^[0-9a-f]{16}$")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WireRange:
+        if self.hi <= self.lo:
+            raise ValueError("hi must be above lo")
+        return self
+
+
+class RangeCheck(Body):
+    message_type = RANGE_CHECK
+    ranges: list[WireRange] = Field(min_length=1, max_length=RANGE_CHECK_MAX)
+
+
+class RangeResult(Body):
+    message_type = RANGE_RESULT
+    markers: WireMarkers
+    ranges: list[dict[str, Any]] = Field(default_factory=list)
+    equal: StrictBool = False
+
+
+class RangeFetch(Body):
+    message_type = RANGE_FETCH
+    ids: list[StrictStr] = Field(min_length=1, max_length=RANGE_FETCH_MAX)
+
+
+class RangeDocs(Body):
+    message_type = RANGE_DOCS
+    feed: WireFeed = Field(default_factory=WireFeed)
+    missing: list[StrictStr] = Field(default_factory=list)
+
+
 class TokenRefresh(Body):
     message_type = TOKEN_REFRESH
 
@@ -232,6 +283,10 @@ Message = (
     | FeedAck
     | TokenRefresh
     | TokenRefreshAck
+    | RangeCheck
+    | RangeResult
+    | RangeFetch
+    | RangeDocs
 )
 
 MODELS: dict[str, type[Body]] = {
@@ -250,6 +305,10 @@ MODELS: dict[str, type[Body]] = {
         FeedAck,
         TokenRefresh,
         TokenRefreshAck,
+        RangeCheck,
+        RangeResult,
+        RangeFetch,
+        RangeDocs,
     )
 }
 MESSAGE_TYPES = frozenset(MODELS)
@@ -371,6 +430,7 @@ __all__ = [
     "BATCH_END_ACK",
     "BATCH_START",
     "CAPABILITY_LIVE",
+    "CAPABILITY_RANGES",
     "CONNECT",
     "CONNECT_ACK",
     "DISCONNECT",
@@ -379,6 +439,10 @@ __all__ = [
     "FEED_ACK",
     "MESSAGE_TYPES",
     "MODELS",
+    "RANGE_CHECK",
+    "RANGE_DOCS",
+    "RANGE_FETCH",
+    "RANGE_RESULT",
     "TOKEN_REFRESH",
     "TOKEN_REFRESH_ACK",
     "Body",

@@ -9,7 +9,10 @@ them, and the client SDK implements the same few lines (sdk/datagate_replica/ran
 - Every held version (a document or a tombstone) has a 64-bit hash: BLAKE2b with an 8-byte
   digest of `utf8(id) || revision || _modified || deleted` (two signed 64-bit big-endian
   integers and one byte, 1 for a tombstone, whose `_modified` is its delete time), read as an
-  unsigned big-endian integer. Tombstones count, so a delete is a difference.
+  unsigned big-endian integer. A tombstone's revision counts as 0: the wire carries only a
+  delete's time (`tombstoneMap`), so each replica numbers its tombstones itself, and for the
+  conflict rule only the time of a delete matters. Tombstones count, so a delete is a
+  difference.
 - A range's summary is its number of versions and the XOR of their hashes. XOR, not a hash of
   the sorted list, because it is incremental: a write changes a bucket's hash by `old ^ new`
   without reading the bucket's other rows, so the server keeps its summaries inside every
@@ -48,6 +51,8 @@ def key_bucket(key: bytes) -> int:
 
 
 def key_version_hash(key: bytes, revision: int, modified: int, deleted: bool) -> int:
+    if deleted:
+        revision = 0  # the wire carries only a delete's time: replicas number it themselves
     digest = blake2b(key + VERSION_TAIL(revision, modified, deleted), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
@@ -157,3 +162,63 @@ def valid_range(lo: int, hi: int) -> bool:
 
 def in_ranges(bucket: int, ranges: Sequence[tuple[int, int]]) -> bool:
     return any(lo <= bucket < hi for lo, hi in ranges)
+
+
+# --- answering a range check (docs/protocol.md, "Ranges") -----------------------------------
+
+LEAF_MAX = 64  # a range holding at most this many versions is answered with its headers
+SPLIT_PARTS = 16  # an unequal larger range is answered with this many sub-ranges
+HEADERS_MAX = 4000  # headers in one range.result (about 200 kB); further leaves wait
+EQUAL, SPLIT, HEADERS, LATER = "equal", "split", "headers", "later"
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One range of a range.check, with the client's summary of it."""
+
+    lo: int
+    hi: int
+    summary: Summary
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    ask: Ask
+    status: str
+    parts: tuple[tuple[int, int, Summary], ...] = ()
+
+
+def answer_plan(table: BucketTable, asks: Sequence[Ask]) -> list[Answer]:
+    """What to answer for each range, given the server's summaries: equal, split into
+    SPLIT_PARTS with their summaries, its headers (LEAF_MAX versions or fewer, or a single
+    bucket), or later (the result already carries HEADERS_MAX headers)."""
+    answers: list[Answer] = []
+    headers = 0
+    for ask in asks:
+        server = table.summary(ask.lo, ask.hi)
+        if server == ask.summary:
+            answers.append(Answer(ask, EQUAL))
+        elif server.count <= LEAF_MAX or ask.hi - ask.lo == 1:
+            if headers and headers + server.count > HEADERS_MAX:
+                answers.append(Answer(ask, LATER))
+            else:
+                headers += server.count
+                answers.append(Answer(ask, HEADERS))
+        else:
+            parts = tuple(
+                (a, b, table.summary(a, b)) for a, b in split(ask.lo, ask.hi, SPLIT_PARTS)
+            )
+            answers.append(Answer(ask, SPLIT, parts))
+    return answers
+
+
+def answer_to_wire(answer: Answer, headers: Sequence[Header] = ()) -> dict[str, object]:
+    wire: dict[str, object] = {"lo": answer.ask.lo, "hi": answer.ask.hi, "status": answer.status}
+    if answer.status == SPLIT:
+        wire["parts"] = [
+            {"lo": a, "hi": b, "count": s.count, "hash": hash_to_wire(s.hash)}
+            for a, b, s in answer.parts
+        ]
+    elif answer.status == HEADERS:
+        wire["headers"] = [h.to_wire() for h in headers]
+    return wire

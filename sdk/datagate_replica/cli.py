@@ -44,6 +44,7 @@ examples:
   datagate-replica sync
   datagate-replica ls done:=false
   datagate-replica watch
+  datagate-replica verify --repair
   datagate-replica publish --create global news '{"title": "hello"}'   # topics (scope topics)
   datagate-replica subscribe news --from beginning --device laptop
 
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", action="store_true", help="always show the push and pull progress"
     )
     sync.add_argument("--quiet", action="store_true", help="no progress, no summary")
+
+    verify = command("verify", "prove by range checks that the replica holds what the server holds")
+    verify.add_argument("--repair", action="store_true", help="repair what differs")
+    verify.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
     watch = command("watch", "stay live and print every change as it arrives (Ctrl-C stops)")
     watch.add_argument("--json", action="store_true", help="print changes as JSON objects")
@@ -295,6 +300,47 @@ async def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+async def run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Exit 0 when the replica is equal to the server (after repairing, with --repair)."""
+    need_token(args)
+    replica = open_replica(args)
+    try:
+        report = await replica.verify(repair=args.repair)
+    except SyncError as exc:
+        err.write(f"datagate-replica: verify failed: {exc}\n")
+        return 1
+    finally:
+        await replica.close()
+    differences = report.differences
+    if args.json:
+        out.write(
+            _dump(
+                {
+                    "equal": report.equal,
+                    "differences": [d.to_json() for d in differences],
+                    "repaired": report.repaired,
+                    "rounds": report.range_rounds,
+                }
+            )
+            + "\n"
+        )
+    else:
+        for difference in differences[:1000]:
+            out.write(f"{difference.kind:8} {difference.doc_id}\n")
+        if len(differences) > 1000:
+            out.write(f"… and {len(differences) - 1000} more\n")
+        if not differences:
+            out.write(
+                f"equal: the replica holds what the server holds ({report.range_rounds} round(s))\n"
+            )
+        elif args.repair:
+            state = "now equal" if report.equal else "NOT equal yet: run it again"
+            out.write(f"repaired {report.repaired} difference(s); {state}\n")
+        else:
+            out.write(f"{len(differences)} difference(s); --repair repairs them\n")
+    return 0 if report.equal else 1
+
+
 async def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     need_token(args)
     stop = asyncio.Event()
@@ -453,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_sync(args, out, err))
         if args.command == "watch":
             return asyncio.run(run_watch(args, out, err))
+        if args.command == "verify":
+            return asyncio.run(run_verify(args, out, err))
         return run_local(args, out, err)
     except UsageError as exc:
         err.write(f"datagate-replica: error: {exc}\n")

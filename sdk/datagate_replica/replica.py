@@ -181,6 +181,13 @@ class AsyncReplica:
             raise RuntimeError("this replica is live and syncs on its own; stop() it first")
         return await self.engine.sync_once()
 
+    async def verify(self, *, repair: bool = False) -> SessionReport:
+        """Prove by range checks that this replica holds what the server holds; with
+        `repair`, repair what differs. `report.equal`, `report.differences`."""
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("this replica is live and syncs on its own; stop() it first")
+        return await self.engine.verify(repair=repair)
+
     async def start(self) -> None:
         """Stay live in the background until `stop()`, reconnecting as needed."""
         if self._task is not None and not self._task.done():
@@ -308,6 +315,9 @@ class Replica:
 
     def sync(self, timeout: float | None = None) -> SessionReport:
         return self._run(self._replica.sync(), timeout)
+
+    def verify(self, *, repair: bool = False, timeout: float | None = None) -> SessionReport:
+        return self._run(self._replica.verify(repair=repair), timeout)
 
     def start(self) -> None:
         self._run(self._replica.start())

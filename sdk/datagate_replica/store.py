@@ -748,3 +748,40 @@ class Store:
                 self._journal_put(held)
                 queued += 1
         return queued
+
+    # -- range checks (datagate_replica/ranges.py) -----------------------------------------
+
+    def held_versions(self) -> list[tuple[str, int, int, bool]]:
+        """(id, revision, modified, deleted) of every document and tombstone held."""
+        rows = [
+            (str(r[0]), int(r[1]), int(r[2]), False)
+            for r in self._read("SELECT doc_id, revision, modified FROM documents")
+        ]
+        rows += [
+            (str(r[0]), int(r[1]), int(r[2]), True)
+            for r in self._read("SELECT doc_id, revision, deleted_at FROM tombstones")
+        ]
+        return rows
+
+    def pending_ids(self) -> set[str]:
+        return {str(row[0]) for row in self._read("SELECT doc_id FROM journal")}
+
+    def repair_local(self, *, drop: Iterable[str], push: Iterable[str]) -> list[Change]:
+        """After a range check, in one transaction: forget the ids the server does not hold
+        (`drop`), and journal again the held versions of `push` (the server lacks them or
+        holds them older), each unless it is pending in the journal already."""
+        changes: list[Change] = []
+        with self.transaction():
+            pending = {row[0] for row in self._db.execute("SELECT doc_id FROM journal")}
+            for doc_id in drop:
+                if doc_id in pending:
+                    continue
+                gone = self._db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+                if gone.rowcount:
+                    changes.append(Change(doc_id, "remote", None))
+                self._db.execute("DELETE FROM tombstones WHERE doc_id = ?", (doc_id,))
+            for doc_id in push:
+                held = self._held(doc_id)
+                if held is not None and doc_id not in pending:
+                    self._journal_put(held)
+        return changes

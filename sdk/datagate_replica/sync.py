@@ -46,6 +46,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from datagate_replica.clock import DELETE, WRITE, VersionKey
+from datagate_replica.ranges import (
+    BUCKETS,
+    EXTRA,
+    MISSING,
+    NEWER,
+    STALE,
+    Difference,
+    Held,
+    LocalIndex,
+    compare,
+)
 from datagate_replica.store import (
     Change,
     Markers,
@@ -70,6 +81,15 @@ BATCH_ACK = "no2.sync.batch.ack"
 BATCH_END_ACK = "no2.sync.batch.end.ack"
 FEED = "no2.sync.feed"
 FEED_ACK = "no2.sync.feed.ack"
+RANGE_CHECK = "no2.sync.range.check"
+RANGE_RESULT = "no2.sync.range.result"
+RANGE_FETCH = "no2.sync.range.fetch"
+RANGE_DOCS = "no2.sync.range.docs"
+CAPABILITY_RANGES = "ranges"
+RANGE_CHECK_MAX = 256  # ranges per range.check (the server's limit)
+RANGE_FETCH_MAX = 500  # ids per range.fetch (the server's limit)
+RANGE_FETCH_WINDOW = 4  # range.fetch messages in flight
+RANGE_ROUNDS_MAX = 48  # range.check messages per session (the server allows 64)
 
 # Close codes after which trying again with the same token cannot help.
 CLOSE_NOT_AUTHENTICATED = 4401
@@ -123,6 +143,12 @@ class SessionReport:
     requeued: int = 0
     markers: Markers = field(default_factory=Markers)
     read_only: bool = False
+    # range checks (docs/protocol.md, "Ranges"): a reset repaired by difference, or verify
+    repaired: int = 0  # differences repaired (fetched, dropped or pushed again)
+    differences: list[Difference] = field(default_factory=list)
+    range_rounds: int = 0  # range.check messages sent
+    fetched: int = 0  # versions fetched by range.fetch
+    equal: bool | None = None  # verify: the replica held what the server holds
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
@@ -217,6 +243,19 @@ def is_restore(stored: Markers, server: Markers) -> bool:
     if stored.is_zero:
         return False
     return (stored.epoch != 0 and stored.epoch != server.epoch) or stored.seq > server.seq
+
+
+def needs_reset(stored: Markers, server: Markers, ack: Mapping[str, Any]) -> bool:
+    """The server would answer these markers with a reset snapshot: it went back in time, or
+    the markers are behind its purge horizon (connect.ack's `purgeMarker`)."""
+    if stored.is_zero:
+        return False
+    purge = ack.get("purgeMarker")
+    return is_restore(stored, server) or (isinstance(purge, int) and stored.seq < purge)
+
+
+def ranges_granted(ack: Mapping[str, Any]) -> bool:
+    return CAPABILITY_RANGES in (ack.get("capabilities") or [])
 
 
 class _Session:
@@ -352,8 +391,10 @@ class SyncEngine:
         on_retry: RetryListener | None = None,
         rng: random.Random | None = None,
         max_frame_bytes: int | None = None,
+        ranges: bool = True,
     ) -> None:
         self.store = store
+        self.ranges = ranges  # repair a reset by range checks when the server offers them
         if max_frame_bytes is not None:  # the server's DATAGATE_MAX_FRAME_BYTES, if not 1 MiB
             store.frame_limit_store(max_frame_bytes)
         self.url = url.rstrip("/")
@@ -468,11 +509,11 @@ class SyncEngine:
     async def _run_session(
         self, conn: _Session, report: SessionReport, *, live: bool, stop: asyncio.Event | None
     ) -> None:
+        capabilities = ["live"] if live else []
+        if self.ranges:
+            capabilities.append(CAPABILITY_RANGES)
         await conn.send(
-            CONNECT,
-            authToken=self.token,
-            replicaName=self.name,
-            capabilities=["live"] if live else [],
+            CONNECT, authToken=self.token, replicaName=self.name, capabilities=capabilities
         )
         ack = await conn.expect(CONNECT_ACK, self.reply_timeout)
         conn.user_name = ack["header"].get("userName")
@@ -482,6 +523,14 @@ class SyncEngine:
         restore = is_restore(stored, server_position)
 
         await self._push(conn, report)
+        if needs_reset(stored, server_position, ack) and ranges_granted(ack):
+            # Repair by difference instead of a reset snapshot, push what the repair journaled
+            # again, then pull from the position the first range.result names
+            # (docs/protocol.md, "Ranges"). After the push, so that a change the server
+            # refused has left the journal, and goes like any other id the server lacks.
+            stored = await self._range_repair(conn, report, restore=restore)
+            await self._push(conn, report)
+            restore = False
         await conn.send(
             BATCH_END,
             startMarkers=stored.to_wire(),
@@ -669,6 +718,150 @@ class SyncEngine:
             )
             if self.on_progress is not None:
                 self.on_progress(report.pulled, max(report.pulled, estimate))
+
+    # -- range checks -----------------------------------------------------------------------
+
+    async def _range_check(
+        self, conn: _Session, report: SessionReport, index: LocalIndex
+    ) -> Markers:
+        """Compare this replica with the server range by range; the differences go into
+        `report.differences`. Returns the markers of the first range.result: the server's
+        position before it read its summaries."""
+        pending: list[tuple[int, int]] = [(0, BUCKETS)]
+        markers: Markers | None = None
+        while pending:
+            sent = 0
+            for start in range(0, len(pending), RANGE_CHECK_MAX):
+                if report.range_rounds >= RANGE_ROUNDS_MAX:
+                    raise SyncError("the range check did not converge")
+                batch = pending[start : start + RANGE_CHECK_MAX]
+                await conn.send(RANGE_CHECK, ranges=[index.range_to_wire(*r) for r in batch])
+                report.range_rounds += 1
+                sent += 1
+            pending = []
+            for _ in range(sent):
+                result = await conn.expect(RANGE_RESULT, self.reply_timeout)
+                if markers is None:
+                    markers = Markers.from_wire(result.get("markers"))
+                pending += self._range_result(result, index, report)
+        assert markers is not None
+        report.equal = not report.differences
+        return markers
+
+    @staticmethod
+    def _range_result(
+        result: Mapping[str, Any], index: LocalIndex, report: SessionReport
+    ) -> list[tuple[int, int]]:
+        again: list[tuple[int, int]] = []
+        try:
+            for answer in result.get("ranges") or []:
+                lo, hi, status = int(answer["lo"]), int(answer["hi"]), answer.get("status")
+                if status == "split":
+                    again += [(p["lo"], p["hi"]) for p in answer["parts"] if index.differs(p)]
+                elif status == "headers":
+                    server = [Held.from_wire(raw) for raw in answer.get("headers") or []]
+                    report.differences += compare(server, index.held(lo, hi))
+                elif status == "later":
+                    again.append((lo, hi))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SyncError(f"the server sent a malformed range.result: {exc}") from exc
+        return again
+
+    async def _range_repair(
+        self, conn: _Session, report: SessionReport, *, restore: bool
+    ) -> Markers:
+        """Find the differences and repair them: fetch what the server holds newer or this
+        replica lacks, forget what the server does not hold (after a restore: journal it to
+        push again instead), journal what this replica holds newer. Returns the markers to
+        pull from."""
+        index = LocalIndex(Held(*row) for row in self.store.held_versions())
+        markers = await self._range_check(conn, report, index)
+        await self._apply_differences(conn, report, restore=restore)
+        return markers
+
+    async def _apply_differences(
+        self, conn: _Session, report: SessionReport, *, restore: bool
+    ) -> None:
+        differences = report.differences
+        await self._fetch(
+            conn, report, [d.doc_id for d in differences if d.kind in (MISSING, STALE)]
+        )
+        push = [d.doc_id for d in differences if d.kind == NEWER or (d.kind == EXTRA and restore)]
+        drop = [d.doc_id for d in differences if d.kind == EXTRA and not restore]
+        self._notify(self.store.repair_local(drop=drop, push=push))
+        report.repaired += len(differences)
+
+    async def _fetch(self, conn: _Session, report: SessionReport, ids: list[str]) -> None:
+        """Fetch the server's versions of `ids`, a few range.fetch messages in flight."""
+        chunks = [ids[i : i + RANGE_FETCH_MAX] for i in range(0, len(ids), RANGE_FETCH_MAX)]
+        in_flight = 0
+        while chunks or in_flight:
+            while chunks and in_flight < RANGE_FETCH_WINDOW:
+                await conn.send(RANGE_FETCH, ids=chunks.pop(0))
+                in_flight += 1
+            reply = await conn.expect(RANGE_DOCS, self.reply_timeout)
+            in_flight -= 1
+            versions, _ = parse_feed(reply.get("feed"))
+            self._notify(self.store.apply_remote(versions))
+            report.fetched += len(versions)
+
+    async def verify(self, *, repair: bool = False) -> SessionReport:
+        """Prove this replica holds what the server holds, by range checks; with `repair`,
+        repair the differences (then push and pull as a sync does). `report.equal` says
+        whether there was no difference; `report.differences` lists them."""
+        report = SessionReport()
+        try:
+            async with connect(
+                self.endpoint, open_timeout=self.reply_timeout, max_size=None, close_timeout=5
+            ) as ws:
+                conn = _Session(
+                    ws, tenant=self.tenant, collection=self.collection, origin=self.store.replica_id
+                )
+                await self._verify_session(conn, report, repair=repair)
+        except (OSError, InvalidHandshake) as exc:
+            raise SyncError(f"cannot connect to {self.endpoint}: {exc}") from exc
+        except ConnectionClosed as exc:
+            raise _closed_error(exc) from exc
+        if repair and report.differences:
+            again = await self.verify(repair=False)
+            report.equal = again.equal
+            report.range_rounds += again.range_rounds
+        return report
+
+    async def _verify_session(self, conn: _Session, report: SessionReport, *, repair: bool):
+        await conn.send(
+            CONNECT,
+            authToken=self.token,
+            replicaName=self.name,
+            capabilities=[CAPABILITY_RANGES],
+        )
+        ack = await conn.expect(CONNECT_ACK, self.reply_timeout)
+        conn.user_name = ack["header"].get("userName")
+        if not ranges_granted(ack):
+            raise SyncError("the server does not offer range checks (capability 'ranges')")
+        report.read_only = bool(ack.get("readOnly"))
+        server = Markers.from_wire(ack.get("endMarkers"))
+        stored = self.store.markers()
+        index = LocalIndex(Held(*row) for row in self.store.held_versions())
+        markers = await self._range_check(conn, report, index)
+        if not repair or not report.differences:
+            with contextlib.suppress(ConnectionClosed):
+                await conn.send(DISCONNECT)
+            await conn.ws.close()
+            return
+        restore = is_restore(stored, server)
+        await self._apply_differences(conn, report, restore=restore)
+        start = markers if needs_reset(stored, server, ack) else stored
+        await self._push(conn, report)
+        await conn.send(
+            BATCH_END,
+            startMarkers=start.to_wire(),
+            endMarkers=start.to_wire(),
+            batchSize=self.pull_batch_size,
+        )
+        await conn.expect(BATCH_END_ACK, self.reply_timeout)
+        await self._pull(conn, report, stored=start, server=server, restore=False)
+        await self._finish(conn)
 
     # -- live -------------------------------------------------------------------------------
 

@@ -210,7 +210,8 @@ async def test_a_session_pushes_the_journal_in_chunks_then_pulls_and_stores_the_
         remote = replica.get("remote")
     assert failures == []
     header = seen["connect"]["header"]
-    assert seen["connect"]["authToken"] == "secret-token" and seen["connect"]["capabilities"] == []
+    assert seen["connect"]["authToken"] == "secret-token"
+    assert seen["connect"]["capabilities"] == ["ranges"]
     assert header["origin"] == replica.replica_id and header["transactionId"]
     assert [
         len(c["feed"]["changeSet"]) + len(c["feed"]["tombstoneMap"]) for c in seen["chunks"]
@@ -369,7 +370,7 @@ async def test_live_feeds_are_applied_acked_and_local_changes_sent_as_feeds(tmp_
         assert replica.markers == Markers(2, 1)
         await replica.stop()
     assert failures == []
-    assert got["capabilities"] == ["live"]
+    assert got["capabilities"] == ["live", "ranges"]
     assert got["ack"]["receipt"] == {"added": ["x"], "removed": [], "rejected": []}
     assert [d["_id"] for d in got["feed"]["feed"]["changeSet"]] == ["mine"]
     assert remote == ["x"]
