@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 from oauth2_provider.models import (
@@ -26,7 +27,15 @@ from oauth2_provider.models import (
     set_token_value,
 )
 
-from accounts.access import ACTIONS, COLLECTION_PERMISSIONS, collection_lookup, collection_model
+from accounts.access import (
+    ACTIONS,
+    COLLECTION_PERMISSIONS,
+    System,
+    access_collection_admin,
+    access_tenant_admin,
+    collection_lookup,
+    collection_model,
+)
 from accounts.audit import audit_record
 from accounts.models import KeyRule, Membership, Role, RuleEffect, Tenant
 
@@ -340,6 +349,7 @@ def collection_perm_grant(
     may name one before it exists; a grant then needs the row to hang on)."""
     from guardian.shortcuts import assign_perm
 
+    collection_admin_check(actor=actor, tenant=tenant, collection_name=collection_name)
     codename = _permission(perm)
     subject = _subject(user=user, group=group)
     with transaction.atomic():
@@ -371,6 +381,7 @@ def collection_perm_revoke(
 ) -> None:
     from guardian.shortcuts import remove_perm
 
+    collection_admin_check(actor=actor, tenant=tenant, collection_name=collection_name)
     codename = _permission(perm)
     collection = _collection_required(tenant=tenant, collection_name=collection_name)
     with transaction.atomic():
@@ -430,6 +441,7 @@ def key_rule_add(
 ) -> KeyRule:
     """Add a key rule (accounts/access.py gives the evaluation order). No user and no group:
     the rule applies to everyone."""
+    collection_admin_check(actor=actor, tenant=tenant, collection_name=collection_name)
     if effect not in RuleEffect.values:
         raise ValueError(f"unknown effect {effect!r}; choose allow or deny")
     unknown = sorted(set(actions) - set(ACTIONS))
@@ -463,6 +475,7 @@ def key_rule_remove(*, rule_id: int, actor: Any = None) -> None:
     rule = KeyRule.objects.select_related("tenant").filter(pk=rule_id).first()
     if rule is None:
         raise LookupError(f"no key rule #{rule_id}")
+    collection_admin_check(actor=actor, tenant=rule.tenant, collection_name=rule.collection_name)
     with transaction.atomic():
         KeyRule.objects.filter(pk=rule_id).delete()
         _audit(
@@ -511,3 +524,68 @@ def access_tokens_revoke(
             application_id=application_id,
         )
     return count
+
+
+# --- what a tenant admin does from the console (the access door, then the audit log) ------
+
+
+def _is_user(actor: Any) -> bool:
+    return actor is not None and not isinstance(actor, System)
+
+
+def tenant_admin_check(*, actor: Any, tenant: Tenant) -> None:
+    """PermissionDenied unless the actor administers the tenant (a System always may)."""
+    if _is_user(actor) and not access_tenant_admin(user=actor, tenant=tenant):
+        raise PermissionDenied(f"only {tenant.slug}'s admins may do this")
+
+
+def collection_admin_check(*, actor: Any, tenant: Tenant, collection_name: str) -> None:
+    if _is_user(actor) and not access_collection_admin(
+        user=actor, tenant=tenant, collection_name=collection_name
+    ):
+        raise PermissionDenied(f"only admins of {tenant.slug}/{collection_name} may do this")
+
+
+def member_add(
+    *, actor: Any, tenant: Tenant, username: str, role: str, password: str = ""
+) -> tuple[Any, bool]:
+    """Give `username` a role in the tenant, creating the account (with `password`) if it does
+    not exist; returns (user, created). Tenant admins only."""
+    tenant_admin_check(actor=actor, tenant=tenant)
+    users = get_user_model()
+    with transaction.atomic():
+        user = users.objects.filter(username=username).first()
+        created = user is None
+        if user is None:
+            probe = users(username=username)
+            probe.clean_fields(exclude=["password"])
+            user = user_create(username=username, password=password, actor=actor, tenant=tenant)
+        membership_set(user=user, tenant=tenant, role=role, actor=actor)
+    return user, created
+
+
+def member_remove(*, actor: Any, tenant: Tenant, user: Any) -> bool:
+    tenant_admin_check(actor=actor, tenant=tenant)
+    return membership_remove(user=user, tenant=tenant, actor=actor)
+
+
+def _member_check(*, actor: Any, tenant: Tenant, user: Any) -> None:
+    tenant_admin_check(actor=actor, tenant=tenant)
+    if not Membership.objects.filter(user=user, tenant=tenant).exists():
+        raise PermissionDenied(f"{user.get_username()} is not a member of {tenant.slug}")
+
+
+def member_token_issue(
+    *, actor: Any, tenant: Tenant, user: Any, scopes: list[str], expires_in: int | None = None
+) -> IssuedTokens:
+    """A tenant admin issues an access token to one of the tenant's members."""
+    _member_check(actor=actor, tenant=tenant, user=user)
+    return token_pair_issue(
+        user=user, scopes=scopes, expires_in=expires_in, actor=actor, tenant=tenant
+    )
+
+
+def member_token_revoke(*, actor: Any, tenant: Tenant, user: Any, token_id: int | None) -> int:
+    """Revoke one of a member's access tokens (None: all of them) with its refresh token."""
+    _member_check(actor=actor, tenant=tenant, user=user)
+    return access_tokens_revoke(user=user, token_id=token_id, actor=actor, tenant=tenant)

@@ -1,4 +1,7 @@
-"""The dashboard's live updates: `/ws/console/{tenant}/` and `/ws/console/{tenant}/{collection}/`.
+"""The console's live updates: `/ws/console/{tenant}/` and `/ws/console/{tenant}/{collection}/`.
+
+The dashboard gets its fragments; the replicas page connects with `?view=replicas&query=...`
+(its own filters, sort and page) and gets its table rows, rendered as a reload would.
 
 Authenticated by the Django session (AuthMiddlewareStack in datagate_site/asgi.py). The
 consumer renders the dashboard's live fragments (console/dashboard.py) and pushes them every
@@ -19,10 +22,11 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.http import QueryDict
 
 from accounts.access import access_tenant_read
 from accounts.models import Tenant
-from console.dashboard import dashboard_fragments
+from console.dashboard import dashboard_fragments, replicas_fragments
 from replication.doorbell import collection_group
 from replication.models import Collection
 
@@ -47,9 +51,13 @@ def _authorize(
     return tenant, list(collections.values_list("pk", flat=True))
 
 
-def _fragments(user: Any, tenant: Tenant, collection_name: str | None) -> dict[str, str] | None:
+def _fragments(
+    user: Any, tenant: Tenant, collection_name: str | None, view: QueryDict
+) -> dict[str, str] | None:
     if not access_tenant_read(user=user, tenant=tenant):
         return None
+    if view.get("view") == "replicas":
+        return replicas_fragments(tenant=tenant, params=QueryDict(view.get("query", "")))
     return dashboard_fragments(tenant=tenant, collection_name=collection_name)
 
 
@@ -58,6 +66,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         self.user = self.scope.get("user")
         kwargs = self.scope["url_route"]["kwargs"]
         self.collection_name: str | None = kwargs.get("collection")
+        self.view = QueryDict(self.scope.get("query_string", b"").decode("latin-1"))
         self.groups_joined: list[str] = []
         self.ticker: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
@@ -95,7 +104,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         while True:
             try:
                 fragments = await database_sync_to_async(_fragments)(
-                    self.user, self.tenant, self.collection_name
+                    self.user, self.tenant, self.collection_name, self.view
                 )
             except Exception:
                 logger.exception("console dashboard update failed")

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.paginator import Paginator
+from django.http import QueryDict
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import Tenant
 from console import selectors
 from console.charts import bar_chart_svg
+from console.forms import ReplicaFilterForm
+
+REPLICAS_PAGE_SIZE = 50
 
 LIVE_PARTS = {
     "collections": "console/_collections.html",
@@ -56,3 +61,37 @@ def dashboard_fragments(*, tenant: Tenant, collection_name: str | None = None) -
     """Each live part of the dashboard, rendered."""
     context = dashboard_data(tenant=tenant, collection_name=collection_name)
     return {name: render_to_string(template, context) for name, template in LIVE_PARTS.items()}
+
+
+def replicas_data(*, tenant: Tenant, params: QueryDict) -> dict[str, Any]:
+    """The replicas page for these filters, sort and page: the same for the page and for its
+    live updates, which render `console/_replica_rows.html` again with the page's query."""
+    form = ReplicaFilterForm(params or None)
+    data = form.cleaned_data if form.is_valid() else {}
+    filters = selectors.ReplicaFilters(
+        q=data.get("q") or "",
+        collection=data.get("collection") or "",
+        user=data.get("user") or "",
+        online=data.get("online") or "",
+        behind=bool(data.get("behind")),
+        sort=data.get("sort") or "-last_seen",
+    )
+    page = Paginator(
+        selectors.replica_list(tenant=tenant, filters=filters), REPLICAS_PAGE_SIZE
+    ).get_page(params.get("page"))
+    page.object_list = selectors.replicas_by_pk(list(page.object_list))
+    next_sort = {
+        key: (f"-{key}" if filters.sort == key else key) for key in selectors.REPLICA_SORTS
+    }
+    return {
+        "tenant": tenant,
+        "form": form if form.is_bound else ReplicaFilterForm(),
+        "page": page,
+        "sort": filters.sort,
+        "next_sort": next_sort,
+    }
+
+
+def replicas_fragments(*, tenant: Tenant, params: QueryDict) -> dict[str, str]:
+    context = replicas_data(tenant=tenant, params=params)
+    return {"replicas": render_to_string("console/_replica_rows.html", context)}

@@ -66,6 +66,7 @@ class ErrorFilterForm(forms.Form):
 
 
 class DocumentSearchForm(forms.Form):
+    q = forms.CharField(required=False, label="Full text", max_length=500)
     id = forms.CharField(required=False, label="Id contains", strip=False)
     field = forms.CharField(required=False, label="Field")
     value = forms.CharField(required=False, label="equals")

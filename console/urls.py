@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import views
+from console import operator_views, views
 
 app_name = "console"
 
@@ -52,6 +52,24 @@ urlpatterns = [
     path("t/<str:tenant>/errors/", views.errors, name="errors"),
     path("t/<str:tenant>/topics/", views.topics, name="topics"),
     path("t/<str:tenant>/topics/<int:pk>/", views.topic_detail, name="topic"),
+    path("t/<str:tenant>/collections/", operator_views.collections, name="collections"),
+    path(
+        "t/<str:tenant>/c/<str:collection>/settings/",
+        operator_views.collection_settings,
+        name="collection_settings",
+    ),
+    path(
+        "t/<str:tenant>/c/<str:collection>/export/",
+        operator_views.collection_export,
+        name="collection_export",
+    ),
+    path("t/<str:tenant>/members/", operator_views.members, name="members"),
+    path(
+        "t/<str:tenant>/topics/<int:pk>/messages/",
+        operator_views.topic_messages,
+        name="topic_messages",
+    ),
+    path("t/<str:tenant>/audit/", operator_views.audit, name="audit"),
     path("maintenance/", views.maintenance, name="maintenance"),
     path("maintenance/run/", views.maintenance_start, name="maintenance_run"),
 ]

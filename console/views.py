@@ -43,9 +43,9 @@ from accounts.access import (
 from accounts.models import Tenant
 from accounts.services import access_tokens_revoke
 from console import selectors
-from console.dashboard import dashboard_data
+from console.dashboard import dashboard_data, replicas_data
 from console.errorsdoc import errors_doc_html
-from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm, ReplicaFilterForm
+from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm
 from replication.door import display_json
 from replication.doorbell import replica_disconnect_request
 from replication.maintenance import (
@@ -57,6 +57,7 @@ from replication.maintenance import (
 from replication.models import Collection, MaintenanceJob
 from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import document_delete, document_put, error_event_record
+from search.selectors import search_documents
 
 LOGIN_URL = "console:login"
 PAGE_SIZE = 50
@@ -160,34 +161,17 @@ def dashboard(request: HttpRequest, tenant: str, collection: str | None = None) 
 @require_GET
 def replicas(request: HttpRequest, tenant: str) -> HttpResponse:
     access = _tenant_access(request, tenant)
-    form = ReplicaFilterForm(request.GET or None)
-    data = form.cleaned_data if form.is_valid() else {}
-    filters = selectors.ReplicaFilters(
-        q=data.get("q") or "",
-        collection=data.get("collection") or "",
-        user=data.get("user") or "",
-        online=data.get("online") or "",
-        behind=bool(data.get("behind")),
-        sort=data.get("sort") or "-last_seen",
-    )
-    page = _page(request, selectors.replica_list(tenant=access.tenant, filters=filters))
-    page.object_list = selectors.replicas_by_pk(list(page.object_list))
-    next_sort = {
-        key: (f"-{key}" if filters.sort == key else key) for key in selectors.REPLICA_SORTS
-    }
-    return _render(
-        request,
-        "console/replicas.html",
+    context = replicas_data(tenant=access.tenant, params=request.GET)
+    query = request.GET.urlencode()
+    context.update(
         {
             "access": access,
-            "tenant": access.tenant,
-            "form": form if form.is_bound else ReplicaFilterForm(),
-            "page": page,
-            "sort": filters.sort,
-            "next_sort": next_sort,
+            "live_path": f"/ws/console/{access.tenant.slug}/?"
+            + urlencode({"view": "replicas", "query": query}),
             "section": "replicas",
-        },
+        }
     )
+    return _render(request, "console/replicas.html", context)
 
 
 def _replica_or_404(access: TenantAccess, pk: int) -> Any:
@@ -245,7 +229,12 @@ def replica_revoke(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
     replica = _replica_or_404(access, pk)
     raw_app = request.POST.get("application", "")
     application_id = int(raw_app) if raw_app.isdigit() else None
-    revoked = access_tokens_revoke(user=replica.user, application_id=application_id)
+    revoked = access_tokens_revoke(
+        user=replica.user,
+        application_id=application_id,
+        actor=request.user,
+        tenant=access.tenant,
+    )
     replica_disconnect_request(replica_pk=replica.pk, reason="token revoked from the console")
     messages.success(
         request,
@@ -267,6 +256,17 @@ def documents(request: HttpRequest, tenant: str, collection: str) -> HttpRespons
     form = DocumentSearchForm(request.GET or None)
     data = form.cleaned_data if form.is_valid() else {}
     search_error = ""
+    hits = None
+    if data.get("q"):  # full-text search, as the HTTP API's (search/selectors.py)
+        try:
+            hits = search_documents(
+                collection_id=coll.pk,
+                query=data["q"],
+                limit=PAGE_SIZE,
+                read_filter=policy.read_filter,
+            )
+        except DataGateError as exc:
+            search_error = exc.text
     try:
         found = selectors.document_search(
             collection=coll,
@@ -289,6 +289,7 @@ def documents(request: HttpRequest, tenant: str, collection: str) -> HttpRespons
             "form": form if form.is_bound else DocumentSearchForm(),
             "page": page,
             "search_error": search_error,
+            "hits": hits,
             "may_create": policy.can_write,
             "section": "documents",
         },
@@ -346,6 +347,7 @@ def _save_document(
             body=form.cleaned_data["body"],
             origin=_origin(request),
             expected_revision=form.cleaned_data.get("expected_revision"),
+            audit=True,
         )
     except DataGateError as exc:
         error_event_record(
@@ -455,6 +457,7 @@ def document_remove(request: HttpRequest, tenant: str, collection: str) -> HttpR
             doc_id=doc_id,
             origin=_origin(request),
             expected_revision=int(raw_revision) if raw_revision.isdigit() else None,
+            audit=True,
         )
     except DataGateError as exc:
         error_event_record(

@@ -7,7 +7,7 @@ audit entry in the same transaction (accounts/audit.py). Errors are DG-72xx (doc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
@@ -20,6 +20,13 @@ from accounts.audit import audit_record
 from accounts.models import Tenant
 from replication.models import Collection
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.transfer import (
+    ExportReport,
+    ImportReport,
+    TextSink,
+    collection_export,
+    collection_import,
+)
 
 MAX_DAYS = 3650
 SETTINGS = ("tombstone_ttl_days", "journal_retention_days")
@@ -168,3 +175,59 @@ def collection_delete(*, actor: Any, collection: Collection, confirm: str) -> di
             actor=actor, action="collection.delete", target=name, tenant=tenant, detail=counts
         )
     return counts
+
+
+def collection_search_fields_set(*, actor: Any, collection: Collection, fields: list[str]) -> int:
+    """Index these document fields for full-text search (none: stop indexing); rebuilds the
+    index and returns how many documents it holds. DG-7203 without the right to."""
+    from search.models import SearchEntry
+    from search.services import search_index_configure, search_index_remove
+
+    _check_admin(actor=actor, collection=collection, action="index")
+    with transaction.atomic():
+        if fields:
+            try:
+                search_index_configure(collection_id=collection.pk, fields=fields)
+            except ValueError as exc:
+                raise DataGateError(
+                    ErrorCode.COLLECTION_BAD_SETTING, name="search fields", detail=str(exc)
+                ) from exc
+        else:
+            search_index_remove(collection_id=collection.pk)
+        audit_record(
+            actor=actor,
+            action="collection.search",
+            target=str(collection),
+            tenant=collection.tenant,
+            detail={"fields": fields},
+        )
+    return SearchEntry.objects.filter(collection_id=collection.pk).count()
+
+
+def collection_export_as(*, actor: Any, collection: Collection, out: TextSink) -> ExportReport:
+    """`replication.transfer.collection_export` for an operator: every document, whatever the
+    key rules, so it needs the collection's administration right (DG-7203); audited."""
+    _check_admin(actor=actor, collection=collection, action="export")
+    report = collection_export(collection_id=collection.pk, out=out)
+    audit_record(
+        actor=actor,
+        action="collection.export",
+        target=str(collection),
+        tenant=collection.tenant,
+        detail={"documents": report.documents, "tombstones": report.tombstones},
+    )
+    return report
+
+
+def collection_import_as(*, actor: Any, collection: Collection, source: IO[str]) -> ImportReport:
+    """Restore an existing collection from an export (its administration right; audited)."""
+    _check_admin(actor=actor, collection=collection, action="import into")
+    report = collection_import(tenant=collection.tenant, name=collection.name, source=source)
+    audit_record(
+        actor=actor,
+        action="collection.import",
+        target=str(collection),
+        tenant=collection.tenant,
+        detail={"documents": report.documents, "tombstones": report.tombstones},
+    )
+    return report

@@ -30,6 +30,7 @@ from psycopg.types.json import Jsonb
 
 from accounts import access
 from accounts.access import DocumentPolicy, System
+from accounts.audit import audit_record
 from accounts.models import Tenant
 from replication.changes import (
     ParsedFeed,
@@ -618,8 +619,12 @@ def document_put(
     body: Mapping[str, Any],
     origin: str,
     expected_revision: int | None = None,
+    audit: bool = False,
 ) -> ApplyResult:
     """Write one document for `actor` (console, HTTP API, commands): next revision, now.
+
+    With `audit` (an operator's edit in the console), the write is recorded in the audit log
+    in its own transaction.
 
     A write the actor may not make raises its DataGateError (DG-3002, DG-3003) before
     anything about the stored document is looked at. With `expected_revision`, the write
@@ -660,9 +665,24 @@ def document_put(
             origin=origin,
             policy=policy,
         )
+        if audit and not result.rejected:
+            _document_audit(actor, collection_id, doc_id, "document.put", revision)
     if result.rejected:
         raise result.rejected[0].error
     return result
+
+
+def _document_audit(
+    actor: Actor, collection_id: int, doc_id: str, action: str, revision: int
+) -> None:
+    collection = Collection.objects.select_related("tenant").get(pk=collection_id)
+    audit_record(
+        actor=actor,
+        action=action,
+        target=f"{collection}/{doc_id}",
+        tenant=collection.tenant,
+        detail={"revision": revision},
+    )
 
 
 def document_delete(
@@ -672,6 +692,7 @@ def document_delete(
     doc_id: str,
     origin: str,
     expected_revision: int | None = None,
+    audit: bool = False,
 ) -> ApplyResult:
     """Delete one document for `actor`; a missing document is not an error. A delete the
     actor may not make raises its DataGateError (DG-3002, DG-3004) first."""
@@ -700,6 +721,8 @@ def document_delete(
             origin=origin,
             policy=policy,
         )
+        if audit and not result.rejected:
+            _document_audit(actor, collection_id, doc_id, "document.delete", held_revision)
     if result.rejected:
         raise result.rejected[0].error
     return result

@@ -100,6 +100,8 @@ def page_urls(world: dict[str, Any]) -> list[str]:
         reverse("console:document", kwargs={"tenant": t, "collection": c.name}) + doc,
         reverse("console:errors", kwargs={"tenant": t}),
         reverse("console:topics", kwargs={"tenant": t}),
+        reverse("console:collections", kwargs={"tenant": t}),
+        reverse("console:collection_settings", kwargs={"tenant": t, "collection": c.name}),
     ]
 
 
@@ -114,6 +116,12 @@ def action_posts(world: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
         (reverse("console:document_new", kwargs=kw), {"doc_id": "x", "body": "{}"}),
         (reverse("console:document_edit", kwargs=kw) + "?id=n1", {"body": "{}"}),
         (reverse("console:document_delete", kwargs=kw), {"id": "n1"}),
+        (reverse("console:collections", kwargs={"tenant": t}), {"name": "new"}),
+        (
+            reverse("console:collection_settings", kwargs=kw),
+            {"action": "delete", "confirm": c.name},
+        ),
+        (reverse("console:members", kwargs={"tenant": t}), {"action": "add", "username": "x"}),
     ]
 
 
