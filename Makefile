@@ -8,8 +8,12 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 # `make bench BENCH_ARGS=--quick` runs the benchmarks at smoke-test sizes (bench/__main__.py).
 BENCH_ARGS ?=
+# `make chaos DURATION=1800 SEED=42`: the fault-injection run (chaos/, docs/guarantees.md).
+DURATION ?= 300
+SEED ?=
+CHAOS_ARGS ?=
 
-.PHONY: run test check lint typecheck bench bench-couchdb clean chromium pouchdb
+.PHONY: run test check lint typecheck bench bench-couchdb chaos clean chromium pouchdb
 
 # Installing and migrating are quiet; their output goes to $(LOG_DIR) and is shown on failure.
 LOG_DIR ?= var/log
@@ -80,6 +84,10 @@ bench/pouchdb/node_modules/.installed: bench/pouchdb/package.json bench/pouchdb/
 
 bench-couchdb: $(VENV)/.installed bench/pouchdb/node_modules/.installed
 	$(PY) -m bench --only couchdb --backends sqlite $(BENCH_ARGS)
+
+chaos: $(VENV)/.installed
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m chaos --duration $(DURATION) \
+		$(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(POUCHDB_DIR)/node_modules bench/pouchdb/node_modules

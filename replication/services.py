@@ -712,8 +712,13 @@ def document_delete(
                 actual=held_revision,
             )
         if current is None:
-            return ApplyResult(removed=[doc_id])
-        stamp = _next_stamp(current.modified)
+            # Still write the tombstone (or move it forward): a replica may hold an unpushed
+            # older version of this id, and an acknowledged delete must win over it when it
+            # arrives (found by the chaos run: docs/guarantees.md).
+            held = Tombstone.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
+            stamp = _next_stamp(held.deleted_at if held else None)
+        else:
+            stamp = _next_stamp(current.modified)
         result = batch_apply(
             actor=actor,
             collection_id=collection_id,

@@ -63,23 +63,40 @@ class TopicHub:
         self.positions: dict[int, int] = {}
         self.channel: str | None = None
         self.bells_heard = 0
+        # Topics whose group join failed (Redis down): the poll joins them again.
+        self.unjoined: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def join(self, topic_id: int, listener: Listener) -> None:
-        if self.channel is None:
-            # The default prefix on purpose: channels_redis receives every process-local
-            # ("!") channel through one shared Redis key per prefix and one lock, so a
-            # channel with another prefix is only read while it happens to hold that lock.
-            self.channel = await self.layer.new_channel()
         if topic_id not in self.listeners:
             self.listeners[topic_id] = set()
-            await self.layer.group_add(topic_group(topic_id), self.channel)
+            await self._group_add(topic_id)
         self.listeners[topic_id].add(listener)
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._listen()),
                 asyncio.create_task(self._poll()),
             ]
+
+    async def _group_add(self, topic_id: int) -> bool:
+        """Join the topic's group; without Redis, leave it to the poll (found by make chaos).
+
+        A subscriber must not fail because the doorbell is down: the database is the truth
+        and the poll delivers meanwhile. The poll joins the group again once Redis is back.
+        """
+        try:
+            if self.channel is None:
+                # The default prefix on purpose: channels_redis receives every process-local
+                # ("!") channel through one shared Redis key per prefix and one lock, so a
+                # channel with another prefix is only read while it happens to hold that lock.
+                self.channel = await self.layer.new_channel()
+            await self.layer.group_add(topic_group(topic_id), self.channel)
+        except Exception:
+            logger.warning("could not join the doorbell of topic %s", topic_id, exc_info=True)
+            self.unjoined.add(topic_id)
+            return False
+        self.unjoined.discard(topic_id)
+        return True
 
     async def leave(self, topic_id: int, listener: Listener) -> None:
         members = self.listeners.get(topic_id)
@@ -90,6 +107,7 @@ class TopicHub:
             return
         del self.listeners[topic_id]
         self.positions.pop(topic_id, None)
+        self.unjoined.discard(topic_id)
         if self.channel is not None:
             with contextlib.suppress(Exception):
                 await self.layer.group_discard(topic_group(topic_id), self.channel)
@@ -111,8 +129,10 @@ class TopicHub:
                 logger.exception("topic listener failed")
 
     async def _listen(self) -> None:
-        assert self.channel is not None
         while True:
+            if self.channel is None:  # not made yet (Redis down): the poll makes it
+                await asyncio.sleep(1.0)
+                continue
             try:
                 message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
@@ -136,12 +156,15 @@ class TopicHub:
             topic_ids = list(self.listeners)
             if not topic_ids:
                 continue
+            # Re-joining and polling fail apart: Redis being down must not stop the poll.
+            rejoin = topic_ids if since_rejoin >= REJOIN_SECONDS else list(self.unjoined)
+            if since_rejoin >= REJOIN_SECONDS:
+                since_rejoin = 0.0
+            for topic_id in rejoin:
+                if topic_id in self.listeners and not await self._group_add(topic_id):
+                    break  # still down: the next poll tries again
             try:
                 found = await database_sync_to_async(topic_last_offsets)(topic_ids=topic_ids)
-                if since_rejoin >= REJOIN_SECONDS and self.channel is not None:
-                    since_rejoin = 0.0
-                    for topic_id in topic_ids:
-                        await self.layer.group_add(topic_group(topic_id), self.channel)
             except asyncio.CancelledError:
                 raise
             except Exception:
