@@ -289,6 +289,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                     chunks=[(effect.feed, effect.message_id) for effect in batch],
                     origin=self.session.origin or "",
                     collection_name=self.collection_name,
+                    same_version_is_noop=self.session.g3,
                 )
             except Exception:
                 self.applies.clear()

@@ -347,6 +347,8 @@ class _Prepared:
     result: ApplyResult
     winners: dict[str, Version]
     message_id: str
+    # Writes the door refused, with their rejections (see `same_version_is_noop`).
+    refused_writes: list[tuple[Version, Rejection]] = field(default_factory=list)
 
 
 def _chunk_prepare(
@@ -367,10 +369,14 @@ def _chunk_prepare(
     )
     result = ApplyResult(rejected=list(parsed.rejections))
     allowed: list[Version] = []
+    refused_writes: list[tuple[Version, Rejection]] = []
     for version in parsed.versions:
         refusal = guard(version)
         if refusal is not None:
-            result.rejected.append(Rejection(version.doc_id, refusal))
+            rejection = Rejection(version.doc_id, refusal)
+            result.rejected.append(rejection)
+            if version.kind == WRITE:
+                refused_writes.append((version, rejection))
         else:
             allowed.append(version)
     seen: set[str] = set()
@@ -379,7 +385,7 @@ def _chunk_prepare(
             continue
         seen.add(version.doc_id)
         (result.added if version.kind == WRITE else result.removed).append(version.doc_id)
-    return _Prepared(result, newest_per_id(allowed), message_id[:64])
+    return _Prepared(result, newest_per_id(allowed), message_id[:64], refused_writes)
 
 
 def batch_apply_many(
@@ -392,6 +398,7 @@ def batch_apply_many(
     guard: ChangeGuard | None = None,
     policy: DocumentPolicy | None = None,
     at_ms: int | None = None,
+    same_version_is_noop: bool = False,
 ) -> list[ApplyResult]:
     """Apply several chunks, given as (feed, message id), in order, in one transaction.
 
@@ -403,6 +410,14 @@ def batch_apply_many(
 
     `actor`, `guard` and `policy` are `batch_apply`'s; `policy`, when given, must be the
     actor's, decided for this collection (a session's, kept current by its re-checks).
+
+    `same_version_is_noop` (a Nitrite G3 session, docs/protocol.md section 10): a write with
+    the stored document's `_revision`, `_modified` and fields is that document, whatever origin
+    it names, and changes nothing: not applied, and not refused (it is listed as processed).
+    A G3 replica pushes back every document it pulled, under its own replica id as origin;
+    by the conflict rule's last tie-break that echo would otherwise overwrite the document
+    with the wrong origin (a new seq every replica pulls again), and a read-only user's echo
+    would be refused at every sync.
     """
     user_id = actor_user_id(actor)
     door = _door(
@@ -415,6 +430,8 @@ def batch_apply_many(
         for feed, message_id in chunks
     ]
     results = [chunk.result for chunk in prepared]
+    if same_version_is_noop:
+        _echoes_processed(collection_id, prepared)
     ids = list(dict.fromkeys(doc_id for chunk in prepared for doc_id in chunk.winners))
     if not ids:
         return results
@@ -428,6 +445,17 @@ def batch_apply_many(
         )
         horizon = collection.purge_horizon_ms
         documents, tombstones = _stored_state(collection_id, ids)
+        stored_bodies: dict[str, tuple[int, int, Any]] = {}
+        if same_version_is_noop:
+            stored_bodies = _stored_documents(
+                collection_id,
+                [
+                    doc_id
+                    for chunk in prepared
+                    for doc_id, version in chunk.winners.items()
+                    if _same_stamps(version, documents.get(doc_id))
+                ],
+            )
         # Each id's current version as the chunks apply: (is a write, what the rule needs).
         current: dict[str, tuple[bool, _Stored]] = {
             **{doc_id: (False, tomb) for doc_id, tomb in tombstones.items()},
@@ -446,6 +474,14 @@ def batch_apply_many(
                     continue
                 if held is not None and not incoming_wins(version.key(), _held_key(*held)):
                     continue
+                if (
+                    same_version_is_noop
+                    and held is not None
+                    and held[0]
+                    and _same_stamps(version, held[1])
+                    and version.body == _held_body(doc_id, final, stored_bodies)
+                ):
+                    continue  # the stored document itself, under another origin
                 seq += 1
                 if version.kind == WRITE:
                     revision = version.revision
@@ -482,6 +518,55 @@ def batch_apply_many(
         Collection.objects.filter(pk=collection_id).update(last_seq=seq)
         ring_on_commit(collection_id=collection_id, seq=seq)
     return results
+
+
+def _held_body(
+    doc_id: str,
+    final: Mapping[str, tuple[Version, int, int]],
+    stored: Mapping[str, tuple[int, int, Any]],
+) -> Any:
+    """The body of the document `doc_id` as the batch holds it so far."""
+    if doc_id in final:
+        return final[doc_id][0].body
+    return stored[doc_id][2] if doc_id in stored else None
+
+
+def _same_stamps(version: Version, stored: _Stored | None) -> bool:
+    return (
+        stored is not None
+        and version.kind == WRITE
+        and (version.revision, version.modified) == (stored.revision, stored.stamp)
+    )
+
+
+def _stored_documents(collection_id: int, ids: list[str]) -> dict[str, tuple[int, int, Any]]:
+    """(revision, modified, body) of the stored documents among `ids`."""
+    found: dict[str, tuple[int, int, Any]] = {}
+    for batch in _in_batches(list(dict.fromkeys(ids))):
+        rows = Document.objects.filter(collection_id=collection_id, doc_id__in=batch)
+        for doc_id, revision, modified, body in rows.values_list(
+            "doc_id", "revision", "modified", "body"
+        ):
+            found[doc_id] = (revision, modified, body)
+    return found
+
+
+def _echoes_processed(collection_id: int, prepared: Sequence[_Prepared]) -> None:
+    """Refused writes that are the stored document itself are processed, not refused (see
+    `batch_apply_many`, `same_version_is_noop`). Read outside the collection's lock: a write
+    committed meanwhile reaches the replica by its own seq anyway."""
+    refused = [version for chunk in prepared for version, _ in chunk.refused_writes]
+    if not refused:
+        return
+    stored = _stored_documents(collection_id, [version.doc_id for version in refused])
+    for chunk in prepared:
+        for version, rejection in chunk.refused_writes:
+            held = stored.get(version.doc_id)
+            if held is None or held != (version.revision, version.modified, version.body):
+                continue
+            chunk.result.rejected.remove(rejection)
+            if version.doc_id not in chunk.result.added:
+                chunk.result.added.append(version.doc_id)
 
 
 def _range_deltas(
@@ -1064,6 +1149,7 @@ def session_chunks_apply(
     chunks: list[tuple[Mapping[str, Any], str]],
     origin: str,
     collection_name: str,
+    same_version_is_noop: bool = False,
 ) -> list[ApplyResult]:
     """Apply pushed chunks or live feeds, given as (feed, message id), in one database step.
 
@@ -1084,6 +1170,7 @@ def session_chunks_apply(
         replica_pk=grant.replica_pk,
         guard=guard,
         policy=grant.policy,
+        same_version_is_noop=same_version_is_noop,
     )
     applied = rejected = 0
     last_seq: int | None = None

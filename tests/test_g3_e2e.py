@@ -17,7 +17,7 @@ import pytest
 from channels.db import database_sync_to_async
 from datagate_replica import AsyncReplica
 
-from replication.models import ErrorEvent, ReplicaSession
+from replication.models import ErrorEvent, JournalEntry, ReplicaSession
 from replication.selectors import collection_state
 from replication.services import collection_get_or_create
 from tests.g3_client import G3Replica
@@ -124,6 +124,18 @@ async def test_a_g3_push_of_100_documents_reaches_a_g3_and_an_sdk_replica(
     assert second.fields(ids[7]) == first.fields(ids[7])
     # 10 chunks of 10, every id acknowledged: nothing left to resend.
     await first.wait_for(lambda: not first.ledger_added, what="the ledger to empty")
+    # The second replica pushes back what it pulled (G3 does: its push delta is every document
+    # modified past its last local marker) until its marker has passed them all. Under its own
+    # replica id, that echo changes nothing on the server: documents keep their writer's origin.
+    await second.wait_for(
+        lambda: second.local_markers[0] >= max(d["_modified"] for d in second.docs.values()),
+        what="the second replica's echo",
+    )
+    journal = await database_sync_to_async(
+        lambda: list(JournalEntry.objects.values_list("origin", flat=True))
+    )()
+    assert sum(s.pushed_docs for s in second.sessions) > 0  # it did push some back
+    assert journal == [first.replica_id] * 100
     replica = sdk("sdk")
     await replica.sync()
     assert {doc["_id"] for doc in replica.list()} == set(ids)
