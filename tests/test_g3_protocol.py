@@ -49,6 +49,9 @@ def client(message_type: str, correlation: str | None = None, **body: Any) -> m.
     batch = {"nextOffset": None, "batchSize": None, "startMarkers": None, "endMarkers": None}
     defaults: dict[str, dict[str, Any]] = {
         m.CONNECT: {"authToken": "t"},
+        m.RANGE_CHECK: {"ranges": [{"lo": 0, "hi": 4096, "count": 0, "hash": "0" * 16}]},
+        m.RANGE_RESULT: {"markers": {}},
+        m.RANGE_FETCH: {"ids": ["a"]},
         m.BATCH_START: {**batch, "feed": {"changeSet": [], "tombstoneMap": {}}},
         m.BATCH_CONTINUE: {**batch, "feed": {"changeSet": [], "tombstoneMap": {}}},
         m.BATCH_END: batch,
@@ -103,9 +106,13 @@ STATES = {
 }
 
 
-def test_the_g3_table_is_the_full_one_without_live_and_token_refresh() -> None:
+def test_the_g3_table_is_the_full_one_without_live_token_refresh_and_ranges() -> None:
     assert set(mc.G3_TRANSITIONS) == {
-        key for key in mc.TRANSITIONS if key[0] is not mc.State.LIVE and key[1] != m.TOKEN_REFRESH
+        key
+        for key in mc.TRANSITIONS
+        if key[0] is not mc.State.LIVE
+        and key[1] != m.TOKEN_REFRESH
+        and key[1] not in m.RANGE_MESSAGES
     }
 
 
