@@ -104,7 +104,7 @@ def wire_document(doc: Document) -> dict[str, Any]:
 
 def served(feed: dict[str, Any], request: Request, collection: Collection) -> dict[str, Any]:
     """`feed` without stored documents that cannot be encoded, recorded as DG-5005 (one bad
-    row never makes a page answer 500: docs/decisions/0011)."""
+    row never makes a page answer 500: docs/decisions/0013)."""
     _, skipped = encode_served({"feed": feed})
     if not skipped:
         return feed

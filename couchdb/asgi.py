@@ -91,6 +91,9 @@ class Request:
             return json.loads(raw)
         except ValueError:
             raise CouchError(400, "bad_request", "invalid UTF-8 JSON") from None
+        except RecursionError:
+            too_deep = DataGateError(ErrorCode.JSON_TOO_DEEP, detail="the request body")
+            raise CouchError.from_datagate(too_deep) from None
 
     def flag(self, name: str, default: bool = False) -> bool:
         raw = self.query.get(name)
@@ -116,7 +119,7 @@ class Request:
             return None
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _bad(name, "not JSON") from None
 
     async def start(self, status: int, content_type: str = "application/json") -> None:

@@ -2,7 +2,7 @@
 or repaired (`datagate_quarantine`, docs/maintenance.md).
 
 Such rows were written before the document door existed, or into the database by hand. Pulls
-and pages leave them out (DG-5005, docs/decisions/0011); this is how an operator ends that:
+and pages leave them out (DG-5005, docs/decisions/0013); this is how an operator ends that:
 
 - every such document is copied to `QuarantinedDocument` (the body as ASCII-escaped JSON);
 - with `repair`, a body whose only faults are text and numbers is written again through the

@@ -1002,7 +1002,7 @@ def unservable_record(
     replica_pk: int | None = None,
 ) -> None:
     """Record DG-5005: stored documents left out of a frame or page because they cannot be
-    encoded (docs/decisions/0011). One event per page; `datagate_verify` finds the rows."""
+    encoded (docs/decisions/0013). One event per page; `datagate_verify` finds the rows."""
     if not skipped:
         return
     names = Collection.objects.filter(pk=collection_id).values_list("tenant__slug", "name").first()

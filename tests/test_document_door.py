@@ -305,3 +305,40 @@ def test_topic_payloads_pass_the_door(tenant: Any) -> None:
             messages_publish(topic_id=topic.pk, messages=[publication], publisher_id=None)
         assert caught.value.code == code
     assert messages_publish(topic_id=topic.pk, messages=[Publication("ok", 1)], publisher_id=None)
+
+
+# --- the CouchDB door ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_couchdb_endpoint_refuses_through_the_same_door(
+    collection: Any, issue_token: Any
+) -> None:
+    from asgiref.sync import sync_to_async
+    from channels.testing import HttpCommunicator
+
+    from couchdb.asgi import application
+    from tests.api_support import fast_cli_application, person
+    from tests.couchdb_support import couch
+
+    def setup() -> str:
+        fast_cli_application()
+        return str(issue_token(person("ann", "acme", "writer"), "read write"))
+
+    token = await sync_to_async(setup)()
+    status, body = await couch("PUT", "acme/notes/a", token, {"t": "\ud800"})
+    assert status == 400 and body["reason"].startswith("DG-4010"), body
+    status, body = await couch("PUT", "acme/notes/a", token, {"t": {"u": nested(100)}})
+    assert status == 400 and body["reason"].startswith("DG-4011"), body
+    communicator = HttpCommunicator(
+        application,
+        "PUT",
+        "/couchdb/acme/notes/b",
+        body=b'{"t":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        headers=[
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+    )
+    response = await communicator.get_response(timeout=10)
+    assert response["status"] == 400 and b"DG-2009" in response["body"]

@@ -370,7 +370,7 @@ _strict = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",",
 def encode_served(message: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     """A frame carrying stored documents, and the (id, reason) of those left out of it.
 
-    Nothing stored may stop a pull or a feed (docs/decisions/0011): a stored document that
+    Nothing stored may stop a pull or a feed (docs/decisions/0013): a stored document that
     cannot be encoded (a lone surrogate, NaN, written before the door existed) is left out of
     the frame and named, so the caller records DG-5005; the markers still move past it. The
     check is one strict UTF-8 encoding of the frame text; documents are looked at one by one

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -186,12 +187,45 @@ class Settlement:
     rejected: list[RejectedChange] = field(default_factory=list)
 
 
+# The server's document door (replication/door.py, docs/errors.md "Bad input"), checked at
+# `put` so that a change the server would refuse never enters the journal.
+MAX_DEPTH = 64
+_BAD_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def check_doc_id(doc_id: object) -> str:
     if not isinstance(doc_id, str) or not doc_id:
         raise StoreError("a document id must be a non-empty string")
     if len(doc_id) > ID_MAX_LENGTH:
         raise StoreError(f"a document id has at most {ID_MAX_LENGTH} characters")
+    if _BAD_ID_CHARS.search(doc_id):
+        raise StoreError("DG-4002 a document id may not hold control characters or lone surrogates")
     return doc_id
+
+
+def _holds_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str) and "\x00" in node:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def check_body(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,9 +240,21 @@ def check_body(fields: Mapping[str, Any]) -> dict[str, Any]:
             raise StoreError(f"field {name!r}: names starting with '_' are reserved")
         body[name] = value
     try:
-        json.dumps(body, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(body, allow_nan=False, ensure_ascii=False)
+    except ValueError as exc:
+        raise StoreError(f"DG-4012 fields must be JSON-serialisable: {exc}") from exc
+    except TypeError as exc:
         raise StoreError(f"fields must be JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise StoreError(f"DG-4011 fields nest deeper than {MAX_DEPTH} levels") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError("DG-4010 fields hold a lone surrogate: not valid Unicode") from None
+    if "\\u0000" in text and _holds_nul(body):
+        raise StoreError("DG-4010 fields hold NUL (U+0000), which the server cannot store")
+    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(body, MAX_DEPTH):
+        raise StoreError(f"DG-4011 fields nest deeper than {MAX_DEPTH} levels")
     return body
 
 
