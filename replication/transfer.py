@@ -259,8 +259,25 @@ def export_read(source: IO[str]) -> tuple[dict[str, Any], list[_Row]]:
     return header, rows
 
 
-def collection_import(*, tenant: Tenant, name: str, source: IO[str]) -> ImportReport:
-    """Restore a collection from an export (see the module docstring for what moves where)."""
+def _import_allowed(*, actor: Any, tenant: Tenant, name: str) -> None:
+    from accounts.access import System, access_collection_admin
+
+    if isinstance(actor, System):
+        return
+    if actor is None or not hasattr(actor, "is_authenticated"):
+        raise TypeError(f"actor must be a user or accounts.access.System, not {actor!r}")
+    if not access_collection_admin(user=actor, tenant=tenant, collection_name=name):
+        raise DataGateError(ErrorCode.READ_ONLY, user=actor.get_username())
+
+
+def collection_import(*, actor: Any, tenant: Tenant, name: str, source: IO[str]) -> ImportReport:
+    """Restore a collection from an export (see the module docstring for what moves where).
+
+    `actor` is required, as for every write (docs/access.md, "One door"): the command passes
+    `accounts.access.System("datagate_import")`; a user must administer the collection, since
+    an import replaces all of it (else DG-3002, before anything is read or written).
+    """
+    _import_allowed(actor=actor, tenant=tenant, name=name)
     header, rows = export_read(source)
     rows.sort(key=lambda row: row.seq)
     collection, created = collection_get_or_create(tenant=tenant, name=name)

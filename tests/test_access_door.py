@@ -122,3 +122,29 @@ def test_batch_apply_rejects_per_change_for_a_user_and_applies_the_rest(
     again = batch_apply(actor=SEED, collection_id=collection.pk, feed=feed, origin="seed")
     assert not again.rejected
     assert set(Document.objects.values_list("doc_id", flat=True)) == {"user-alice/a", "user-bob/b"}
+
+
+@pytest.mark.django_db
+def test_an_import_needs_the_system_or_a_collection_administrator(
+    collection: Any, member: Any
+) -> None:
+    import io
+
+    from replication.transfer import collection_export, collection_import
+
+    document_put(actor=SEED, collection_id=collection.pk, doc_id="a", body={"v": 1}, origin="s")
+    exported = io.StringIO()
+    collection_export(collection_id=collection.pk, out=exported)
+    kwargs = {"tenant": collection.tenant, "name": "notes"}
+    with pytest.raises(DataGateError) as refused:
+        collection_import(
+            actor=member("walt", "writer"), source=io.StringIO(exported.getvalue()), **kwargs
+        )
+    assert refused.value.error is ErrorCode.READ_ONLY
+    with pytest.raises(TypeError):
+        collection_import(source=io.StringIO(exported.getvalue()), **kwargs)
+    report = collection_import(
+        actor=member("ada", "admin"), source=io.StringIO(exported.getvalue()), **kwargs
+    )
+    assert report is not None
+    assert list(Document.objects.values_list("doc_id", flat=True)) == ["a"]

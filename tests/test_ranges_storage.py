@@ -116,7 +116,10 @@ def test_an_import_replaces_the_summaries(collection: Collection) -> None:
         actor=ACTOR, collection_id=collection.pk, feed={"tombstoneMap": {"d1": T0 + 5}}, origin="r"
     )
     collection_import(
-        tenant=collection.tenant, name=collection.name, source=io.StringIO(exported.getvalue())
+        actor=ACTOR,
+        tenant=collection.tenant,
+        name=collection.name,
+        source=io.StringIO(exported.getvalue()),
     )
     assert ranges_stored(collection.pk).buckets == before.buckets
     assert_summaries_match(collection)

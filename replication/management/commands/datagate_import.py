@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from accounts.access import System
 from accounts.models import Tenant
 from replication.maintenance import maintenance_run
 from replication.management.commands._maintenance import collection_names_check
@@ -39,7 +40,11 @@ class Command(BaseCommand):
 
         def restore() -> list[ImportReport]:
             with path.open(encoding="utf-8") as source:
-                reports.append(collection_import(tenant=tenant, name=name, source=source))
+                reports.append(
+                    collection_import(
+                        actor=System("datagate_import"), tenant=tenant, name=name, source=source
+                    )
+                )
             return reports
 
         try:
