@@ -222,7 +222,9 @@ def collection_export_as(*, actor: Any, collection: Collection, out: TextSink) -
 def collection_import_as(*, actor: Any, collection: Collection, source: IO[str]) -> ImportReport:
     """Restore an existing collection from an export (its administration right; audited)."""
     _check_admin(actor=actor, collection=collection, action="import into")
-    report = collection_import(tenant=collection.tenant, name=collection.name, source=source)
+    report = collection_import(
+        actor=actor, tenant=collection.tenant, name=collection.name, source=source
+    )
     audit_record(
         actor=actor,
         action="collection.import",
