@@ -31,7 +31,7 @@ class FeedWaiter:
     def tick(self, now: float) -> None:
         return None
 
-    async def shut_down(self) -> None:
+    async def shut_down(self, retry_after_ms: int | None = None) -> None:
         self.woken.set()
 
     async def disconnect_requested(self) -> None:

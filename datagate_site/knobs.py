@@ -101,6 +101,20 @@ KNOBS: tuple[Knob, ...] = (
         "Seconds between a live session's re-checks of its token and permissions.",
     ),
     Knob(
+        "DRAIN_DELAY",
+        0.0,
+        float,
+        "Seconds a stopping server answers /readyz with 503 before it closes its sessions, so "
+        "the load balancer stops sending it new connections first (docs/deploy.md).",
+    ),
+    Knob(
+        "DRAIN_SPREAD",
+        5.0,
+        float,
+        "Seconds over which a stopping server spreads the retry hints (retryAfterMs) of its "
+        "sessions' Disconnects, so replicas do not all reconnect in the same instant.",
+    ),
+    Knob(
         "ALLOWED_ORIGINS",
         "",
         str,

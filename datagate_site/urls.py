@@ -3,7 +3,7 @@ from django.urls import include, path
 
 from console import views as console_views
 from datagate_site.metrics import metrics_view
-from datagate_site.site_views import favicon
+from datagate_site.site_views import favicon, healthz, readyz
 
 admin.site.site_header = "DataGate console"
 admin.site.site_title = "DataGate"
@@ -12,6 +12,8 @@ admin.site.index_title = "Administration"
 urlpatterns = [
     path("", console_views.root),
     path("favicon.ico", favicon),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("console/", include("console.urls")),
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),

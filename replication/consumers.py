@@ -85,7 +85,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         metrics.connection_opened(endpoint="sync")
         self.hub.register(self)
         if self.hub.shutting_down:
-            await self.shut_down()
+            await self.shut_down(self.hub.retry_hint_ms())
             return
         self.connect_timer = self.loop.call_later(
             float(knobs["CONNECT_TIMEOUT"]), self._connect_timed_out
@@ -454,8 +454,8 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         if effects:
             self._spawn(self.run(effects))
 
-    async def shut_down(self) -> None:
-        await self.run(self.session.shutdown())
+    async def shut_down(self, retry_after_ms: int | None = None) -> None:
+        await self.run(self.session.shutdown(retry_after_ms))
 
     async def disconnect_requested(self) -> None:
         """An operator asked (console, replication/doorbell.py): Disconnect, close 1000."""

@@ -30,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import sys
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +80,9 @@ COALESCE_STRAGGLERS = 0.1
 # How long a shutdown waits for sessions to close after their Disconnect before daphne goes on.
 SHUTDOWN_GRACE = 3.0
 
+# Set when this process starts to stop: /readyz answers 503 from then on.
+DRAINING = threading.Event()
+
 
 @dataclass(frozen=True, slots=True)
 class FeedBlock:
@@ -100,7 +105,7 @@ class LiveSession(Protocol):
 
     def tick(self, now: float) -> None: ...
 
-    async def shut_down(self) -> None: ...
+    async def shut_down(self, retry_after_ms: int | None = None) -> None: ...
 
     async def disconnect_requested(self) -> None: ...
 
@@ -413,12 +418,27 @@ class LiveHub:
 
     # --- shutdown ------------------------------------------------------------------------
 
+    def retry_hint_ms(self) -> int:
+        """When a session of a stopping server should come back: uniform over DRAIN_SPREAD,
+        so a process's replicas reconnect spread over a few seconds, not in one instant."""
+        spread = max(0.0, float(settings.DATAGATE["DRAIN_SPREAD"]))
+        return int(random.uniform(0, spread * 1000))  # noqa: S311 - jitter, not security
+
     async def shut_down(self) -> None:
-        """Send every session Disconnect and close 1001; wait a little for them to go."""
+        """Drain: refuse new sessions and answer /readyz 503 (`DRAINING`), wait DRAIN_DELAY
+        for the load balancer to notice, then send every session Disconnect with a retry hint
+        and close 1001; wait a little for them to go (docs/deploy.md)."""
+        DRAINING.set()
         self.shutting_down = True
+        delay = float(settings.DATAGATE["DRAIN_DELAY"])
+        if delay > 0:
+            logger.info("draining: /readyz answers 503; closing sessions in %.1f s", delay)
+            await asyncio.sleep(delay)
         sessions = list(self.sessions)
         logger.info("shutting down: closing %d replication sessions", len(sessions))
-        await asyncio.gather(*(s.shut_down() for s in sessions), return_exceptions=True)
+        await asyncio.gather(
+            *(s.shut_down(self.retry_hint_ms()) for s in sessions), return_exceptions=True
+        )
         if self.sessions:
             self._all_gone.clear()
             with contextlib.suppress(TimeoutError):

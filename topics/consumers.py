@@ -354,11 +354,12 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
 
     # --- server shutdown (called by replication.live's hub) -------------------------------
 
-    async def shut_down(self) -> None:
+    async def shut_down(self, retry_after_ms: int | None = None) -> None:
         if self.session.state is not protocol.State.CLOSED:
             self.session.close()
+            hint = {} if retry_after_ms is None else {"retryAfterMs": retry_after_ms}
             with contextlib.suppress(Exception):
-                await self.reply_uncorrelated(protocol.DISCONNECT)
+                await self.reply_uncorrelated(protocol.DISCONNECT, **hint)
             await self.close(code=int(CloseCode.GOING_AWAY))
 
     async def offer(self, block: Any) -> None:

@@ -899,12 +899,13 @@ class Session:
         self.state = State.CLOSED
         return [Send(self._message(m.DISCONNECT)), Close(CloseCode.NORMAL)]
 
-    def shutdown(self) -> list[Effect]:
-        """The server is going away: Disconnect, then close 1001."""
+    def shutdown(self, retry_after_ms: int | None = None) -> list[Effect]:
+        """The server is going away: Disconnect (with a hint of when to come back), close 1001."""
         if self.state is State.CLOSED:
             return []
         self.state = State.CLOSED
-        return [Send(self._message(m.DISCONNECT)), Close(CloseCode.GOING_AWAY)]
+        body = None if retry_after_ms is None else {"retryAfterMs": retry_after_ms}
+        return [Send(self._message(m.DISCONNECT, body)), Close(CloseCode.GOING_AWAY)]
 
     def fail(self, error: DataGateError) -> list[Effect]:
         """The shell hit an error it cannot recover from (e.g. an internal error)."""

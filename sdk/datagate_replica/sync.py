@@ -93,6 +93,8 @@ RANGE_ROUNDS_MAX = 48  # range.check messages per session (the server allows 64)
 
 # Close codes after which trying again with the same token cannot help.
 CLOSE_NOT_AUTHENTICATED = 4401
+# The longest a server's retry hint may delay a reconnect.
+MAX_RETRY_HINT_MS = 60_000
 CLOSE_FRAME_TOO_LARGE = 1009
 ID_MAX_LENGTH = 128
 FRAME_TOO_LARGE = "DG-2007"
@@ -413,6 +415,10 @@ class SyncEngine:
         self.on_progress = on_progress
         self.on_push_progress = on_push_progress
         self.on_retry = on_retry  # (error, seconds until the next attempt) after a failure
+        # A stopping server's Disconnect says when to come back (retryAfterMs), so that its
+        # replicas reconnect spread over a few seconds; the next attempt waits that long.
+        self.retry_hint: float | None = None
+        self.next_attempt_delay: float | None = None  # seconds; for status and tests
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.live = False  # True while a live session is up
         self.went_live = False  # the last session reached the live phase
@@ -923,6 +929,9 @@ class SyncEngine:
         header = message["header"]
         kind = header["messageType"]
         if kind == DISCONNECT:
+            hint = message.get("retryAfterMs")
+            if isinstance(hint, int) and not isinstance(hint, bool) and hint >= 0:
+                self.retry_hint = min(hint, MAX_RETRY_HINT_MS) / 1000
             await conn.ws.close()
             return True
         if kind == FEED_ACK:
@@ -999,6 +1008,9 @@ class SyncEngine:
             delay = backoff_delay(
                 attempt - 1, base=self.backoff_base, cap=self.backoff_cap, rng=self.rng
             )
+            if self.retry_hint is not None:
+                delay, self.retry_hint = self.retry_hint, None
+            self.next_attempt_delay = delay
             if failure is not None and self.on_retry is not None and not stop.is_set():
                 self.on_retry(failure, delay)
             with contextlib.suppress(TimeoutError):
