@@ -55,6 +55,30 @@ def test_unknown_paths_are_refused_without_a_traceback(daphne: DaphneServer) -> 
     assert "Traceback" not in log and "No route found" not in log
 
 
+def test_by_default_only_the_servers_own_origin_may_open_a_socket(daphne: DaphneServer) -> None:
+    """DATAGATE_ALLOWED_ORIGINS unset, DJANGO_ALLOWED_HOSTS `*` (issue 14, item 7)."""
+    url = f"{daphne.ws_url}/ws/topics/acme/"
+
+    async def opens(origin: str | None) -> bool:
+        try:
+            async with websockets.connect(url, origin=origin, open_timeout=20):  # type: ignore[arg-type]
+                return True
+        except websockets.InvalidStatus as refused:
+            assert refused.response.status_code == 403
+            return False
+
+    async def check() -> list[bool]:
+        return [
+            await opens(daphne.http_url),  # a page of this server (the console)
+            await opens(None),  # the SDK, native apps
+            await opens("https://evil.example.net"),
+            await opens(f"http://localhost:{daphne.port + 1}"),
+        ]
+
+    assert asyncio.run(check()) == [True, True, False, False]
+    assert "Traceback" not in daphne.log()
+
+
 def test_a_topics_socket_closes_normally_without_an_error(
     daphne: DaphneServer, member: Any, issue_token: Any
 ) -> None:

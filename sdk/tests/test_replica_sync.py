@@ -460,3 +460,57 @@ def _versions(docs: list[dict[str, Any]]) -> list[Any]:
     versions, rejected = parse_feed({"changeSet": docs, "tombstoneMap": {}})
     assert rejected == []
     return versions
+
+
+async def test_a_frame_the_server_refuses_is_split_and_the_culprit_alone_is_rejected(
+    tmp_path: Path,
+) -> None:
+    """A change the server closes the session over (here DG-2009) never blocks the journal:
+    the changes of the refused frame are sent one per frame, and the one refused alone is kept
+    with the server's code (docs/errors.md; issue 14, item 6)."""
+
+    async def refuse_frame(peer: Peer) -> None:
+        await peer.connect()
+        chunk = await peer.receive("no2.sync.batch.start")
+        assert [d["_id"] for d in chunk["feed"]["changeSet"]] == ["a", "b", "c"]
+        await peer.send(
+            "no2.sync.error", code="DG-2009", fatal=True, error="DG-2009 JSON nests too deep"
+        )
+        await peer.ws.close(4400, "DG-2009")
+
+    async def one_by_one(peer: Peer) -> None:
+        await peer.connect()
+        chunks = []
+        first = await peer.receive("no2.sync.batch.start")
+        chunks.append([d["_id"] for d in first["feed"]["changeSet"]])
+        await peer.send(
+            "no2.sync.batch.ack", first, receipt={"added": ["a"], "removed": [], "rejected": []}
+        )
+        second = await peer.receive("no2.sync.batch.continue")  # only after the first's ack
+        chunks.append([d["_id"] for d in second["feed"]["changeSet"]])
+        assert chunks == [["a"], ["b"]]
+        await peer.send(
+            "no2.sync.error", code="DG-2009", fatal=True, error="DG-2009 JSON nests too deep"
+        )
+        await peer.ws.close(4400, "DG-2009")
+
+    async def the_rest(peer: Peer) -> None:
+        await peer.connect()
+        chunks = await peer.accept_push()
+        assert [[d["_id"] for d in c["feed"]["changeSet"]] for c in chunks[:-1]] == [["c"]]
+        await peer.pull([], FRESH)
+
+    url, server, failures = await run_peer([refuse_frame, one_by_one, the_rest])
+    async with server, make_replica(url, tmp_path / "r.sqlite3") as replica:
+        for doc_id in ("a", "b", "c"):
+            replica.put(doc_id, n=1)
+        for _ in range(2):
+            with pytest.raises(SyncError, match="DG-2009"):
+                await replica.sync()
+        report = await replica.sync()
+        assert failures == []
+        status = replica.status()
+        assert status["journal"] == 0
+        assert [(r["id"], r["code"]) for r in status["rejected"]] == [("b", "DG-2009")]
+        assert report.pushed == 1
+        assert replica.store.suspects() == set()
