@@ -46,6 +46,9 @@ class Sizes:
     couch_live_replicas: int = 50
     couch_live_rate: int = 100
     couch_live_seconds: float = 10.0
+    # bench/ranges.py: repair by range checks after a restore.
+    ranges_docs: int = 100_000
+    ranges_differences: int = 100
 
 
 FULL = Sizes(
@@ -78,6 +81,8 @@ QUICK = Sizes(
     couch_live_replicas=5,
     couch_live_rate=20,
     couch_live_seconds=2.0,
+    ranges_docs=5_000,
+    ranges_differences=20,
 )
 # The smallest run that still goes through every step: the harness's own test.
 SMOKE = Sizes(
@@ -97,6 +102,8 @@ SMOKE = Sizes(
     couch_live_replicas=2,
     couch_live_rate=10,
     couch_live_seconds=1.0,
+    ranges_docs=400,
+    ranges_differences=5,
 )
 SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 

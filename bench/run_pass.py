@@ -18,7 +18,15 @@ from typing import Any
 
 from bench.harness import SIZES, TENANT, USER, PassContext, load, raise_nofile
 
-BENCHMARKS = ("push_ingest", "catch_up", "fanout", "connections", "topics", "couchdb")
+BENCHMARKS = (
+    "push_ingest",
+    "catch_up",
+    "fanout",
+    "connections",
+    "topics",
+    "couchdb",
+    "ranges",
+)
 
 
 def _configure_django(backend: str, work_dir: Path, database_url: str) -> None:
