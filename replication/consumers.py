@@ -29,6 +29,7 @@ from replication.markers import Markers
 from replication.protocol import machine as mc
 from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.messages import encode, encode_served, parse_message, splice
+from replication.protocol.ranges import BucketTable
 from replication.selectors import Change
 from replication.session_access import SessionAccess, access_baseline
 
@@ -71,6 +72,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             ),
         )
         self.grant: services.SessionGrant | None = None
+        self.range_buckets: BucketTable | None = None  # a range check's, for its next rounds
         self.guard: services.ChangeGuard | None = None
         self.closed = False
         self.cleaned_up = False
@@ -238,11 +240,13 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             self.live_joined = True
             return self.session.notice_head(head=head, now=self.loop.time())
         if isinstance(effect, mc.CheckRanges):
-            body = await database_sync_to_async(ranges.range_check_answer)(
+            # The per-bucket table a first round computed serves the session's later rounds.
+            body, self.range_buckets = await database_sync_to_async(ranges.range_check_answer)(
                 collection_id=grant.collection_id,
                 replica_pk=grant.replica_pk,
                 read_filter=grant.read_filter,
                 asks=effect.asks,
+                buckets=self.range_buckets,
             )
             return self.session.ranges_answered(body=body, correlation_id=effect.message_id)
         if isinstance(effect, mc.FetchVersions):

@@ -145,8 +145,9 @@ class QuarantinedDocument(models.Model):
 
 
 class RangeBucket(models.Model):
-    """The summary of one fixed range of the id-hash space: how many documents and tombstones
-    it holds and the XOR of their version hashes (replication/protocol/ranges.py).
+    """The summary of one fixed range of the id-hash space (a group of 64 of the protocol's
+    4096 buckets: `bucket` is the group's number): how many documents and tombstones it holds
+    and the XOR of their version hashes (replication/protocol/ranges.py).
 
     Kept up to date in the transaction of every write (batch_apply, GC, import), so a range
     check reads a few rows instead of the collection. A bucket never written has no row.

@@ -33,6 +33,7 @@ from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.ranges import (
     BUCKETS,
     EQUAL,
+    GROUP_SHIFT,
     HEADERS,
     Ask,
     BucketTable,
@@ -42,6 +43,7 @@ from replication.protocol.ranges import (
     answer_to_wire,
     bucket_of,
     in_ranges,
+    plan_needs_buckets,
     to_signed,
     to_unsigned,
     version_hash,
@@ -130,16 +132,16 @@ def _held_rows(collection_id: int) -> Iterator[Header]:
 
 
 def ranges_recompute(collection_id: int) -> BucketTable:
-    """The collection's bucket summaries computed from its rows (for checks and rebuilds)."""
+    """The collection's per-bucket summaries computed from its rows."""
     return BucketTable.of(_held_rows(collection_id))
 
 
 def ranges_stored(collection_id: int) -> BucketTable:
-    """The collection's bucket summaries as stored (buckets whose count is 0 left out)."""
+    """The collection's summaries as stored: groups of 64 buckets (empty ones left out)."""
     rows = RangeBucket.objects.filter(collection_id=collection_id, count__gt=0).values_list(
         "bucket", "count", "hash"
     )
-    return BucketTable({b: Summary(c, to_unsigned(h)) for b, c, h in rows})
+    return BucketTable({b: Summary(c, to_unsigned(h)) for b, c, h in rows}, GROUP_SHIFT)
 
 
 def ranges_rebuild(*, collection_id: int) -> int:
@@ -147,7 +149,7 @@ def ranges_rebuild(*, collection_id: int) -> int:
     of buckets that were wrong. Takes the collection's lock, like a write."""
     with transaction.atomic():
         Collection.objects.select_for_update().only("id").get(pk=collection_id)
-        fresh = ranges_recompute(collection_id)
+        fresh = ranges_recompute(collection_id).grouped(GROUP_SHIFT)
         stored = ranges_stored(collection_id)
         wrong = sum(
             1
@@ -160,7 +162,7 @@ def ranges_rebuild(*, collection_id: int) -> int:
 
 def ranges_replace_from(*, collection_id: int, headers: Sequence[Header]) -> None:
     """Store the summaries of exactly these versions (an import that just wrote them)."""
-    _replace(collection_id, BucketTable.of(headers))
+    _replace(collection_id, BucketTable.of(headers).grouped(GROUP_SHIFT))
 
 
 def _replace(collection_id: int, table: BucketTable) -> None:
@@ -180,8 +182,8 @@ def _replace(collection_id: int, table: BucketTable) -> None:
 
 
 def ranges_mismatches(collection_id: int) -> list[tuple[int, Summary, Summary]]:
-    """Buckets whose stored summary differs from a recomputation: (bucket, stored, actual)."""
-    fresh = ranges_recompute(collection_id)
+    """Stored groups whose summary differs from a recomputation: (group, stored, actual)."""
+    fresh = ranges_recompute(collection_id).grouped(GROUP_SHIFT)
     stored = ranges_stored(collection_id)
     return [
         (bucket, stored.buckets.get(bucket, Summary()), fresh.buckets.get(bucket, Summary()))
@@ -248,7 +250,7 @@ def version_delta(
     if new is not None:
         xor ^= version_hash(doc_id, *new)
         count += 1
-    deltas_add(deltas, bucket_of(doc_id), count, xor)
+    deltas_add(deltas, bucket_of(doc_id) >> GROUP_SHIFT, count, xor)
 
 
 def range_answer(
@@ -256,8 +258,11 @@ def range_answer(
     collection_id: int,
     read_filter: Callable[[str], bool] | None,
     asks: Sequence[Ask],
-) -> dict[str, Any]:
-    """The body of a range.result (docs/protocol.md, "Ranges").
+    buckets: BucketTable | None = None,
+) -> tuple[dict[str, Any], BucketTable | None]:
+    """The body of a range.result (docs/protocol.md, "Ranges"), and the per-bucket table
+    it used, if it needed one: the caller (a session) passes it back as `buckets` for its
+    next rounds, so a session scans the collection for summaries once at most.
 
     `markers` is the collection's position read before the summaries: everything committed
     up to it is in them, so a client that repairs its differences and then pulls from these
@@ -266,7 +271,12 @@ def range_answer(
     last_seq, epoch = (
         Collection.objects.filter(pk=collection_id).values_list("last_seq", "epoch").get()
     )
-    table = ranges_table(collection_id=collection_id, read_filter=read_filter)
+    table = buckets
+    if table is None:
+        table = ranges_table(collection_id=collection_id, read_filter=read_filter)
+        if plan_needs_buckets(table, asks):
+            table = ranges_recompute(collection_id)
+        buckets = table if table.shift == 0 else None
     plan = answer_plan(table, asks)
     leaves = [(a.ask.lo, a.ask.hi) for a in plan if a.status == HEADERS]
     headers = range_headers(collection_id=collection_id, ranges=leaves, read_filter=read_filter)
@@ -274,11 +284,12 @@ def range_answer(
         answer_to_wire(a, headers.get((a.ask.lo, a.ask.hi), ()) if a.status == HEADERS else ())
         for a in plan
     ]
-    return {
+    body = {
         "markers": {"collectionMarker": int(last_seq), "tombstoneMarker": int(epoch)},
         "ranges": ranges,
         "equal": all(a.status == EQUAL for a in plan),
     }
+    return body, buckets
 
 
 def range_fetch(
@@ -319,10 +330,13 @@ def range_check_answer(
     replica_pk: int,
     read_filter: Callable[[str], bool] | None,
     asks: Sequence[Ask],
-) -> dict[str, Any]:
-    """A session's range.result; a check of the whole id space found equal is recorded as
-    the replica's `verified_at` (the console shows it)."""
-    body = range_answer(collection_id=collection_id, read_filter=read_filter, asks=asks)
+    buckets: BucketTable | None = None,
+) -> tuple[dict[str, Any], BucketTable | None]:
+    """A session's range.result (see `range_answer`); a check of the whole id space found
+    equal is recorded as the replica's `verified_at` (the console shows it)."""
+    body, buckets = range_answer(
+        collection_id=collection_id, read_filter=read_filter, asks=asks, buckets=buckets
+    )
     if body["equal"] and any(a.lo == 0 and a.hi == BUCKETS for a in asks):
         Replica.objects.filter(pk=replica_pk).update(verified_at=timezone.now())
-    return body
+    return body, buckets

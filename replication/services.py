@@ -54,7 +54,7 @@ from replication.models import (
     Tombstone,
 )
 from replication.protocol.errors import DataGateError, ErrorCode
-from replication.protocol.ranges import BUCKET_SHIFT, VERSION_TAIL
+from replication.protocol.ranges import STORED_SHIFT, VERSION_TAIL
 from replication.ranges import Deltas, bucket_deltas_apply
 from search.services import search_index_apply
 
@@ -584,7 +584,7 @@ def _range_deltas(
     from_bytes = int.from_bytes
     for doc_id, (version, revision, _) in final.items():
         key = doc_id.encode()
-        bucket = crc32(key) >> BUCKET_SHIFT
+        bucket = crc32(key) >> STORED_SHIFT  # the stored group of 64 buckets
         # A tombstone's revision hashes as 0 (replication/protocol/ranges.py).
         if version.kind == WRITE:
             tail = VERSION_TAIL(revision, version.modified, False)

@@ -22,6 +22,8 @@ from replication.maintenance import DAY_MS, tombstones_collect
 from replication.models import Collection, RangeBucket
 from replication.protocol.ranges import (
     BUCKETS,
+    GROUP_SHIFT,
+    Ask,
     BucketTable,
     Header,
     Summary,
@@ -32,6 +34,8 @@ from replication.protocol.ranges import (
     version_hash,
 )
 from replication.ranges import (
+    range_answer,
+    range_fetch,
     range_headers,
     ranges_mismatches,
     ranges_rebuild,
@@ -52,7 +56,9 @@ EXAMPLES = int(os.environ.get("DATAGATE_HYPOTHESIS_EXAMPLES", "25"))
 
 def assert_summaries_match(collection: Collection) -> None:
     assert ranges_mismatches(collection.pk) == []
-    assert ranges_stored(collection.pk).buckets == ranges_recompute(collection.pk).buckets
+    stored = ranges_stored(collection.pk)
+    assert stored.buckets == ranges_recompute(collection.pk).grouped(GROUP_SHIFT).buckets
+    assert len(stored.buckets) <= BUCKETS >> GROUP_SHIFT
 
 
 def test_hashes_are_the_documented_functions() -> None:
@@ -212,3 +218,40 @@ def test_incremental_summaries_equal_a_full_recomputation(
         else:
             tombstones_collect(collection_id=collection.pk, at_ms=T0 + step[1] + 30 * DAY_MS)
         assert_summaries_match(collection)
+
+
+def test_a_range_check_reads_stored_groups_and_scans_once_for_finer_ranges(
+    collection: Collection,
+) -> None:
+    feed = {"changeSet": [{"_id": f"d{i}", "_revision": 1, "_modified": T0} for i in range(300)]}
+    batch_apply(actor=ACTOR, collection_id=collection.pk, feed=feed, origin="r")
+    batch_apply(
+        actor=ACTOR, collection_id=collection.pk, feed={"tombstoneMap": {"d0": T0 + 1}}, origin="r"
+    )
+    total = ranges_stored(collection.pk).total()
+    body, buckets = range_answer(
+        collection_id=collection.pk, read_filter=None, asks=[Ask(0, BUCKETS, total)]
+    )
+    assert body["equal"] is True and buckets is None  # from the stored rows, no scan
+    assert body["markers"]["collectionMarker"] == 301
+    body, buckets = range_answer(
+        collection_id=collection.pk, read_filter=None, asks=[Ask(0, BUCKETS, Summary())]
+    )
+    (split,) = body["ranges"]
+    assert split["status"] == "split" and len(split["parts"]) == 16 and buckets is None
+    assert sum(p["count"] for p in split["parts"]) == 300
+    part = split["parts"][0]
+    body, buckets = range_answer(
+        collection_id=collection.pk,
+        read_filter=None,
+        asks=[Ask(part["lo"], part["hi"], Summary())],
+    )
+    assert buckets is not None  # finer than a stored group: one scan, kept by the session
+    answer = body["ranges"][0]
+    assert answer["status"] == ("headers" if part["count"] <= 64 else "split")
+    fetched = range_fetch(collection_id=collection.pk, read_filter=None, ids=["d1", "d0", "zz"])
+    assert [d["_id"] for d in fetched["feed"]["changeSet"]] == ["d1"]
+    assert fetched["feed"]["tombstoneMap"] == {"d0": T0 + 1}
+    assert fetched["missing"] == ["zz"]
+    hidden = range_fetch(collection_id=collection.pk, read_filter=lambda i: i != "d1", ids=["d1"])
+    assert hidden == {"feed": {"changeSet": [], "tombstoneMap": {}}, "missing": ["d1"]}

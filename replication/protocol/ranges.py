@@ -16,7 +16,8 @@ them, and the client SDK implements the same few lines (sdk/datagate_replica/ran
 - A range's summary is its number of versions and the XOR of their hashes. XOR, not a hash of
   the sorted list, because it is incremental: a write changes a bucket's hash by `old ^ new`
   without reading the bucket's other rows, so the server keeps its summaries inside every
-  write's transaction for the price of a few hashes and one small upsert per batch
+  write's transaction for the price of a few hashes and one small upsert per batch (of at
+  most 64 rows: the server stores groups of 64 buckets, `STORED_BITS`)
   (docs/decisions/0012-range-summaries-are-xor-of-version-hashes.md).
 
 On the wire a hash is 16 lower-case hex digits (JSON numbers above 2**53 are not safe in
@@ -35,6 +36,12 @@ from struct import Struct
 BUCKET_BITS = 12
 BUCKETS = 1 << BUCKET_BITS
 BUCKET_SHIFT = 32 - BUCKET_BITS
+# The server stores summaries of 64 groups of 64 buckets: a write's batch of 500 ids then
+# touches at most 64 rows (4096 stored rows would be ~470 rows per batch, most of the upkeep's
+# cost). Finer summaries are computed from the rows, once per session (replication/ranges.py).
+STORED_BITS = 6
+STORED_SHIFT = 32 - STORED_BITS  # a stored group from an id's CRC-32
+GROUP_SHIFT = BUCKET_BITS - STORED_BITS  # a stored group from a bucket
 _U64 = 1 << 64
 _SIGN = 1 << 63
 VERSION_TAIL = Struct(">qqB").pack
@@ -111,10 +118,26 @@ class Header:
 
 
 class BucketTable:
-    """Per-bucket summaries of one store (sparse: empty buckets are left out)."""
+    """Per-bucket summaries of one store (sparse: empty buckets are left out).
 
-    def __init__(self, buckets: dict[int, Summary] | None = None) -> None:
+    With `shift`, each key is a group of 2**shift buckets (the server's stored rows): such a
+    table answers only ranges whose bounds are multiples of the group (`answers`)."""
+
+    def __init__(self, buckets: dict[int, Summary] | None = None, shift: int = 0) -> None:
         self.buckets: dict[int, Summary] = buckets or {}
+        self.shift = shift
+
+    def answers(self, lo: int, hi: int) -> bool:
+        unit = (1 << self.shift) - 1
+        return not (lo & unit or hi & unit)
+
+    def grouped(self, shift: int) -> BucketTable:
+        """This (per-bucket) table summed into groups of 2**shift buckets."""
+        groups: dict[int, Summary] = {}
+        for bucket, summary in self.buckets.items():
+            group = bucket >> shift
+            groups[group] = groups.get(group, EMPTY) + summary
+        return BucketTable(groups, shift)
 
     @classmethod
     def of(cls, headers: Iterable[Header]) -> BucketTable:
@@ -127,6 +150,9 @@ class BucketTable:
         return cls({b: Summary(counts[b], hashes[b]) for b in counts})
 
     def summary(self, lo: int, hi: int) -> Summary:
+        if self.shift:
+            assert self.answers(lo, hi), f"[{lo}, {hi}) is finer than this table"
+            lo, hi = lo >> self.shift, hi >> self.shift
         count = 0
         value = 0
         if hi - lo < len(self.buckets):
@@ -186,6 +212,17 @@ class Answer:
     ask: Ask
     status: str
     parts: tuple[tuple[int, int, Summary], ...] = ()
+
+
+def plan_needs_buckets(table: BucketTable, asks: Sequence[Ask]) -> bool:
+    """True when `table` (grouped) cannot answer `asks`: a range, or the parts it would be
+    split into, is finer than its groups."""
+    for ask in asks:
+        if not table.answers(ask.lo, ask.hi):
+            return True
+        if any(not table.answers(a, b) for a, b in split(ask.lo, ask.hi, SPLIT_PARTS)):
+            return True
+    return False
 
 
 def answer_plan(table: BucketTable, asks: Sequence[Ask]) -> list[Answer]:
