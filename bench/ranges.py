@@ -101,10 +101,16 @@ def _export(collection_id: int) -> str:
 
 
 def _import(name: str, text: str) -> None:
+    from accounts.access import System
     from accounts.models import Tenant
     from replication.transfer import collection_import
 
-    collection_import(tenant=Tenant.objects.get(slug=TENANT), name=name, source=io.StringIO(text))
+    collection_import(
+        actor=System("bench ranges"),
+        tenant=Tenant.objects.get(slug=TENANT),
+        name=name,
+        source=io.StringIO(text),
+    )
 
 
 async def _sync(
