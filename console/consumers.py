@@ -27,6 +27,7 @@ from django.http import QueryDict
 from accounts.access import access_tenant_read
 from accounts.models import Tenant
 from console.dashboard import dashboard_fragments, replicas_fragments
+from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.doorbell import collection_group
 from replication.models import Collection
 
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 2.0
 MIN_GAP_SECONDS = 1.0
 CLOSE_FORBIDDEN = 4403
+CLOSE_FRAME_TOO_LARGE = 1009
+
+allow_protocol_close_codes()  # 1009 for a message over the frame limit
 
 
 def _authorize(
@@ -92,8 +96,16 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """The page sends nothing; anything it sends (text, bytes, not JSON) just asks for a
+        fresh push. A message over DATAGATE_MAX_FRAME_BYTES closes the socket 1009, as on
+        the sync and topics sockets (replication/daphne_support.py)."""
+        if message.get(OVERSIZED) is not None:
+            await self.close(code=CLOSE_FRAME_TOO_LARGE)
+            return
+        self.wake.set()
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """The page sends nothing; anything it sends just asks for a fresh push."""
         self.wake.set()
 
     async def collection_changed(self, message: dict[str, Any]) -> None:

@@ -87,3 +87,25 @@ async def test_socket_is_refused_to_who_may_not_read_the_tenant(
     connected, code = await ws.connect(timeout=10)
     assert not connected
     assert code == 4403
+
+
+async def test_frames_from_the_page_never_break_the_socket(member: Any, collection: Any) -> None:
+    """Text that is not JSON and binary frames just ask for a push; a message over the frame
+    limit (as daphne reports it, replication/daphne_support.py) closes 1009."""
+    from replication.daphne_support import OVERSIZED
+
+    reader = await database_sync_to_async(member)("rita", "reader")
+    cookie = await database_sync_to_async(session_cookie)(reader)
+    ws = communicator("/ws/console/acme/", cookie)
+    connected, _ = await ws.connect(timeout=10)
+    assert connected
+    await ws.receive_json_from(timeout=20)
+    await ws.send_to(text_data="not json {")
+    await ws.send_to(bytes_data=b"\x00\x01")
+    assert "live" in await ws.receive_json_from(timeout=20)
+    await ws.send_input({"type": "websocket.receive", "bytes": b"", OVERSIZED: 5_000_000})
+    while True:
+        output = await ws.receive_output(timeout=20)
+        if output["type"] == "websocket.close":
+            break
+    assert output["code"] == 1009
