@@ -23,7 +23,8 @@ from urllib.parse import parse_qsl, unquote
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from couchdb import services
+from couchdb import live, services
+from couchdb.checkpoints import get_checkpoints
 from couchdb.live import FeedWaiter
 from couchdb.services import Actor, CouchError, DatabaseGrant
 from replication.protocol.errors import DataGateError, ErrorCode, error_by_code
@@ -197,6 +198,26 @@ async def _actor(request: Request) -> Actor:
 GRANT_CACHE_SECONDS = 1.0
 GRANT_CACHE_MAX = 10_000
 _grants: dict[tuple[str, str, str], tuple[DatabaseGrant, float]] = {}
+# Decisions being made: requests that arrive meanwhile wait for the same one.
+_deciding: dict[tuple[str, str, str], asyncio.Future[DatabaseGrant]] = {}
+
+
+# collection id -> (database info, monotonic time it may be used until). A live PouchDB asks
+# for it with every batch; the counts and update_seq it shows may be this much behind.
+INFO_CACHE_SECONDS = 1.0
+_infos: dict[int, tuple[dict[str, Any], float]] = {}
+
+
+async def _info(grant: DatabaseGrant) -> dict[str, Any]:
+    now = time.monotonic()
+    cached = _infos.get(grant.collection_id)
+    if cached is not None and cached[1] > now:
+        return {**cached[0], "db_name": grant.name}
+    info = await _db(services.database_info)(grant=grant)
+    if len(_infos) >= GRANT_CACHE_MAX:
+        _infos.clear()
+    _infos[grant.collection_id] = (info, now + INFO_CACHE_SECONDS)
+    return info
 
 
 def _forget(token: str) -> None:
@@ -212,7 +233,24 @@ async def _grant(request: Request, tenant: str, name: str) -> DatabaseGrant:
     cached = _grants.get(key)
     if cached is not None and cached[1] > now:
         return cached[0]
-    grant = await _db(services.grant_open)(raw_token=token, tenant_slug=tenant, name=name)
+    pending = _deciding.get(key)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[DatabaseGrant] = asyncio.get_running_loop().create_future()
+    _deciding[key] = future
+    try:
+        grant = await _db(services.grant_open)(raw_token=token, tenant_slug=tenant, name=name)
+    except Exception as problem:
+        future.set_exception(problem)
+        future.exception()  # retrieved: no warning when nobody else was waiting
+        raise
+    except BaseException:
+        future.cancel()
+        raise
+    finally:
+        _deciding.pop(key, None)
+    future.set_result(grant)
+    now = time.monotonic()
     until = now + GRANT_CACHE_SECONDS
     expires = grant.actor.expires
     if expires is not None:
@@ -258,7 +296,7 @@ async def _dispatch(request: Request) -> None:
             return
         grant = await _grant(request, tenant, name)
         if method in ("GET", "HEAD"):
-            await request.respond(200, await _db(services.database_info)(grant=grant))
+            await request.respond(200, await _info(grant))
             return
         if method == "POST":
             doc = await request.json_body()
@@ -362,16 +400,17 @@ def _view_or_none(grant: DatabaseGrant, doc_id: str) -> Any:
 
 async def _local(request: Request, grant: DatabaseGrant, doc_id: str) -> None:
     method = request.method
+    held = get_checkpoints()
     if method in ("GET", "HEAD"):
-        await request.respond(200, await _db(services.local_get)(grant=grant, doc_id=doc_id))
+        await request.respond(200, await held.get(grant, doc_id))
     elif method == "PUT":
         doc = await request.json_body()
         if not isinstance(doc, dict):
             raise CouchError(400, "bad_request", "Document must be a JSON object")
-        rev = await _db(services.local_put)(grant=grant, doc_id=doc_id, doc=doc)
+        rev = await held.put(grant, doc_id, doc)
         await request.respond(201, {"ok": True, "id": f"_local/{doc_id}", "rev": rev})
     elif method == "DELETE":
-        await _db(services.local_delete)(grant=grant, doc_id=doc_id)
+        await held.delete(grant, doc_id)
         await request.respond(200, {"ok": True, "id": f"_local/{doc_id}", "rev": "0-0"})
     else:
         raise CouchError(405, "method_not_allowed", "Only DELETE,GET,HEAD,PUT allowed")
@@ -410,9 +449,12 @@ async def _bulk_get(request: Request, grant: DatabaseGrant) -> None:
             raise CouchError(400, "bad_request", "every doc needs an id")
         rev = item.get("rev")
         asked.append((item["id"], rev if isinstance(rev, str) else None))
-    results = await _db(services.docs_get)(
-        grant=grant, asked=asked, with_revs=request.flag("revs"), latest=request.flag("latest")
-    )
+    with_revs = request.flag("revs")
+    results = services.docs_get_cached(grant=grant, asked=asked, with_revs=with_revs)
+    if results is None:
+        results = await _db(services.docs_get)(
+            grant=grant, asked=asked, with_revs=with_revs, latest=request.flag("latest")
+        )
     await request.respond(200, {"results": results})
 
 
@@ -496,13 +538,40 @@ async def _changes(request: Request, grant: DatabaseGrant) -> None:
         "all_docs": request.query.get("style") == "all_docs",
         "doc_ids": doc_ids,
     }
-    since, page = await _db(services.changes_from)(
-        grant=grant, raw_since=request.query.get("since"), limit=limit, **options
-    )
+    raw_since = request.query.get("since")
+    tailed = _from_tail(grant, raw_since, limit, options)
+    if tailed is not None:
+        since, page = tailed
+    else:
+        since, page = await _db(services.changes_from)(
+            grant=grant, raw_since=raw_since, limit=limit, **options
+        )
     if feed == "normal" or (feed == "longpoll" and page.results):
         await request.respond(200, _changes_body(page, since))
         return
-    await _live_changes(request, grant, feed, since, limit, heartbeat, timeout, options)
+    await _live_changes(request, grant, feed, since, page, limit, heartbeat, timeout, options)
+
+
+def _from_tail(
+    grant: DatabaseGrant, raw_since: str | None, limit: int | None, options: dict[str, Any]
+) -> tuple[int, services.ChangesPage] | None:
+    """The page after `since` from the collection's live tail (couchdb/live.py), without a
+    database step, when the tail covers it; else None."""
+    tail = live.tail_if_any(grant.collection_id)
+    if tail is None or raw_since in (None, "now"):
+        return None
+    markers = services.seq_decode(raw_since)
+    if markers.seq == 0 or markers.epoch != tail.epoch:
+        return None
+    blocks = tail.covering(markers.seq)
+    if blocks is None:
+        return None
+    if not blocks:
+        return markers.seq, services.ChangesPage([], markers.seq, markers.seq, tail.epoch)
+    page = services.changes_from_blocks(
+        grant=grant, blocks=blocks, since=markers.seq, limit=limit, **options
+    )
+    return None if page is None else (markers.seq, page)
 
 
 def _changes_body(page: services.ChangesPage, since: int) -> dict[str, Any]:
@@ -526,6 +595,7 @@ async def _live_changes(
     grant: DatabaseGrant,
     feed: str,
     since: int,
+    first: services.ChangesPage,
     limit: int | None,
     heartbeat: int | None,
     timeout: int | None,  # noqa: ASYNC109 (CouchDB's parameter, in milliseconds)
@@ -550,17 +620,22 @@ async def _live_changes(
     next_beat = loop.time() + heartbeat / 1000 if heartbeat else None
     next_check = loop.time() + recheck
     ended_by = ""
-    page: services.ChangesPage | None = None
+    page: services.ChangesPage | None = first
+    last = first
     try:
         fresh = False
         while True:
-            page = await _db(services.changes_read)(
-                grant=grant,
-                since=position,
-                limit=None if limit is None else limit - sent,
-                **options,
-            )
+            left = None if limit is None else limit - sent
+            if page is None:
+                page = services.changes_from_blocks(
+                    grant=grant, blocks=waiter.blocks, since=position, limit=left, **options
+                )
+            if page is None:
+                page = await _db(services.changes_read)(
+                    grant=grant, since=position, limit=left, **options
+                )
             position = page.last_seq
+            last = page
             if page.results:
                 sent += len(page.results)
                 if feed == "longpoll":
@@ -570,9 +645,10 @@ async def _live_changes(
             if limit is not None and sent >= limit:
                 break
             waiter.moved(position)
+            page = None
             if not fresh:
                 fresh = True
-                if await waiter.join():
+                if await waiter.join(last.epoch):
                     continue
             while True:
                 now = loop.time()
@@ -601,11 +677,9 @@ async def _live_changes(
     if ended_by:
         logger.info("live _changes feed ended: %s", ended_by)
         _forget(_bearer(request) or "")
-    epoch = page.epoch if page is not None else 0
-    last_seq = services.seq_encode(position, epoch) if epoch else str(since)
+    last_seq = services.seq_encode(position, last.epoch) if last.epoch else str(since)
     if feed == "longpoll":
-        results = page.results if page is not None else []
-        answer = {"results": results, "last_seq": last_seq, "pending": 0}
+        answer = {"results": last.results, "last_seq": last_seq, "pending": 0}
         if request.started:
             await request.finish(_encode(answer))
         else:

@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +27,7 @@ from accounts import access
 from accounts.access_changes import access_version, access_versions, session_scopes
 from accounts.models import Tenant
 from accounts.tokens import TokenRejected, token_authenticate, token_user
-from couchdb import revs
+from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
 from replication import services
@@ -350,6 +351,9 @@ def views_read(
         if view is None:
             continue
         views[doc_id] = view
+        held_version = stored.get(doc_id)
+        if held_version is not None:
+            cache.views.put((collection_id, doc_id, view.seq, held_version.stamp), view)
         if held is None or held.seq != view.seq:
             fresh[doc_id] = view
     if fresh:
@@ -592,6 +596,16 @@ def _apply(grant: DatabaseGrant, pending: Mapping[str, _Pending]) -> dict[str, D
         if view is not None and held is not None:
             histories[doc_id] = History(held.seq, view.path, view.closed, held.deleted)
     _histories_save(grant.collection_id, histories)
+    for doc_id, history in histories.items():
+        remember = partial(
+            cache.remember,
+            grant.collection_id,
+            doc_id,
+            stored[doc_id].stamp,
+            history,
+            pending[doc_id].body,
+        )
+        transaction.on_commit(remember)
     return rejected
 
 
@@ -693,6 +707,58 @@ def changes_read(
     return ChangesPage(results, position, head, epoch)
 
 
+def changes_from_blocks(
+    *,
+    grant: DatabaseGrant,
+    blocks: Sequence[Any],
+    since: int,
+    limit: int | None,
+    include_docs: bool = False,
+    all_docs: bool = False,
+    doc_ids: frozenset[str] | None = None,
+) -> ChangesPage | None:
+    """The page after `since` built from the live hub's blocks (`replication.live.FeedBlock`,
+    read once for every session of the process) and the view cache; None when they do not
+    cover it (a gap, a cache miss, more than `limit`): the caller reads the database then."""
+    ordered = sorted(blocks, key=lambda b: b.start)
+    if not ordered or ordered[0].start > since:
+        return None
+    results: list[dict[str, Any]] = []
+    position = since
+    epoch = ordered[-1].epoch
+    for block in ordered:
+        if block.end <= position:
+            continue
+        if block.start > position or block.epoch != epoch:
+            return None
+        for change in block.changes:
+            if change.seq <= position:
+                continue
+            if not grant.may_read(change.doc_id) or (
+                doc_ids is not None and change.doc_id not in doc_ids
+            ):
+                continue
+            key = (grant.collection_id, change.doc_id, change.seq, change.version.modified)
+            view = cache.views.get(key)
+            if view is None:
+                return None
+            leaves = view.leaves() if all_docs else [view.head]
+            row: dict[str, Any] = {
+                "seq": seq_encode(change.seq, epoch),
+                "id": change.doc_id,
+                "changes": [{"rev": leaf} for leaf in leaves],
+            }
+            if view.deleted:
+                row["deleted"] = True
+            if include_docs:
+                row["doc"] = doc_render(change.doc_id, view, change.version.body)
+            results.append(row)
+        position = block.end
+    if limit is not None and len(results) > limit:
+        return None
+    return ChangesPage(results, position, position, epoch)
+
+
 def changes_from(
     *, grant: DatabaseGrant, raw_since: object, limit: int | None, **options: Any
 ) -> tuple[int, ChangesPage]:
@@ -741,6 +807,40 @@ def docs_get(
             answer.append({"id": doc_id, "docs": [_not_found(doc_id, rev)]})
             continue
         doc = doc_render(doc_id, view, bodies.get(doc_id), rev=leaf, with_revs=with_revs)
+        answer.append({"id": doc_id, "docs": [{"ok": doc}]})
+        held = stored.get(doc_id)
+        if held is not None:
+            cache.remember(grant.collection_id, doc_id, held.stamp, view, bodies.get(doc_id))
+    return answer
+
+
+def docs_get_cached(
+    *, grant: DatabaseGrant, asked: Sequence[tuple[str, str | None]], with_revs: bool
+) -> list[dict[str, Any]] | None:
+    """`_bulk_get` from the leaf cache when every asked revision is there, else None.
+
+    A live PouchDB asks for the leaves `_changes` just listed, which the write that made them
+    (or an earlier read) put in the cache. An asked leaf is answered as it is even with
+    `latest=true` when a newer one exists: revisions never change, and the replica fetches
+    the newer leaf with the next change."""
+    answer: list[dict[str, Any]] = []
+    for doc_id, rev in asked:
+        if not grant.may_read(doc_id):
+            answer.append({"id": doc_id, "docs": [_not_found(doc_id, rev)]})
+            continue
+        if rev is None:
+            return None
+        found = cache.leaves.get((grant.collection_id, doc_id, rev))
+        if found is None:
+            return None
+        path, deleted, body = found
+        doc: dict[str, Any] = {"_id": doc_id, "_rev": rev}
+        if deleted:
+            doc["_deleted"] = True
+        else:
+            doc.update(body or {})
+        if with_revs:
+            doc["_revisions"] = revs.revisions_of(path)
         answer.append({"id": doc_id, "docs": [{"ok": doc}]})
     return answer
 
@@ -848,28 +948,23 @@ def all_docs(
 # --- _local documents (replication checkpoints) ----------------------------------------------
 
 
-def local_get(*, grant: DatabaseGrant, doc_id: str) -> dict[str, Any]:
-    found = LocalDocument.objects.filter(collection_id=grant.collection_id, doc_id=doc_id).first()
-    if found is None:
-        raise CouchError(404, "not_found", "missing")
-    return {**found.body, "_id": f"_local/{doc_id}", "_rev": found.rev}
+def local_read(*, grant: DatabaseGrant, doc_id: str) -> tuple[str, dict[str, Any]] | None:
+    """A `_local` document's (rev, body), or None (couchdb/checkpoints.py holds them)."""
+    found = (
+        LocalDocument.objects.filter(collection_id=grant.collection_id, doc_id=doc_id)
+        .values_list("rev", "body")
+        .first()
+    )
+    return (found[0], dict(found[1])) if found is not None else None
 
 
-def local_put(*, grant: DatabaseGrant, doc_id: str, doc: Mapping[str, Any]) -> str:
-    """Save a checkpoint (any reader may: PouchDB writes them on both sides of a pull)."""
-    body = {k: v for k, v in doc.items() if k not in ("_id", "_rev", "_revisions")}
+def locals_save(*, rows: Mapping[tuple[int, str], tuple[str, dict[str, Any]]]) -> None:
+    """Store checkpoints written behind (couchdb/checkpoints.py), in one transaction."""
     with transaction.atomic():
-        found = (
-            LocalDocument.objects.select_for_update()
-            .filter(collection_id=grant.collection_id, doc_id=doc_id)
-            .first()
-        )
-        generation = int(found.rev.split("-", 1)[1]) + 1 if found is not None else 1
-        rev = f"0-{generation}"
-        LocalDocument.objects.update_or_create(
-            collection_id=grant.collection_id, doc_id=doc_id, defaults={"rev": rev, "body": body}
-        )
-    return rev
+        for (collection_id, doc_id), (rev, body) in rows.items():
+            LocalDocument.objects.update_or_create(
+                collection_id=collection_id, doc_id=doc_id, defaults={"rev": rev, "body": body}
+            )
 
 
 def local_delete(*, grant: DatabaseGrant, doc_id: str) -> None:

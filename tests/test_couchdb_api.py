@@ -388,3 +388,18 @@ def test_any_replicated_document_gets_a_result_never_a_crash(doc: dict[str, Any]
     assert [revs.rev_generation(r) for r in path] == list(
         range(revs.rev_generation(path[0]), revs.rev_generation(path[0]) - len(path), -1)
     )
+
+
+async def test_checkpoints_written_behind_reach_the_database(people: dict[str, str]) -> None:
+    from couchdb.checkpoints import get_checkpoints
+    from couchdb.models import LocalDocument
+
+    token = people["ann"]
+    await couch("PUT", f"{DB}/_local/cp", token, {"last_seq": "3-1"})
+    await couch("PUT", f"{DB}/_local/cp", token, {"last_seq": "4-1"})
+    await get_checkpoints().flush()
+    stored = await sync_to_async(LocalDocument.objects.get)(doc_id="cp")
+    assert stored.body == {"last_seq": "4-1"} and stored.rev == "0-2"
+    status, _ = await couch("DELETE", f"{DB}/_local/cp", token)
+    assert status == 200
+    assert (await couch("GET", f"{DB}/_local/cp", token))[0] == 404
