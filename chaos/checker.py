@@ -69,6 +69,7 @@ class Report:
     convergence: list[float] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     seed: int | None = None
+    server_tracebacks: int | None = None  # logged by the daphnes: for reading, not a failure
 
     def count(self, rule: str) -> int:
         return sum(1 for v in self.violations if v.rule == rule)
@@ -108,6 +109,7 @@ class Report:
             "offset backwards": self.count("offset_backwards"),
             "skipped commit": self.count("skipped_commit"),
             "past window": self.count("past_window"),
+            "server tracebacks logged": self.server_tracebacks,
         }
 
 
@@ -122,6 +124,8 @@ def check(events: list[Event]) -> Report:
             report.ops += 1
         elif kind == "fault" and event.get("phase") == "start":
             report.faults[event["fault"]] += 1
+        elif kind == "server_logs":
+            report.server_tracebacks = int(event["tracebacks"])
     _check_documents(events, report)
     _check_feeds(events, report)
     _check_convergence(events, report)
