@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from api import topic_views, views
+from api import topic_views, view_views, views
 
 COLLECTION = "tenants/<str:tenant>/collections/<str:collection>/"
 
@@ -19,6 +19,13 @@ urlpatterns = [
     path(f"{COLLECTION}documents/<path:doc_id>", views.DocumentView.as_view(), name="api-document"),
     path(f"{COLLECTION}changes/", views.ChangesView.as_view(), name="api-changes"),
     path(f"{COLLECTION}search/", views.SearchView.as_view(), name="api-search"),
+    path(f"{COLLECTION}views/", view_views.ViewListView.as_view(), name="api-views"),
+    path(f"{COLLECTION}views/<str:view>/", view_views.ViewDetailView.as_view(), name="api-view"),
+    path(
+        f"{COLLECTION}views/<str:view>/documents/",
+        view_views.ViewDocumentsView.as_view(),
+        name="api-view-documents",
+    ),
     path("tenants/<str:tenant>/topics/", topic_views.TopicListView.as_view(), name="api-topics"),
     path(
         "tenants/<str:tenant>/topics/<str:topic>/messages/",

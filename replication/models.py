@@ -344,3 +344,29 @@ class MaintenanceRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class DataView(models.Model):
+    """A named view of a collection: a Mango selector, projected fields, session parameters.
+
+    replication/protocol/mango.py parses and evaluates the selector; replication/data_views.py
+    manages views and reads through them. `version` moves on every change of the definition.
+    """
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="views")
+    name = models.CharField(max_length=64, validators=[SLUG_VALIDATOR])
+    selector = models.JSONField(default=dict)
+    fields = models.JSONField(default=list, blank=True)
+    description = models.CharField(max_length=300, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "name"], name="dataview_collection_name")
+        ]
+        ordering = ["collection_id", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.collection}/{self.name}"

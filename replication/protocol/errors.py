@@ -203,6 +203,30 @@ class ErrorCode(Enum):
         "{doc_id!r} encodes to {size} bytes, over the document limit of {limit}",
     )
 
+    # 41xx: data views and their Mango selectors (replication/protocol/mango.py).
+    SELECTOR_INVALID = _spec(
+        "DG-4101", CloseCode.MALFORMED, 400, "bad selector at {where}: {detail}"
+    )
+    SELECTOR_UNKNOWN_OPERATOR = _spec(
+        "DG-4102", CloseCode.MALFORMED, 400, "unknown selector operator {operator!r} at {where}"
+    )
+    SELECTOR_TOO_COMPLEX = _spec(
+        "DG-4103", CloseCode.MALFORMED, 400, "selector too complex at {where}: {detail}"
+    )
+    SELECTOR_UNKNOWN_PARAMETER = _spec(
+        "DG-4104", CloseCode.MALFORMED, 400, "unknown selector parameter {{{name}}} at {where}"
+    )
+    VIEW_NOT_FOUND = _spec(
+        "DG-4105", CloseCode.FORBIDDEN, 404, "view not found: {tenant}/{collection}/{view}"
+    )
+    VIEW_EXISTS = _spec(
+        "DG-4106", CloseCode.PROTOCOL_VIOLATION, 409, "view {tenant}/{collection}/{view} exists"
+    )
+    VIEW_INVALID = _spec("DG-4107", CloseCode.MALFORMED, 400, "bad view {view!r}: {detail}")
+    VIEW_ADMIN_DENIED = _spec(
+        "DG-4108", CloseCode.FORBIDDEN, 403, "user {user!r} may not manage views of {collection}"
+    )
+
     # --- 5xxx flow control and server ------------------------------------------------------
     FEED_ACK_TIMEOUT = _spec(
         "DG-5001",

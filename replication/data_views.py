@@ -1,0 +1,251 @@
+"""Data views: named Mango selectors on a collection, managed by admins, read through by anyone
+who may read the collection (docs/protocol.md, "Views").
+
+The console, `datagate_view` and the HTTP API call these services with the acting user (or a
+`System` for a command). Managing a view takes the right to administer the collection
+(DG-4108); reading through one takes the right to read it, and what a view shows is always the
+intersection of its selector and the reader's key rules, never more. Selectors are parsed by the
+pure `replication/protocol/mango.py`; catch-up reads translate them into SQL so that a view of
+1,000 documents out of 100,000 reads about 1,000 rows, not the collection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import BooleanField, QuerySet
+from django.db.models.expressions import RawSQL
+
+from accounts import access
+from accounts.access import System
+from accounts.audit import audit_record
+from accounts.models import SLUG_VALIDATOR, Tenant
+from replication.models import Collection, DataView, Document
+from replication.protocol import mango
+from replication.protocol.errors import DataGateError, ErrorCode
+
+
+def _user_name(actor: Any) -> str:
+    return f"system: {actor.purpose}" if isinstance(actor, System) else actor.get_username()
+
+
+@dataclass(frozen=True)
+class ViewDefinition:
+    """A checked definition: the parsed selector and projected fields."""
+
+    selector: mango.Selector
+    fields: tuple[tuple[str, ...], ...]
+
+
+def view_definition_check(*, name: str, selector: Any, fields: Any = None) -> ViewDefinition:
+    """Check a view's name and definition (DG-4107, DG-4101..4104 naming the bad part)."""
+    try:
+        SLUG_VALIDATOR(name)
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            raise ValidationError("1 to 64 characters")
+    except ValidationError as exc:
+        detail = "the name must be a slug of 1 to 64 letters, digits, - or _"
+        raise DataGateError(ErrorCode.VIEW_INVALID, view=str(name)[:64], detail=detail) from exc
+    return ViewDefinition(mango.parse(selector), mango.parse_fields(fields))
+
+
+def view_definition(view: DataView) -> ViewDefinition:
+    return ViewDefinition(mango.parse(view.selector), mango.parse_fields(view.fields))
+
+
+def _check_admin(*, actor: Any, collection: Collection) -> None:
+    if isinstance(actor, System):
+        return
+    if not access.access_collection_admin(
+        user=actor, tenant=collection.tenant, collection_name=collection.name, collection=collection
+    ):
+        raise DataGateError(
+            ErrorCode.VIEW_ADMIN_DENIED, user=_user_name(actor), collection=str(collection)
+        )
+
+
+def _collection(*, actor: Any, tenant: Tenant, collection_name: str) -> Collection:
+    found = (
+        Collection.objects.select_related("tenant")
+        .filter(tenant=tenant, name=collection_name)
+        .first()
+    )
+    if found is None or not (
+        isinstance(actor, System)
+        or access.access_collection_read(
+            user=actor, tenant=tenant, collection_name=collection_name, collection=found
+        )
+    ):
+        raise DataGateError(
+            ErrorCode.COLLECTION_NOT_FOUND, tenant=tenant.slug, collection=collection_name
+        )
+    return found
+
+
+def views_list(*, actor: Any, tenant: Tenant, collection_name: str) -> list[DataView]:
+    collection = _collection(actor=actor, tenant=tenant, collection_name=collection_name)
+    return list(DataView.objects.filter(collection=collection).select_related("collection"))
+
+
+def view_get(*, actor: Any, tenant: Tenant, collection_name: str, name: str) -> DataView:
+    """The view, if the actor may read its collection (DG-4105 otherwise, as for a missing one)."""
+    collection = _collection(actor=actor, tenant=tenant, collection_name=collection_name)
+    found = DataView.objects.filter(collection=collection, name=name).first()
+    if found is None:
+        raise DataGateError(
+            ErrorCode.VIEW_NOT_FOUND, tenant=tenant.slug, collection=collection_name, view=name
+        )
+    found.collection = collection
+    return found
+
+
+def _as_dict(view: DataView) -> dict[str, Any]:
+    return {"selector": view.selector, "fields": view.fields, "version": view.version}
+
+
+def view_create(
+    *,
+    actor: Any,
+    tenant: Tenant,
+    collection_name: str,
+    name: str,
+    selector: Any,
+    fields: Any = None,
+    description: str = "",
+) -> DataView:
+    """A new view (DG-4106 if the name is taken, DG-4108 without the right to)."""
+    collection = _collection(actor=actor, tenant=tenant, collection_name=collection_name)
+    _check_admin(actor=actor, collection=collection)
+    view_definition_check(name=name, selector=selector, fields=fields)
+    view = DataView(
+        collection=collection,
+        name=name,
+        selector=selector,
+        fields=list(fields or []),
+        description=str(description or "")[:300],
+    )
+    try:
+        with transaction.atomic():
+            view.save()
+            audit_record(
+                actor=actor,
+                action="view.create",
+                target=str(view),
+                tenant=tenant,
+                detail=_as_dict(view),
+            )
+    except IntegrityError as exc:
+        raise DataGateError(
+            ErrorCode.VIEW_EXISTS, tenant=tenant.slug, collection=collection_name, view=name
+        ) from exc
+    return view
+
+
+def view_update(
+    *,
+    actor: Any,
+    view: DataView,
+    selector: Any,
+    fields: Any = None,
+    description: str | None = None,
+) -> DataView:
+    """Change a view's definition; its version moves on when the definition changes."""
+    _check_admin(actor=actor, collection=view.collection)
+    view_definition_check(name=view.name, selector=selector, fields=fields)
+    before = _as_dict(view)
+    changed = view.selector != selector or view.fields != list(fields or [])
+    view.selector = selector
+    view.fields = list(fields or [])
+    if description is not None:
+        view.description = str(description)[:300]
+    if changed:
+        view.version += 1
+    with transaction.atomic():
+        view.save()
+        audit_record(
+            actor=actor,
+            action="view.change",
+            target=str(view),
+            tenant=view.collection.tenant,
+            detail={"before": before, "after": _as_dict(view)},
+        )
+    return view
+
+
+def view_delete(*, actor: Any, view: DataView) -> None:
+    _check_admin(actor=actor, collection=view.collection)
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="view.delete",
+            target=str(view),
+            tenant=view.collection.tenant,
+            detail=_as_dict(view),
+        )
+        view.delete()
+
+
+# --- reading through a view ----------------------------------------------------------------
+
+
+def view_bindings(*, user: Any, tenant: Tenant) -> dict[str, str]:
+    """The values a view's parameters take for this user's sessions and requests."""
+    return {"username": user.get_username(), "tenant": tenant.slug}
+
+
+def selector_bound(*, view: DataView, user: Any, tenant: Tenant) -> mango.Selector:
+    """The view's selector with its parameters bound for `user`."""
+    return view_definition(view).selector.bind(view_bindings(user=user, tenant=tenant))
+
+
+def binding_key(*, view: DataView, selector: mango.Selector, user: Any, tenant: Tenant) -> tuple:
+    """Sessions with equal keys see the same documents through the view (before key rules):
+    the live hub evaluates each change once per key."""
+    parsed = view_definition(view).selector
+    values = view_bindings(user=user, tenant=tenant)
+    return (view.pk, view.version, tuple(sorted((n, values[n]) for n in parsed.parameters)))
+
+
+def _body_column() -> str:
+    quote = connection.ops.quote_name
+    return f"{quote(Document._meta.db_table)}.{quote('body')}"
+
+
+def documents_matching(
+    queryset: QuerySet[Document], *, selector: mango.Selector
+) -> QuerySet[Document]:
+    """`queryset` narrowed to the documents the (bound) selector matches, in SQL."""
+    sql = mango.to_sql(selector, vendor=connection.vendor, column=_body_column())
+    # Every value and field name of the selector is a query parameter; the text holds only
+    # the quoted column and SQL keywords (mango.to_sql).
+    condition = RawSQL(sql.text, sql.params, output_field=BooleanField())  # noqa: S611
+    return queryset.filter(condition)
+
+
+def view_documents_page(
+    *, actor: Any, view: DataView, after: str | None, limit: int
+) -> tuple[list[Document], bool]:
+    """Documents of the view the actor may read, by id after `after`, at most `limit`
+    (projected to the view's fields); and whether more may follow."""
+    collection = view.collection
+    tenant = collection.tenant
+    selector = selector_bound(view=view, user=actor, tenant=tenant)
+    allowed = access.document_read_filter(
+        user=actor, tenant=tenant, collection_name=collection.name, collection=collection
+    )
+    queryset = Document.objects.filter(collection_id=collection.pk)
+    if after is not None:
+        queryset = queryset.filter(doc_id__gt=after)
+    page = list(documents_matching(queryset, selector=selector).order_by("doc_id")[:limit])
+    fields = view_definition(view).fields
+    documents = []
+    for doc in page:
+        if allowed is not None and not allowed(doc.doc_id):
+            continue
+        if fields:
+            doc.body = mango.project(doc.body, fields)
+        documents.append(doc)
+    return documents, len(page) == limit
