@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('replication', '0007_collection_journal_retention'),
+        ('replication', '0008_range_bucket_groups'),
     ]
 
     operations = [
