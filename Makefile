@@ -13,7 +13,7 @@ DURATION ?= 300
 SEED ?=
 CHAOS_ARGS ?=
 
-.PHONY: run test check lint typecheck bench bench-couchdb chaos clean chromium pouchdb
+.PHONY: run test check lint typecheck bench bench-couchdb chaos clean chromium pouchdb redis-server
 
 # Installing and migrating are quiet; their output goes to $(LOG_DIR) and is shown on failure.
 LOG_DIR ?= var/log
@@ -60,7 +60,13 @@ pouchdb:
 		echo "npm not found: the PouchDB tests will skip"; \
 	fi
 
-test: $(VENV)/.installed chromium pouchdb
+# The chaos run starts its own redis-server (chaos/topology.py); Debian's, installed as root.
+redis-server:
+	@if ! command -v redis-server >/dev/null 2>&1 && [ "$$(id -u)" = "0" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
+	fi
+
+test: $(VENV)/.installed chromium pouchdb redis-server
 	$(PY) -m pytest
 	DATABASE_URL=$(TEST_DATABASE_URL) DATAGATE_TEST_BACKEND=postgres $(PY) -m pytest -m storage
 
@@ -85,7 +91,7 @@ bench/pouchdb/node_modules/.installed: bench/pouchdb/package.json bench/pouchdb/
 bench-couchdb: $(VENV)/.installed bench/pouchdb/node_modules/.installed
 	$(PY) -m bench --only couchdb --backends sqlite $(BENCH_ARGS)
 
-chaos: $(VENV)/.installed
+chaos: $(VENV)/.installed redis-server
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m chaos --duration $(DURATION) \
 		$(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
