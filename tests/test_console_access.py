@@ -170,3 +170,37 @@ def test_admins_and_readers(world: dict[str, Any], member: Any) -> None:
     assert listed(client) == {"shared/rules"}
     assert client.get(url("document_new")).status_code == 403
     assert client.post(url("document_delete"), {"id": "shared/rules"}).status_code == 403
+
+
+def test_the_http_api_gives_the_same_answers_for_the_same_rules(
+    world: dict[str, Any], issue_token: Any
+) -> None:
+    """One door: with alice's token the API shows and refuses exactly what the console does."""
+    from rest_framework.test import APIClient
+
+    from search.services import search_index_configure
+
+    search_index_configure(collection_id=world["collection"].pk, fields=["word", "owner"])
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(world['alice'], 'read write')}")
+    base = "/api/v1/tenants/acme/collections/notes"
+    listed_ids = {d["_id"] for d in api.get(f"{base}/documents/").json()["documents"]}
+    assert listed_ids == {"user-alice/todo", "shared/rules"}
+    changes = api.get(f"{base}/changes/").json()["feed"]
+    assert {d["_id"] for d in changes["changeSet"]} == {"user-alice/todo", "shared/rules"}
+    assert "user-bob/gone" not in changes["tombstoneMap"]
+    found = api.get(f"{base}/search/", {"q": "secret"}).json()["results"]
+    assert found == []
+    assert [r["_id"] for r in api.get(f"{base}/search/", {"q": "apple"}).json()["results"]] == [
+        "user-alice/todo"
+    ]
+    for doc_id in ("user-bob/diary", "user-bob/never-was"):
+        assert api.get(f"{base}/documents/{doc_id}").status_code == 404
+    before = stored()
+    planted = api.put(f"{base}/documents/user-bob/planted", {"x": 1}, format="json")
+    assert (planted.status_code, planted.json()["error"]["code"]) == (403, "DG-3003")
+    removed = api.delete(f"{base}/documents/user-bob/diary")
+    assert (removed.status_code, removed.json()["error"]["code"]) == (403, "DG-3004")
+    shared = api.put(f"{base}/documents/shared/rules", {"x": 1}, format="json")
+    assert (shared.status_code, shared.json()["error"]["code"]) == (403, "DG-3003")
+    assert stored() == before
