@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
+from websockets.exceptions import ConnectionClosed
+
+from datagate_replica.sync import describe_close
 
 PREFIX = "datagate.topic."
 REGRESSION = "DG-6007"
@@ -326,7 +329,16 @@ class TopicsClient:
         try:
             async for text in self._socket:
                 self._dispatch(json.loads(text))
-            reason: BaseException = ConnectionError("server closed the connection")
+            close = self._socket.close_rcvd
+            reason: BaseException = ConnectionError(
+                describe_close(close.code if close else None, close.reason if close else "")
+            )
+        except ConnectionClosed as exc:
+            reason = ConnectionError(
+                describe_close(
+                    exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else ""
+                )
+            )
         except Exception as exc:
             reason = exc
         self._closed = reason
