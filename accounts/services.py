@@ -589,3 +589,43 @@ def member_token_revoke(*, actor: Any, tenant: Tenant, user: Any, token_id: int 
     """Revoke one of a member's access tokens (None: all of them) with its refresh token."""
     _member_check(actor=actor, tenant=tenant, user=user)
     return access_tokens_revoke(user=user, token_id=token_id, actor=actor, tenant=tenant)
+
+
+def member_application_create(
+    *, actor: Any, tenant: Tenant, owner: Any, name: str, kind: str, redirect_uris: str = ""
+) -> CreatedApplication:
+    """A tenant admin registers an OAuth2 application owned by one of the tenant's members
+    (a service's tokens act as its owner, accounts/tokens.py); audited."""
+    _member_check(actor=actor, tenant=tenant, user=owner)
+    if not name.strip():
+        raise ValueError("the application needs a name")
+    with transaction.atomic():
+        created = application_create(
+            name=name.strip(), owner=owner, kind=kind, redirect_uris=redirect_uris
+        )
+        _audit(
+            actor,
+            "application.create",
+            f"application {name.strip()} ({kind}) of {owner.get_username()}",
+            tenant=tenant,
+            client_id=created.client_id,
+        )
+    return created
+
+
+def member_application_delete(*, actor: Any, tenant: Tenant, application_id: int) -> str:
+    """Delete a member's OAuth2 application with every token issued to it; returns its name."""
+    app = get_application_model().objects.select_related("user").filter(pk=application_id).first()
+    if app is None or app.user is None:
+        raise LookupError(f"no application #{application_id}")
+    _member_check(actor=actor, tenant=tenant, user=app.user)
+    with transaction.atomic():
+        name = app.name
+        app.delete()  # its access, refresh and grant rows cascade
+        _audit(
+            actor,
+            "application.delete",
+            f"application {name} of {app.user.get_username()}",
+            tenant=tenant,
+        )
+    return str(name)

@@ -33,6 +33,8 @@ from accounts.services import (
     key_rule_add,
     key_rule_remove,
     member_add,
+    member_application_create,
+    member_application_delete,
     member_remove,
     member_token_issue,
     member_token_revoke,
@@ -322,12 +324,26 @@ def _tokens(user_ids: list[int]) -> dict[int, list[Any]]:
     return found
 
 
+def _applications(user_ids: list[int]) -> list[Any]:
+    from django.db.models import Count
+    from oauth2_provider.models import get_application_model
+
+    return list(
+        get_application_model()
+        .objects.filter(user_id__in=user_ids)
+        .select_related("user")
+        .annotate(token_count=Count("accesstoken"))
+        .order_by("name")
+    )
+
+
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def members(request: HttpRequest, tenant: str) -> HttpResponse:
     tenant_access = _tenant_access(request, tenant)
     _need_admin(tenant_access)
     issued = None
+    created_app = None
     if request.method == "POST":
         post, actor = request.POST, request.user
         action = post.get("action", "")
@@ -366,11 +382,29 @@ def members(request: HttpRequest, tenant: str) -> HttpResponse:
                     token_id=int(raw_id) if raw_id.isdigit() else None,
                 )
                 messages.success(request, f"Revoked {count} token(s) of {user.get_username()}.")
+            elif action == "app_create":
+                owner = _member(tenant_access, post.get("owner", ""))
+                created_app = member_application_create(
+                    actor=actor,
+                    tenant=tenant_access.tenant,
+                    owner=owner,
+                    name=post.get("name", ""),
+                    kind=post.get("kind", ""),
+                    redirect_uris=post.get("redirect_uris", ""),
+                )
+            elif action == "app_delete":
+                raw_id = post.get("application", "")
+                name = member_application_delete(
+                    actor=actor,
+                    tenant=tenant_access.tenant,
+                    application_id=int(raw_id) if raw_id.isdigit() else 0,
+                )
+                messages.success(request, f"Deleted application {name} and its tokens.")
             else:
                 raise Http404("No such action.")
         except ACTION_ERRORS as exc:
             messages.error(request, _error_text(exc))
-        if issued is None:
+        if issued is None and created_app is None:
             return redirect("console:members", tenant=tenant_access.tenant.slug)
     rows = list(
         Membership.objects.filter(tenant=tenant_access.tenant)
@@ -389,6 +423,8 @@ def members(request: HttpRequest, tenant: str) -> HttpResponse:
             "scopes": sorted(KNOWN_SCOPES),
             "issued": issued,
             "issued_for": issued_for if issued is not None else "",
+            "created_app": created_app,
+            "applications": _applications([m.user_id for m in rows]),
             "section": "members",
         },
     )

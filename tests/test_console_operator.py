@@ -108,3 +108,23 @@ def test_a_reader_browses_a_topic_but_may_not_publish(
     assert page.status_code == 200 and "publish-form" not in page.content.decode()
     assert rita.post(url, {"payload": "{}"}).status_code == 403
     assert not Message.objects.exists()
+
+
+def test_an_admin_registers_a_members_service_application_and_deletes_it(
+    member: Any, collection: Any
+) -> None:
+    from oauth2_provider.models import get_application_model
+
+    ada = as_user(member("ada", "admin"))
+    member("svc", "writer")
+    url = reverse("console:members", kwargs={"tenant": "acme"})
+    page = ada.post(
+        url, {"action": "app_create", "name": "ingest", "kind": "service", "owner": "svc"}
+    ).content.decode()
+    app = get_application_model().objects.get(name="ingest")
+    assert app.client_id in page and 'id="app-client-secret"' in page
+    assert 'data-application="ingest"' in ada.get(url).content.decode()
+    ada.post(url, {"action": "app_delete", "application": str(app.pk)})
+    assert not get_application_model().objects.filter(name="ingest").exists()
+    actions = list(AuditEntry.objects.values_list("action", flat=True))
+    assert "application.create" in actions and "application.delete" in actions
