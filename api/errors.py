@@ -13,6 +13,7 @@ import logging
 import uuid
 from typing import Any
 
+from django.db import DataError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found, server_error
 from rest_framework import exceptions
@@ -66,6 +67,10 @@ def as_datagate_error(exc: Exception, *, method: str = "") -> DataGateError | No
         return DataGateError(ErrorCode.BAD_BODY, detail=_detail_text(exc.detail))
     if isinstance(exc, exceptions.ValidationError):
         return DataGateError(ErrorCode.BAD_BODY, detail=_detail_text(exc.detail))
+    if isinstance(exc, DataError):
+        # A value the database refuses (PostgreSQL: NUL in text, a lone surrogate in JSON)
+        # came from the request: it is the caller's bad input, not the server's failure.
+        return DataGateError(ErrorCode.BAD_PARAMETER, name="value", detail="not storable text")
     if isinstance(exc, exceptions.PermissionDenied):
         return DataGateError(ErrorCode.TOKEN_SCOPE, scope="?")
     return None

@@ -250,6 +250,8 @@ class DocumentView(APIView):
     )
     def get(self, request: Request, tenant: str, collection: str, doc_id: str) -> Response:
         found = readable_collection(request, tenant, collection)
+        if unencodable(doc_id) is not None or "\x00" in doc_id:  # cannot be stored: no query
+            raise DataGateError(ErrorCode.NOT_FOUND, what=f"document {doc_id[:64]!r}")
         doc = selectors.document_get(collection_id=found.pk, doc_id=doc_id)
         if doc is None or not access.access_document_read(
             user=request.user,

@@ -76,6 +76,21 @@ def printable(text: str, limit: int = ID_MAX_LENGTH) -> str:
     return cut.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """`value` with NUL and lone surrogates in its strings as U+FFFD: for what the server
+    records about bad input (error events), which both backends must be able to store."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
+
+
 def id_check(raw: object, *, origin: bool = False, doc_id: str = "") -> str:
     """`raw` if it is a valid document id (or `_origin`); else raise DG-4002 (DG-4008)."""
     if origin:

@@ -40,7 +40,7 @@ from replication.changes import (
     parse_feed,
 )
 from replication.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
-from replication.door import DoorLimits, limits_from_settings
+from replication.door import DoorLimits, id_check, limits_from_settings, storable
 from replication.doorbell import ring_on_commit
 from replication.models import (
     Collection,
@@ -714,8 +714,9 @@ def document_put(
     A write the actor may not make raises its DataGateError (DG-3002, DG-3003) before
     anything about the stored document is looked at. With `expected_revision`, the write
     only happens if the stored revision is that one (0 means "must not exist"); otherwise
-    DG-4009 is raised.
+    DG-4009 is raised. An id outside the door's rules is DG-4002 before any query.
     """
+    id_check(doc_id)
     policy = actor_policy(actor=actor, collection_id=collection_id)
     refusal = actor_refusal(actor=actor, policy=policy, kind=WRITE, doc_id=doc_id)
     if refusal is not None:
@@ -780,7 +781,9 @@ def document_delete(
     audit: bool = False,
 ) -> ApplyResult:
     """Delete one document for `actor`; a missing document is not an error. A delete the
-    actor may not make raises its DataGateError (DG-3002, DG-3004) first."""
+    actor may not make raises its DataGateError (DG-3002, DG-3004) first; an id outside the
+    door's rules is DG-4002 before any query."""
+    id_check(doc_id)
     policy = actor_policy(actor=actor, collection_id=collection_id)
     refusal = actor_refusal(actor=actor, policy=policy, kind=DELETE, doc_id=doc_id)
     if refusal is not None:
@@ -981,15 +984,17 @@ def error_event_record(
     collection: str = "",
     context: Mapping[str, Any] | None = None,
 ) -> ErrorEvent:
+    # What is recorded about bad input may hold NUL or lone surrogates: neither backend's
+    # text or JSON columns take both, and a refused write must never become a 500.
     return ErrorEvent.objects.create(
         code=error.code,
-        text=error.text[:200],
+        text=storable(error.text[:200]),
         fatal=error.fatal,
         user_id=user_id,
         replica_id=replica_pk,
-        tenant=tenant[:64],
-        collection=collection[:64],
-        context=dict(context or {}),
+        tenant=storable(tenant[:64]),
+        collection=storable(collection[:64]),
+        context=storable(dict(context or {})),
     )
 
 
