@@ -133,7 +133,7 @@ def run_check(theirs: Store, ours: Store) -> tuple[list[sdk.Difference], int]:
     """The range check of docs/protocol.md between two in-memory stores: the server's side
     is replication.protocol.ranges, the replica's the SDK's. Returns (differences, rounds)."""
     table = server.BucketTable.of(server.Header(i, *v) for i, v in theirs.items())
-    index = sdk.LocalIndex(sdk.Held(i, *v) for i, v in ours.items())
+    index = sdk.LocalIndex((i, *v) for i, v in ours.items())
     pending = [(0, server.BUCKETS)]
     differences: list[sdk.Difference] = []
     rounds = 0

@@ -104,7 +104,7 @@ class ErrorCode(Enum):
         "DG-2030",
         CloseCode.SERVER_ERROR,
         413,
-        "range check unavailable: your view of this collection exceeds {limit} rows",
+        "range check unavailable: the collection has more than {limit} rows to filter",
     )
     RANGE_ROUNDS = _spec(
         "DG-2031",

@@ -780,7 +780,7 @@ class SyncEngine:
         replica lacks, forget what the server does not hold (after a restore: journal it to
         push again instead), journal what this replica holds newer. Returns the markers to
         pull from."""
-        index = LocalIndex(Held(*row) for row in self.store.held_versions())
+        index = LocalIndex(self.store.held_versions())
         markers = await self._range_check(conn, report, index)
         await self._apply_differences(conn, report, restore=restore)
         return markers
@@ -848,7 +848,7 @@ class SyncEngine:
         report.read_only = bool(ack.get("readOnly"))
         server = Markers.from_wire(ack.get("endMarkers"))
         stored = self.store.markers()
-        index = LocalIndex(Held(*row) for row in self.store.held_versions())
+        index = LocalIndex(self.store.held_versions())
         markers = await self._range_check(conn, report, index)
         if not repair or not report.differences:
             with contextlib.suppress(ConnectionClosed):
