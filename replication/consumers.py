@@ -21,7 +21,7 @@ from channels.exceptions import StopConsumer
 from django.conf import settings
 
 from datagate_site import metrics
-from replication import ranges, selectors, services
+from replication import data_views, ranges, selectors, services
 from replication.consumer_support import DirectDispatchMixin
 from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
@@ -58,6 +58,11 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         self.tenant_slug: str = route["tenant"]
         self.collection_name: str = route["collection"]
         self.url_user: str | None = route.get("user")
+        self.url_view: str | None = route.get("view")
+        # The data view the session syncs (docs/protocol.md section 12), decided at Connect.
+        self.view: data_views.ViewSession | None = None
+        self.pushed = False  # anything applied from this replica (a fresh view pull then
+        # reads every change, so that what it pushed outside the view leaves it)
         self.max_frame = int(knobs["MAX_FRAME_BYTES"])
         self.session = mc.Session(
             tenant=self.tenant_slug,
@@ -186,14 +191,26 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             last_seq, purge_seq, epoch = await database_sync_to_async(selectors.collection_head)(
                 collection_id=grant.collection_id
             )
+            if self.view is not None:
+                epoch = self.view.epoch
             return self.session.position_done(last_seq=last_seq, purge_seq=purge_seq, epoch=epoch)
         if isinstance(effect, mc.ReadChunk):
-            page = await database_sync_to_async(selectors.change_page)(
-                collection_id=grant.collection_id,
-                after_seq=effect.after_seq,
-                limit=effect.limit,
-                up_to_seq=effect.up_to_seq,
-            )
+            if self.view is not None:
+                page = await database_sync_to_async(data_views.view_change_page)(
+                    collection_id=grant.collection_id,
+                    selector=self.view.selector,
+                    after_seq=effect.after_seq,
+                    limit=effect.limit,
+                    up_to_seq=effect.up_to_seq,
+                    fresh=not self.pushed,
+                )
+            else:
+                page = await database_sync_to_async(selectors.change_page)(
+                    collection_id=grant.collection_id,
+                    after_seq=effect.after_seq,
+                    limit=effect.limit,
+                    up_to_seq=effect.up_to_seq,
+                )
             return self.session.chunk_done(
                 feed=self._feed(page.changes), covered=page.covered, count=len(page.changes)
             )
@@ -305,6 +322,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                 return
             for effect, result in zip(batch, results, strict=True):
                 metrics.push_record(applied=result.applied, rejected=len(result.rejected))
+                self.pushed = self.pushed or result.applied > 0
                 reply = effect.reply
                 if not effect.receipt_in_reply:
                     reply = {**reply, "receipt": result.receipt()}
@@ -330,6 +348,25 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             )
         except DataGateError as error:
             return self.session.connect_refused(error)
+        view_name = self.url_view or connect.view
+        if view_name is not None:
+            if self.url_view is not None and connect.view not in (None, self.url_view):
+                mismatch = DataGateError(
+                    ErrorCode.INVALID_MESSAGE,
+                    message_type=connect.message_type,
+                    detail="view: the Connect names another view than the URL",
+                )
+                return self.session.connect_refused(mismatch)
+            try:
+                self.view = await database_sync_to_async(data_views.view_session_open)(
+                    user=grant.user,
+                    tenant=grant.tenant,
+                    collection_id=grant.collection_id,
+                    name=view_name,
+                )
+            except DataGateError as refused:
+                return self.session.connect_refused(refused)
+            self.session.view = view_name
         self.connect_timer.cancel()
         self.grant = grant
         await self.hub.attach_replica(self, replica_pk=grant.replica_pk)
@@ -344,7 +381,9 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         return self.session.connect_accepted(
             user_name=grant.user_name,
             read_only=not grant.may_push,
-            end_markers=Markers(grant.last_seq, grant.epoch),
+            end_markers=Markers(
+                grant.last_seq, grant.epoch if self.view is None else self.view.epoch
+            ),
             purge_seq=grant.purge_seq,
         )
 
@@ -352,6 +391,10 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         """The wire feed of `changes`, without those the user may not read (markers still
         advance over them: the caller passes the unfiltered count and range)."""
         read_filter = self.grant.read_filter if self.grant is not None else None
+        if self.view is not None:
+            return data_views.view_feed(
+                changes, selector=self.view.selector, read_filter=read_filter
+            )
         if read_filter is not None:
             changes = [change for change in changes if read_filter(change.doc_id)]
         return selectors.feed_from_changes(changes)
@@ -445,7 +488,8 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         for effect in effects:
             if isinstance(effect, mc.SendShared):
                 metrics.feed_record()
-                await self._send_text(splice(effect.header, block.body))
+                body = block.body if self.view is None else block.view_body(self.view)
+                await self._send_text(splice(effect.header, body))
                 shared = True
             else:
                 rest.append(effect)

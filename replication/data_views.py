@@ -11,6 +11,8 @@ pure `replication/protocol/mango.py`; catch-up reads translate them into SQL so 
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +25,12 @@ from accounts import access
 from accounts.access import System
 from accounts.audit import audit_record
 from accounts.models import SLUG_VALIDATOR, Tenant
+from replication.changes import Version, version_to_wire
+from replication.conflicts import WRITE
 from replication.models import Collection, DataView, Document
 from replication.protocol import mango
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.selectors import Change, ChangePage, change_page
 
 
 def _user_name(actor: Any) -> str:
@@ -249,3 +254,101 @@ def view_documents_page(
             doc.body = mango.project(doc.body, fields)
         documents.append(doc)
     return documents, len(page) == limit
+
+
+# --- replication through a view (docs/protocol.md section 12) -------------------------------
+
+
+@dataclass(frozen=True)
+class ViewSession:
+    """What a replication session on a view needs, decided at Connect.
+
+    `key` is the same for every session that sees the same documents through the view (before
+    key rules): the live hub classifies each change once per key. `epoch` stands for the
+    collection's epoch in the session's markers: it moves when the view's definition changes,
+    so a replica synced through an older definition gets a reset snapshot of the new one
+    instead of keeping documents the new definition leaves out.
+    """
+
+    name: str
+    selector: mango.Selector
+    key: tuple[Any, ...]
+    epoch: int
+
+
+def view_epoch(*, collection_epoch: int, view: DataView) -> int:
+    digest = zlib.crc32(f"{collection_epoch}:{view.pk}:{view.version}".encode())
+    return 1 + digest % (2**31 - 2)
+
+
+def view_session_open(*, user: Any, tenant: Tenant, collection_id: int, name: str) -> ViewSession:
+    """The view a session syncs (DG-4105 if the collection has none of that name)."""
+    view = (
+        DataView.objects.select_related("collection", "collection__tenant")
+        .filter(collection_id=collection_id, name=name)
+        .first()
+    )
+    if view is None:
+        collection = Collection.objects.get(pk=collection_id)
+        raise DataGateError(
+            ErrorCode.VIEW_NOT_FOUND, tenant=tenant.slug, collection=collection.name, view=name
+        )
+    selector = selector_bound(view=view, user=user, tenant=tenant)
+    return ViewSession(
+        name=view.name,
+        selector=selector,
+        key=binding_key(view=view, selector=selector, user=user, tenant=tenant),
+        epoch=view_epoch(collection_epoch=view.collection.epoch, view=view),
+    )
+
+
+def view_feed(
+    changes: Iterable[Change], *, selector: mango.Selector, read_filter: Any = None
+) -> dict[str, Any]:
+    """The wire feed of `changes` through a view: documents in it; deletes, and documents a
+    change took out of it, as tombstones at their own time (the removals of access changes,
+    replication/session_access.py). The server does not know what a replica holds, so a
+    document outside the view that changed is sent as a removal whether or not it was there."""
+    change_set = []
+    tombstones: dict[str, int] = {}
+    for change in changes:
+        if read_filter is not None and not read_filter(change.doc_id):
+            continue
+        version = change.version
+        if change.deleted or not selector.matches(version.body or {}):
+            tombstones[change.doc_id] = version.modified
+        else:
+            change_set.append(version_to_wire(version))
+    return {"changeSet": change_set, "tombstoneMap": tombstones}
+
+
+def view_change_page(
+    *,
+    collection_id: int,
+    selector: mango.Selector,
+    after_seq: int,
+    limit: int,
+    up_to_seq: int | None = None,
+    fresh: bool,
+) -> ChangePage:
+    """The next page of a pull through a view. A `fresh` replica (markers zero, nothing pushed
+    this session) holds nothing to remove: it reads only the documents in the view, through
+    SQL. Otherwise every change after `after_seq` (what moved out must leave the replica)."""
+    if not fresh or after_seq > 0:
+        return change_page(
+            collection_id=collection_id, after_seq=after_seq, limit=limit, up_to_seq=up_to_seq
+        )
+    last_seq, epoch = (
+        Collection.objects.filter(pk=collection_id).values_list("last_seq", "epoch").get()
+    )
+    bound = last_seq if up_to_seq is None else min(up_to_seq, last_seq)
+    if bound <= after_seq:
+        return ChangePage([], after_seq, int(last_seq), int(epoch))
+    rows = Document.objects.filter(collection_id=collection_id, seq__gt=after_seq, seq__lte=bound)
+    docs = list(documents_matching(rows, selector=selector).order_by("seq")[:limit])
+    changes = [
+        Change(d.seq, Version(d.doc_id, WRITE, d.modified, d.revision, d.origin, d.body))
+        for d in docs
+    ]
+    covered = changes[-1].seq if len(changes) >= limit else bound
+    return ChangePage(changes, covered, int(last_seq), int(epoch))

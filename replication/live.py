@@ -36,7 +36,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -44,6 +44,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from replication import selectors, services
+from replication.data_views import ViewSession, view_feed
 from replication.doorbell import (
     COLLECTION_CHANGED,
     REPLICA_CONTROL_GROUP,
@@ -94,6 +95,25 @@ class FeedBlock:
     epoch: int
     changes: list[Change]
     body: str
+    # The block as seen through each data view binding, classified and encoded once for all
+    # the sessions of that binding (`view_body`).
+    view_bodies: dict[tuple[Any, ...], str] = field(default_factory=dict)
+
+    def view_body(self, view: ViewSession) -> str:
+        """The feed body of this block through `view`: each change is evaluated once per
+        (view, binding) in this process, however many replicas sync through it."""
+        body = self.view_bodies.get(view.key)
+        if body is None:
+            feed = view_feed(self.changes, selector=view.selector)
+            body, _ = encode_served(
+                {
+                    "feed": feed,
+                    "startMarkers": Markers(self.start, view.epoch).to_wire(),
+                    "endMarkers": Markers(self.end, view.epoch).to_wire(),
+                }
+            )
+            self.view_bodies[view.key] = body
+        return body
 
 
 class LiveSession(Protocol):

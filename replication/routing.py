@@ -13,6 +13,11 @@ websocket_urlpatterns: list = [
         rf"^ws/datagate/(?P<tenant>{SEGMENT})/(?P<collection>{SEGMENT})/?$",
         ReplicationConsumer.as_asgi(),
     ),
+    # A data view of the collection (docs/protocol.md section 12).
+    re_path(
+        rf"^ws/datagate/(?P<tenant>{SEGMENT})/(?P<collection>{SEGMENT})/views/(?P<view>{SEGMENT})/?$",
+        ReplicationConsumer.as_asgi(),
+    ),
     # The Nitrite form: the user segment must be the token's user (DG-1003).
     re_path(
         rf"^ws/datagate/(?P<tenant>{SEGMENT})/(?P<collection>{SEGMENT})/(?P<user>{SEGMENT})/?$",

@@ -389,3 +389,40 @@ def test_live_feeds_are_contiguous_and_bounded_by_the_window(
         position = end
     assert position == head
     assert session.acked_seq == head
+
+
+# --- data views (rule 9) --------------------------------------------------------------------
+
+
+def _ack_capabilities(effects: list[mc.Effect]) -> list[str]:
+    send = effects[0]
+    assert isinstance(send, mc.Send)
+    return list(send.message["capabilities"])
+
+
+def test_a_connect_naming_a_view_gets_views_back_and_no_ranges() -> None:
+    session = new_session()
+    connect = client(m.CONNECT, capabilities=["live", "ranges", "views"], view="open-tasks")
+    assert isinstance(session.receive(connect)[0], mc.Authenticate)
+    assert session.view == "open-tasks"
+    effects = session.connect_accepted(
+        user_name="rita", read_only=False, end_markers=Markers(0, EPOCH)
+    )
+    assert _ack_capabilities(effects) == ["live", "views"]
+    assert not session.ranges
+
+
+def test_a_connect_without_a_view_is_unchanged() -> None:
+    session = new_session()
+    session.receive(client(m.CONNECT, capabilities=["live", "ranges", "views"]))
+    effects = session.connect_accepted(
+        user_name="rita", read_only=False, end_markers=Markers(0, EPOCH)
+    )
+    assert _ack_capabilities(effects) == ["live", "ranges"]
+
+
+@pytest.mark.parametrize("view", ["", 7, "x" * 65])
+def test_a_bad_view_name_is_an_invalid_connect(view: Any) -> None:
+    with pytest.raises(DataGateError) as caught:
+        client(m.CONNECT, view=view)
+    assert caught.value.code == "DG-2004"

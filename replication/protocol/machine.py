@@ -41,6 +41,12 @@ Rules (PROTOCOL.md section 4, docs/protocol.md):
    database (`CheckRanges`, `FetchVersions`); the machine counts them (DG-2031 beyond
    RANGE_CHECKS_MAX / RANGE_FETCHES_MAX). Without the capability both are DG-2006.
 
+9. A Connect may name a data view (`view`, or the URL `/ws/datagate/{t}/{c}/views/{name}/`):
+   the session then syncs the documents in the view (docs/protocol.md section 12). ConnectAck
+   echoes the capability `views` (an older server ignores the key and does not echo it, so a
+   client can tell); `ranges` is not granted. The machine is the same: the shell reads through
+   the view and its markers carry the view's epoch.
+
 Every (state, message type) pair is either a transition in `TRANSITIONS` or a protocol error
 DG-2006 that names the message and the state (fatal, 4409). After ConnectAck, a frame that is
 not JSON, has no header, names an unknown type or fails validation gets a non-fatal error and
@@ -319,6 +325,7 @@ class Session:
         self.origin: str | None = None
         self.user_name: str | None = None
         self.capabilities: frozenset[str] = frozenset()
+        self.view: str | None = None  # the data view the session syncs (rule 9)
         self.read_only = False
         self.epoch = 0
         self.pull: _Pull | None = None
@@ -446,6 +453,8 @@ class Session:
         self.transaction_id = message.header.transactionId or self._new_id()
         self.capabilities = frozenset(message.capabilities)
         self._connect_id = message.header.id
+        if message.view is not None:
+            self.view = message.view
         if "capabilities" not in message.model_fields_set:
             self.g3 = True
             self.transitions = G3_TRANSITIONS
@@ -453,7 +462,8 @@ class Session:
 
     @property
     def ranges(self) -> bool:
-        return m.CAPABILITY_RANGES in self.capabilities and not self.g3
+        # A view's replica holds part of the collection: the collection's summaries say nothing.
+        return m.CAPABILITY_RANGES in self.capabilities and not self.g3 and self.view is None
 
     def connect_accepted(
         self, *, user_name: str, read_only: bool, end_markers: Markers, purge_seq: int = 0
@@ -473,7 +483,7 @@ class Session:
             "tombstoneTtl": self.limits.tombstone_ttl_days,
             "batchSize": self.limits.chunk_size,
             "endMarkers": end_markers.to_wire(),
-            "capabilities": sorted(self.capabilities & {m.CAPABILITY_LIVE, m.CAPABILITY_RANGES}),
+            "capabilities": sorted(self._granted()),
             "readOnly": read_only,
         }
         if self.ranges:
@@ -481,6 +491,14 @@ class Session:
             # purge horizon and repair by ranges instead of taking a reset snapshot.
             body["purgeMarker"] = purge_seq
         return [Send(self._message(m.CONNECT_ACK, body, self._connect_id))]
+
+    def _granted(self) -> set[str]:
+        granted = set(self.capabilities & {m.CAPABILITY_LIVE})
+        if self.ranges:
+            granted.add(m.CAPABILITY_RANGES)
+        if self.view is not None:
+            granted.add(m.CAPABILITY_VIEWS)
+        return granted
 
     def connect_refused(self, error: DataGateError) -> list[Effect]:
         self.connecting = False

@@ -64,6 +64,8 @@ RANGE_RESULT = "no2.sync.range.result"
 RANGE_FETCH = "no2.sync.range.fetch"
 RANGE_DOCS = "no2.sync.range.docs"
 CAPABILITY_RANGES = "ranges"
+# Views (docs/protocol.md section 12): a Connect may name a view; ConnectAck echoes `views`.
+CAPABILITY_VIEWS = "views"
 RANGE_CHECK_MAX = 256  # ranges in one range.check
 RANGE_FETCH_MAX = 500  # ids in one range.fetch
 RANGE_MESSAGES = frozenset({RANGE_CHECK, RANGE_RESULT, RANGE_FETCH, RANGE_DOCS})
@@ -134,6 +136,7 @@ class Connect(Body):
     authToken: StrictStr | None = Field(default=None, max_length=4096)
     replicaName: StrictStr | None = Field(default=None, max_length=200)
     capabilities: list[StrictStr] = Field(default_factory=list, max_length=64)
+    view: StrictStr | None = Field(default=None, min_length=1, max_length=64)
 
 
 class ConnectAck(Body):
@@ -431,6 +434,7 @@ __all__ = [
     "BATCH_START",
     "CAPABILITY_LIVE",
     "CAPABILITY_RANGES",
+    "CAPABILITY_VIEWS",
     "CONNECT",
     "CONNECT_ACK",
     "DISCONNECT",

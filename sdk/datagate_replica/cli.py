@@ -77,7 +77,12 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument(
         "--file",
         default=default("DATAGATE_REPLICA_FILE"),
-        help="local SQLite file (default ./<tenant>-<collection>.replica.sqlite3)",
+        help="local SQLite file (default ./<tenant>-<collection>[-<view>].replica.sqlite3)",
+    )
+    group.add_argument(
+        "--view",
+        default=default("DATAGATE_VIEW"),
+        help="sync only this data view of the collection (its own file and markers)",
     )
 
 
@@ -247,9 +252,10 @@ def open_replica(args: argparse.Namespace, **options: Any) -> AsyncReplica:
         raise UsageError(
             "--tenant and --collection (or DATAGATE_TENANT/DATAGATE_COLLECTION) are needed"
         )
-    path = Path(args.file) if args.file else default_path(args.tenant, args.collection)
+    view = getattr(args, "view", None) or None
+    path = Path(args.file) if args.file else default_path(args.tenant, args.collection, view)
     return AsyncReplica(
-        args.url, args.tenant, args.collection, args.token or "", path=path, **options
+        args.url, args.tenant, args.collection, args.token or "", path=path, view=view, **options
     )
 
 

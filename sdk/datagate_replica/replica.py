@@ -32,7 +32,9 @@ ChangeCallback = Callable[[Change], Any]
 T = TypeVar("T")
 
 
-def default_path(tenant: str, collection: str) -> Path:
+def default_path(tenant: str, collection: str, view: str | None = None) -> Path:
+    if view:
+        return Path(f"{tenant}-{collection}-{view}.replica.sqlite3")
     return Path(f"{tenant}-{collection}.replica.sqlite3")
 
 
@@ -48,10 +50,11 @@ class AsyncReplica:
         *,
         path: str | Path | None = None,
         name: str | None = None,
+        view: str | None = None,
         **engine_options: Any,
     ) -> None:
-        self.store = Store(path if path is not None else default_path(tenant, collection))
-        self.store.bind(tenant=tenant, collection=collection)
+        self.store = Store(path if path is not None else default_path(tenant, collection, view))
+        self.store.bind(tenant=tenant, collection=collection, view=view)
         self._callbacks: list[ChangeCallback] = []
         self._pending_callbacks: set[asyncio.Future[Any]] = set()
         self.engine = SyncEngine(
@@ -61,6 +64,7 @@ class AsyncReplica:
             collection=collection,
             token=token,
             name=name,
+            view=view,
             on_changes=self._dispatch,
             **engine_options,
         )

@@ -330,9 +330,10 @@ class Store:
 
     # -- binding, markers, meta ------------------------------------------------------------
 
-    def bind(self, *, tenant: str, collection: str) -> None:
-        """Bind the file to `tenant/collection` on first use; refuse another one later."""
-        wanted = f"{tenant}/{collection}"
+    def bind(self, *, tenant: str, collection: str, view: str | None = None) -> None:
+        """Bind the file to `tenant/collection` (or one of its data views: its markers are the
+        view's) on first use; refuse another one later."""
+        wanted = f"{tenant}/{collection}" + (f"/views/{view}" if view else "")
         with self.transaction():
             bound = self._meta("binding")
             if bound is None:

@@ -86,6 +86,8 @@ RANGE_RESULT = "no2.sync.range.result"
 RANGE_FETCH = "no2.sync.range.fetch"
 RANGE_DOCS = "no2.sync.range.docs"
 CAPABILITY_RANGES = "ranges"
+# A replica of a data view (docs/protocol.md section 12): only its documents come down.
+CAPABILITY_VIEWS = "views"
 RANGE_CHECK_MAX = 256  # ranges per range.check (the server's limit)
 RANGE_FETCH_MAX = 500  # ids per range.fetch (the server's limit)
 RANGE_FETCH_WINDOW = 4  # range.fetch messages in flight
@@ -394,8 +396,10 @@ class SyncEngine:
         rng: random.Random | None = None,
         max_frame_bytes: int | None = None,
         ranges: bool = True,
+        view: str | None = None,
     ) -> None:
         self.store = store
+        self.view = view  # sync only this data view of the collection
         self.ranges = ranges  # repair a reset by range checks when the server offers them
         if max_frame_bytes is not None:  # the server's DATAGATE_MAX_FRAME_BYTES, if not 1 MiB
             store.frame_limit_store(max_frame_bytes)
@@ -518,10 +522,21 @@ class SyncEngine:
         capabilities = ["live"] if live else []
         if self.ranges:
             capabilities.append(CAPABILITY_RANGES)
+        extra: dict[str, Any] = {}
+        if self.view is not None:
+            capabilities.append(CAPABILITY_VIEWS)
+            extra["view"] = self.view
         await conn.send(
-            CONNECT, authToken=self.token, replicaName=self.name, capabilities=capabilities
+            CONNECT,
+            authToken=self.token,
+            replicaName=self.name,
+            capabilities=capabilities,
+            **extra,
         )
         ack = await conn.expect(CONNECT_ACK, self.reply_timeout)
+        if self.view is not None and CAPABILITY_VIEWS not in (ack.get("capabilities") or []):
+            # An older server ignores `view`: it would send the whole collection.
+            raise SyncError(f"the server does not serve data views (view {self.view!r})")
         conn.user_name = ack["header"].get("userName")
         report.read_only = bool(ack.get("readOnly"))
         server_position = Markers.from_wire(ack.get("endMarkers"))
