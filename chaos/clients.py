@@ -488,14 +488,16 @@ class HttpWriter(Base):
                         )
                     continue
                 value = self.token_value()
+                # The server stamps the write: the attempt is recorded without a key, before
+                # the request, as its answer may be lost after it was stored.
+                self.history.record(
+                    "op", client=self.name, doc=doc_id, key=None, value=value, via="http"
+                )
                 status, doc = await asyncio.to_thread(
                     http_call, port, "PUT", base + doc_id, self.token, value
                 )
                 if 200 <= status < 300 and doc:
                     key = [doc["_modified"], 0, doc["_revision"], doc["_origin"]]
-                    self.history.record(
-                        "op", client=self.name, doc=doc_id, key=key, value=value, via="http"
-                    )
                     self.history.record(
                         "ack", client=self.name, doc=doc_id, key=key, value=value, via="http"
                     )

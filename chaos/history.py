@@ -9,7 +9,7 @@ Event kinds (fields besides `kind` and `t`):
 | kind | fields | meaning |
 |---|---|---|
 | `run` | `seed`, `duration`, `convergence_bound`, ... | the run's parameters (first event) |
-| `op` | `client`, `doc`, `key`, `value`, `via` | a write or delete was attempted |
+| `op` | `client`, `doc`, `key` (null: the server's to choose), `value`, `via` | attempted |
 | `ack` | `client`, `doc`, `key`, `value`, `via`, `bound`? | the server acknowledged it |
 | `feed` | `client`, `held`, `start`, `end` | a live feed arrived while the client held `held` |
 | `fault` | `fault`, `phase` (`start`/`heal`), `target` | a fault began or healed |

@@ -312,3 +312,13 @@ def test_the_highest_acknowledged_version_at_the_end_always_passes(versions: lis
             else final({"d": {"key": low, "value": f"{low}"}})
         )
         assert not check([*events[:-1], end]).ok
+
+
+def test_an_http_write_whose_answer_was_lost_is_no_phantom() -> None:
+    """The attempt has no key (the server stamps it); its value is what identifies it."""
+    events = [
+        RUN,
+        {"kind": "op", "t": 1, "client": "http", "doc": "a", "key": None, "value": {"v": "x1"}},
+        final({"a": {"key": [100, 0, 3, "server"], "value": {"v": "x1"}}}),
+    ]
+    assert rules(events) == []
