@@ -66,7 +66,14 @@ redis-server:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
 	fi
 
-test: $(VENV)/.installed chromium pouchdb redis-server
+# The deploy guide's tests run Debian's nginx and HAProxy with docs/deploy/'s files.
+loadbalancers:
+	@if { ! command -v nginx || ! command -v haproxy; } >/dev/null 2>&1 \
+	  && [ ! -x /usr/sbin/nginx -o ! -x /usr/sbin/haproxy ] && [ "$$(id -u)" = "0" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light haproxy; \
+	fi
+
+test: $(VENV)/.installed chromium loadbalancers pouchdb redis-server
 	$(PY) -m pytest
 	DATABASE_URL=$(TEST_DATABASE_URL) DATAGATE_TEST_BACKEND=postgres $(PY) -m pytest -m storage
 
