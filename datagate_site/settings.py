@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "datagate_site.bad_values.BadValueMiddleware",
 ]
 
 ROOT_URLCONF = "datagate_site.urls"

@@ -369,3 +369,23 @@ async def test_a_stored_row_that_cannot_be_encoded_blocks_nobody(
         assert "DG-5005" in events and "DG-5003" not in events
     finally:
         server.stop()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/console/t/acme/c/notes/document/?id=%00",
+        "/console/t/acme/c/notes/document/?id=%ED%A0%80",
+        "/console/t/acme/c/notes/documents/?id=a%00b",
+        "/console/t/acme/c/notes/document/edit/?id=%00",
+    ],
+)
+def test_console_reads_with_odd_ids_never_answer_500(
+    collection: Any, member: Any, url: str
+) -> None:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(member("ada", "admin"))
+    assert client.get(url).status_code < 500
