@@ -92,6 +92,7 @@ RANGE_CHECK_MAX = 256  # ranges per range.check (the server's limit)
 RANGE_FETCH_MAX = 500  # ids per range.fetch (the server's limit)
 RANGE_FETCH_WINDOW = 4  # range.fetch messages in flight
 RANGE_ROUNDS_MAX = 48  # range.check messages per session (the server allows 64)
+RANGES_UNAVAILABLE = "DG-2030"  # the server cannot sum this user's view: take the reset
 
 # Close codes after which trying again with the same token cannot help.
 CLOSE_NOT_AUTHENTICATED = 4401
@@ -549,9 +550,17 @@ class SyncEngine:
             # again, then pull from the position the first range.result names
             # (docs/protocol.md, "Ranges"). After the push, so that a change the server
             # refused has left the journal, and goes like any other id the server lacks.
-            stored = await self._range_repair(conn, report, restore=restore)
-            await self._push(conn, report)
-            restore = False
+            try:
+                stored = await self._range_repair(conn, report, restore=restore)
+            except SyncError as exc:
+                if exc.code != RANGES_UNAVAILABLE:
+                    raise
+                # Key rules hide documents from us and the collection is too large for the
+                # server to sum our view (DG-2030, not fatal): take the reset snapshot.
+                log.info("range check unavailable, taking the reset snapshot: %s", exc)
+            else:
+                await self._push(conn, report)
+                restore = False
         await conn.send(
             BATCH_END,
             startMarkers=stored.to_wire(),

@@ -329,6 +329,108 @@ async def test_after_a_restore_reset_the_replica_pushes_again_what_the_server_lo
     assert pushed[-1]["startMarkers"] == {"collectionMarker": 3, "tombstoneMarker": 99}
 
 
+async def test_a_reset_is_repaired_by_ranges_and_the_pull_starts_at_the_checked_position(
+    tmp_path: Path,
+) -> None:
+    from datagate_replica.ranges import LocalIndex
+
+    seen: dict[str, Any] = {}
+
+    async def script(peer: Peer) -> None:
+        connect = await peer.receive("no2.sync.connect")
+        assert connect["capabilities"] == ["ranges"]
+        await peer.send(
+            "no2.sync.connect.ack",
+            connect,
+            tombstoneTtl=30,
+            batchSize=500,
+            endMarkers=Markers(60, 1).to_wire(),
+            capabilities=["ranges"],
+            purgeMarker=20,  # the replica's seq 2 is behind it: a reset, unless repaired
+            readOnly=False,
+        )
+        check = await peer.receive("no2.sync.range.check")
+        server = LocalIndex([("kept", 1, 10, False), ("new", 1, 30, False)])
+        assert check["ranges"] != [server.range_to_wire(0, 4096)]
+        await peer.send(
+            "no2.sync.range.result",
+            check,
+            markers=Markers(55, 1).to_wire(),
+            equal=False,
+            ranges=[
+                {
+                    "lo": 0,
+                    "hi": 4096,
+                    "status": "headers",
+                    "headers": [["kept", 1, 10, 0], ["new", 1, 30, 0]],
+                }
+            ],
+        )
+        fetch = await peer.receive("no2.sync.range.fetch")
+        assert fetch["ids"] == ["new"]
+        await peer.send(
+            "no2.sync.range.docs",
+            fetch,
+            feed={"changeSet": [doc("new", 30)], "tombstoneMap": {}},
+            missing=[],
+        )
+        seen["push"] = await peer.accept_push()
+        await peer.pull([], Markers(60, 1))
+        await peer.send("no2.sync.disconnect")
+
+    url, server, failures = await run_peer([script])
+    async with server, make_replica(url, tmp_path / "r.sqlite3") as replica:
+        replica.store.apply_remote(
+            _versions([doc("kept", 10), doc("gone", 3)]), markers=Markers(2, 1)
+        )
+        report = await replica.sync()
+        markers, documents = replica.markers, set(replica.state()["documents"])
+    assert failures == []
+    assert not report.reset and report.repaired == 2 and report.fetched == 1
+    assert {(d.doc_id, d.kind) for d in report.differences} == {
+        ("new", "missing"),
+        ("gone", "extra"),
+    }
+    assert seen["push"][-1]["startMarkers"] == {"collectionMarker": 55, "tombstoneMarker": 1}
+    assert (markers, documents) == (Markers(60, 1), {"kept", "new"})
+
+
+async def test_when_the_server_cannot_sum_the_users_view_the_replica_takes_the_reset(
+    tmp_path: Path,
+) -> None:
+    async def script(peer: Peer) -> None:
+        connect = await peer.receive("no2.sync.connect")
+        await peer.send(
+            "no2.sync.connect.ack",
+            connect,
+            tombstoneTtl=30,
+            batchSize=500,
+            endMarkers=Markers(60, 1).to_wire(),
+            capabilities=["ranges"],
+            purgeMarker=20,
+            readOnly=False,
+        )
+        check = await peer.receive("no2.sync.range.check")
+        text = "DG-2030 range check unavailable: the collection has more than 5 rows to filter"
+        await peer.send("no2.sync.error", check, error=text, code="DG-2030", fatal=False)
+        pushed = await peer.accept_push()
+        assert pushed[-1]["startMarkers"] == {"collectionMarker": 2, "tombstoneMarker": 1}
+        await peer.pull(
+            [{"changeSet": [doc("kept", 10)], "tombstoneMap": {}}], Markers(60, 1), reset=True
+        )
+        await peer.send("no2.sync.disconnect")
+
+    url, server, failures = await run_peer([script])
+    async with server, make_replica(url, tmp_path / "r.sqlite3") as replica:
+        replica.store.apply_remote(
+            _versions([doc("kept", 10), doc("gone", 3)]), markers=Markers(2, 1)
+        )
+        report = await replica.sync()
+        assert set(replica.state()["documents"]) == {"kept"}
+    assert failures == []
+    assert report.reset and report.repaired == 0
+
+
 async def test_live_feeds_are_applied_acked_and_local_changes_sent_as_feeds(tmp_path: Path) -> None:
     got: dict[str, Any] = {}
     done = asyncio.Event()
