@@ -84,6 +84,13 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default("DATAGATE_VIEW"),
         help="sync only this data view of the collection (its own file and markers)",
     )
+    group.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=default("DATAGATE_MAX_FRAME_BYTES"),
+        help="the server's DATAGATE_MAX_FRAME_BYTES when it is not 1 MiB (a change must fit "
+        "in one frame)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +261,9 @@ def open_replica(args: argparse.Namespace, **options: Any) -> AsyncReplica:
         )
     view = getattr(args, "view", None) or None
     path = Path(args.file) if args.file else default_path(args.tenant, args.collection, view)
+    frame_limit = getattr(args, "max_frame_bytes", None)
+    if frame_limit:
+        options.setdefault("max_frame_bytes", int(frame_limit))
     return AsyncReplica(
         args.url, args.tenant, args.collection, args.token or "", path=path, view=view, **options
     )

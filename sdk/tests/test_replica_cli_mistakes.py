@@ -119,3 +119,21 @@ def test_disconnects_are_described_in_words() -> None:
 def test_check_url_accepts_every_scheme_the_sdk_speaks() -> None:
     for url in ("ws://h:1", "wss://h", "http://h:8000", "https://h/base"):
         assert check_url(url) == url
+
+
+def test_a_document_too_large_for_a_frame_is_one_line_and_status_2(
+    base: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DATAGATE_MAX_FRAME_BYTES", raising=False)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"blob": "x" * (2 * 1024 * 1024)}), encoding="utf-8")
+    assert main([*base, "put", "huge", f"@{big}"]) == 2
+    assert "must fit in one websocket frame" in one_line_error(capsys)
+    # A server that takes larger frames: say so, and the same document is accepted.
+    assert main([*base, "--max-frame-bytes", str(4 * 1024 * 1024), "put", "huge", f"@{big}"]) == 0
+    capsys.readouterr()
+    assert main([*base, "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["journal"] == 1
