@@ -140,8 +140,9 @@ class Pushed:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What the server holds for an id the replica may read: a document (body and meta), or
-    None when it holds nothing readable (no document, a tombstone, or hidden)."""
+    """The document the server holds for a refused id (its fields, revision and time). Where
+    it holds nothing the user may read (no document, a tombstone, or hidden), callers pass
+    None instead."""
 
     body: Mapping[str, Any]
     revision: int
