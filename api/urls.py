@@ -26,6 +26,11 @@ urlpatterns = [
         view_views.ViewDocumentsView.as_view(),
         name="api-view-documents",
     ),
+    path(
+        f"{COLLECTION}views/<str:view>/changes/",
+        view_views.ViewChangesView.as_view(),
+        name="api-view-changes",
+    ),
     path("tenants/<str:tenant>/topics/", topic_views.TopicListView.as_view(), name="api-topics"),
     path(
         "tenants/<str:tenant>/topics/<str:topic>/messages/",

@@ -7,18 +7,30 @@ Thin shells over `replication.data_views`, which decides access with the acting 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts import access
 from api import selectors
-from api.schema import COLLECTION_PARAM, DOCUMENT_PAGE, LIMIT_PARAM, TENANT_PARAM
-from api.views import DEFAULT_PAGE, MAX_PAGE, int_param, served, wire_document
+from api.schema import CHANGES_PAGE, COLLECTION_PARAM, DOCUMENT_PAGE, LIMIT_PARAM, TENANT_PARAM
+from api.views import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    bool_param,
+    int_param,
+    served,
+    wire_document,
+)
 from replication import data_views
+from replication.markers import Markers, PullStart, pull_start
 from replication.models import DataView
 from replication.protocol.errors import DataGateError, ErrorCode
+from replication.selectors import collection_position
 
 VIEW_PARAM = OpenApiParameter("view", str, OpenApiParameter.PATH, description="the view's name")
 VIEW_BODY = {
@@ -158,3 +170,80 @@ class ViewDocumentsView(APIView):
         documents = served({"changeSet": documents}, request, found.collection)["changeSet"]
         next_after = page[-1].doc_id if more and page else None
         return Response({"documents": documents, "next": next_after})
+
+
+class ViewChangesView(APIView):
+    @extend_schema(
+        operation_id="views_changes",
+        summary="Changes through the view after a marker (the websocket pull of a view)",
+        description=(
+            "As `.../changes/`, through the view: documents in it, and deletes and documents a "
+            "change took out of it as tombstones. The markers are the view's (section 12.1)."
+        ),
+        parameters=[
+            TENANT_PARAM,
+            COLLECTION_PARAM,
+            VIEW_PARAM,
+            OpenApiParameter("collectionMarker", int, required=False, description="stored"),
+            OpenApiParameter("tombstoneMarker", int, required=False, description="stored"),
+            LIMIT_PARAM,
+            OpenApiParameter("snapshot", bool, required=False, description="continuing a snapshot"),
+        ],
+        responses={200: CHANGES_PAGE},
+    )
+    def get(self, request: Request, tenant: str, collection: str, view: str) -> Response:
+        found = _view(request, tenant, collection, view)
+        coll = found.collection
+        chunk = int(settings.DATAGATE["CHUNK_SIZE"])
+        limit = int_param(request, "limit", default=chunk, minimum=1, maximum=max(chunk, 1))
+        client = Markers(
+            int_param(request, "collectionMarker", default=0, minimum=0),
+            int_param(request, "tombstoneMarker", default=0, minimum=0),
+        )
+        continuing_snapshot = bool_param(request, "snapshot")
+        last_seq, purge_seq = collection_position(collection_id=coll.pk)
+        epoch = data_views.view_epoch(collection_epoch=coll.epoch, view=found)
+        start = pull_start(client=client, last_seq=last_seq, purge_seq=purge_seq, epoch=epoch)
+        reset = False
+        after_seq = client.seq
+        if continuing_snapshot and client.epoch == epoch and client.seq <= last_seq:
+            start = PullStart.FROM_MARKER
+        elif start is not PullStart.FROM_MARKER:
+            reset, after_seq, continuing_snapshot = True, 0, True
+        elif client.is_zero:
+            continuing_snapshot = True  # a first sync holds nothing to remove, on every page
+        selector = data_views.selector_bound(view=found, user=request.user, tenant=coll.tenant)
+        page = data_views.view_change_page(
+            collection_id=coll.pk,
+            selector=selector,
+            after_seq=after_seq,
+            limit=limit,
+            up_to_seq=last_seq,
+            fresh=continuing_snapshot,
+        )
+        has_more = page.covered < last_seq
+        end = Markers(page.covered, epoch)
+        allowed = access.document_read_filter(
+            user=request.user, tenant=coll.tenant, collection_name=coll.name, collection=coll
+        )
+        feed = data_views.view_feed(page.changes, selector=selector, read_filter=allowed)
+        next_url = None
+        if has_more:
+            query: dict[str, int | str] = {
+                "collectionMarker": end.seq,
+                "tombstoneMarker": end.epoch,
+                "limit": limit,
+            }
+            if continuing_snapshot:
+                query["snapshot"] = "true"
+            next_url = request.build_absolute_uri(f"{request.path}?{urlencode(query)}")
+        return Response(
+            {
+                "feed": served(feed, request, coll),
+                "reset": reset,
+                "startMarkers": Markers(after_seq, epoch).to_wire(),
+                "endMarkers": end.to_wire(),
+                "hasMore": has_more,
+                "next": next_url,
+            }
+        )

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import operator_views, views
+from console import operator_views, view_pages, views
 
 app_name = "console"
 
@@ -62,6 +62,11 @@ urlpatterns = [
         "t/<str:tenant>/c/<str:collection>/export/",
         operator_views.collection_export,
         name="collection_export",
+    ),
+    path(
+        "t/<str:tenant>/c/<str:collection>/views/",
+        view_pages.data_views_page,
+        name="data_views",
     ),
     path("t/<str:tenant>/members/", operator_views.members, name="members"),
     path(

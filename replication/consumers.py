@@ -202,7 +202,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                     after_seq=effect.after_seq,
                     limit=effect.limit,
                     up_to_seq=effect.up_to_seq,
-                    fresh=not self.pushed,
+                    fresh=self._fresh_pull(),
                 )
             else:
                 page = await database_sync_to_async(selectors.change_page)(
@@ -386,6 +386,12 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             ),
             purge_seq=grant.purge_seq,
         )
+
+    def _fresh_pull(self) -> bool:
+        """A pull from zero markers or a reset snapshot, with nothing pushed in the session:
+        the replica holds nothing of the view yet, so nothing needs removing."""
+        pull = self.session.pull
+        return not self.pushed and pull is not None and pull.start.seq == 0
 
     def _feed(self, changes: list[Change]) -> dict[str, Any]:
         """The wire feed of `changes`, without those the user may not read (markers still

@@ -331,10 +331,11 @@ def view_change_page(
     up_to_seq: int | None = None,
     fresh: bool,
 ) -> ChangePage:
-    """The next page of a pull through a view. A `fresh` replica (markers zero, nothing pushed
-    this session) holds nothing to remove: it reads only the documents in the view, through
-    SQL. Otherwise every change after `after_seq` (what moved out must leave the replica)."""
-    if not fresh or after_seq > 0:
+    """The next page of a pull through a view. A `fresh` pull (from zero markers or a reset
+    snapshot, nothing pushed this session) has nothing to remove: it reads only the documents
+    in the view, through SQL. Otherwise every change after `after_seq` (what moved out must
+    leave the replica)."""
+    if not fresh:
         return change_page(
             collection_id=collection_id, after_seq=after_seq, limit=limit, up_to_seq=up_to_seq
         )

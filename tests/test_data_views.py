@@ -165,3 +165,59 @@ def test_the_command_manages_views(tasks: Any) -> None:
         data_views.view_get(
             actor=SYSTEM, tenant=tasks.tenant, collection_name="tasks", name="open-tasks"
         )
+
+
+def test_the_console_manages_and_previews_views(
+    client: Any, member: Any, tasks: Any, settings: Any
+) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    page = "/console/t/acme/c/tasks/views/"
+    admin = member("ada", "admin")
+    client.force_login(admin)
+    made = client.post(
+        page,
+        {"action": "create", "name": "open", "selector": '{"status": "open"}', "fields": "title"},
+        follow=True,
+    )
+    assert "Created view open." in made.content.decode()
+    bad = client.post(page, {"action": "create", "name": "bad", "selector": '{"a": {"$x": 1}}'})
+    assert "DG-4102" in bad.content.decode()
+    preview = client.get(page + "?preview=open").content.decode()
+    assert 'data-doc="t1"' in preview and 'data-doc="t2"' not in preview
+    client.post(page, {"action": "delete", "name": "open"})
+    assert data_views.views_list(actor=admin, tenant=tasks.tenant, collection_name="tasks") == []
+    reader = member("rita", "reader")
+    client.force_login(reader)
+    assert client.post(page, {"action": "create", "name": "x", "selector": "{}"}).status_code == 403
+    assert 'id="view-form"' not in client.get(page).content.decode()
+
+
+def test_changes_through_a_view_bring_documents_in_and_take_them_out(
+    tokens: dict[str, str], tasks: Any
+) -> None:
+    data_views.view_create(
+        actor=SYSTEM, tenant=tasks.tenant, collection_name="tasks", name="mine", selector=OPEN_TASKS
+    )
+    rita = _client(tokens["rita"])
+    first = rita.get(f"{BASE}/views/mine/changes/?limit=1").json()
+    assert [d["_id"] for d in first["feed"]["changeSet"]] == ["t1"]
+    assert first["hasMore"]
+    rest = rita.get(first["next"]).json()
+    assert [d["_id"] for d in rest["feed"]["changeSet"]] == ["t4"]
+    assert not rest["hasMore"] and rest["feed"]["tombstoneMap"] == {}
+    markers = rest["endMarkers"]
+    document_put(
+        actor=SYSTEM,
+        collection_id=tasks.pk,
+        doc_id="t1",
+        body={"status": "done", "owner": "rita"},
+        origin="t",
+    )
+    query = f"collectionMarker={markers['collectionMarker']}"
+    query += f"&tombstoneMarker={markers['tombstoneMarker']}"
+    later = rita.get(f"{BASE}/views/mine/changes/?{query}").json()
+    assert later["feed"]["changeSet"] == []
+    assert list(later["feed"]["tombstoneMap"]) == ["t1"]  # the removal
+    assert not later["reset"]
+    whole = rita.get(f"{BASE}/changes/").json()
+    assert whole["endMarkers"]["tombstoneMarker"] != markers["tombstoneMarker"]  # per view
