@@ -159,3 +159,52 @@ def test_an_operator_runs_a_member_from_the_console_alone(
     shot(page, "audit-log")
     assert problems == []
     page.close()
+
+
+def test_every_console_page_loads_without_a_browser_console_error(
+    daphne: Any, browser: Any, make_user: Any, member: Any, collection: Any, tenant: Any
+) -> None:
+    member("ada", "admin")
+    make_user("root", is_superuser=True, is_staff=True)
+    document_put(
+        actor=System("test seed"),
+        collection_id=collection.pk,
+        doc_id="n1",
+        body={"title": "one"},
+        origin="seed",
+    )
+    topic = topic_create(tenant=tenant, name="news", scope="global", owner_id=None)
+    page = log_in(browser, daphne, "root")
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    base = f"{daphne.http_url}/console"
+    for path in (
+        "/",
+        "/t/acme/",
+        "/t/acme/c/notes/",
+        "/t/acme/replicas/",
+        "/t/acme/c/notes/documents/",
+        "/t/acme/c/notes/documents/?q=one",
+        "/t/acme/c/notes/document/?id=n1",
+        "/t/acme/c/notes/document/edit/?id=n1",
+        "/t/acme/c/notes/documents/new/",
+        "/t/acme/errors/",
+        "/errors/codes/",
+        "/t/acme/topics/",
+        f"/t/acme/topics/{topic.pk}/",
+        f"/t/acme/topics/{topic.pk}/messages/",
+        "/t/acme/collections/",
+        "/t/acme/c/notes/settings/?explain=n1",
+        "/t/acme/members/",
+        "/t/acme/audit/",
+        "/maintenance/",
+    ):
+        response = page.goto(base + path)
+        assert response is not None and response.status == 200, path
+        page.wait_for_load_state("load")
+    page.goto(f"{daphne.http_url}/favicon.ico")
+    assert problems == [] and failed == [], (problems, failed)
+    page.close()
