@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from couchdb import live, services
+from couchdb import live, services, writes
 from couchdb.checkpoints import get_checkpoints
 from couchdb.live import FeedWaiter
 from couchdb.services import Actor, CouchError, DatabaseGrant
@@ -300,7 +300,7 @@ async def _dispatch(request: Request) -> None:
             return
         if method == "POST":
             doc = await request.json_body()
-            results = await _db(services.docs_apply)(grant=grant, docs=[doc], new_edits=True)
+            results = await writes.docs_apply(grant=grant, docs=[doc], new_edits=True)
             await _single_write(request, results[0], created=201)
             return
         raise CouchError(405, "method_not_allowed", "Only GET,HEAD,PUT,POST allowed")
@@ -347,13 +347,13 @@ async def _document(request: Request, grant: DatabaseGrant, doc_id: str) -> None
         if "rev" in request.query and "_rev" not in doc:
             doc["_rev"] = request.query["rev"]
         new_edits = request.flag("new_edits", default=True)
-        results = await _db(services.docs_apply)(grant=grant, docs=[doc], new_edits=new_edits)
+        results = await writes.docs_apply(grant=grant, docs=[doc], new_edits=new_edits)
         await _single_write(request, results[0], created=201)
         return
     if method == "DELETE":
         rev = request.query.get("rev") or request.headers.get("if-match", "").strip('"') or None
         doc = {"_id": doc_id, "_deleted": True, **({"_rev": rev} if rev else {})}
-        results = await _db(services.docs_apply)(grant=grant, docs=[doc], new_edits=True)
+        results = await writes.docs_apply(grant=grant, docs=[doc], new_edits=True)
         await _single_write(request, results[0], created=200)
         return
     raise CouchError(405, "method_not_allowed", "Only DELETE,GET,HEAD,PUT allowed")
@@ -429,7 +429,7 @@ async def _bulk_docs(request: Request, grant: DatabaseGrant) -> None:
     new_edits = body.get("new_edits", True)
     if not isinstance(new_edits, bool):
         raise CouchError(400, "bad_request", "`new_edits` parameter must be a boolean.")
-    results = await _db(services.docs_apply)(grant=grant, docs=docs, new_edits=new_edits)
+    results = await writes.docs_apply(grant=grant, docs=docs, new_edits=new_edits)
     if not new_edits:
         # CouchDB answers replicated writes with errors only.
         results = [r for r in results if "error" in r]

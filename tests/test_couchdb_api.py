@@ -403,3 +403,58 @@ async def test_checkpoints_written_behind_reach_the_database(people: dict[str, s
     status, _ = await couch("DELETE", f"{DB}/_local/cp", token)
     assert status == 200
     assert (await couch("GET", f"{DB}/_local/cp", token))[0] == 404
+
+
+junk_doc = st.fixed_dictionaries(
+    {},
+    optional={
+        "_id": st.one_of(st.text(max_size=6), st.integers(), st.none(), st.just("_design/x")),
+        "_rev": st.one_of(junk, st.sampled_from(["1-a", "2-b", "0-x", "3-"])),
+        "_revisions": st.one_of(
+            junk, st.fixed_dictionaries({"start": st.integers(-1, 3), "ids": junk})
+        ),
+        "_deleted": junk,
+        "_attachments": junk,
+        "_x": junk,
+        "a": junk,
+    },
+)
+
+
+@pytest.fixture
+def ann_grant(people: dict[str, str]) -> Any:
+    from couchdb.services import grant_open
+
+    return grant_open(raw_token=people["ann"], tenant_slug="acme", name="notes")
+
+
+@given(docs=st.lists(junk_doc, max_size=6), new_edits=st.booleans())
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_bulk_docs_answers_every_document_with_ok_or_a_coded_error(
+    ann_grant: Any, docs: list[dict[str, Any]], new_edits: bool
+) -> None:
+    from couchdb.services import docs_apply
+
+    results = docs_apply(grant=ann_grant, docs=docs, new_edits=new_edits)
+    assert len(results) == len(docs)
+    for doc, result in zip(docs, results, strict=True):
+        assert ("ok" in result) != ("error" in result), result
+        if "error" in result:
+            assert isinstance(result["reason"], str) and result["reason"]
+        elif new_edits:
+            assert result["rev"].split("-")[0].isdigit()
+        else:
+            assert result["rev"] == doc["_rev"]
+
+
+async def test_concurrent_writes_are_applied_together_in_order(people: dict[str, str]) -> None:
+    token = people["ann"]
+    answers = await asyncio.gather(
+        *(couch("PUT", f"{DB}/c{i}", token, {"i": i}) for i in range(12)),
+        couch("PUT", f"{DB}/c0", token, {"i": "again"}),
+    )
+    assert [status for status, _ in answers[1:12]] == [201] * 11
+    # The same id twice without a rev: one is created, the other is a conflict.
+    assert sorted([answers[0][0], answers[12][0]]) == [201, 409]
+    _, changes = await couch("GET", f"{DB}/_changes", token)
+    assert sorted(r["id"] for r in changes["results"]) == sorted(f"c{i}" for i in range(12))
