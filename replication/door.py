@@ -71,11 +71,12 @@ def limits_from_settings() -> DoorLimits:
 def printable(text: str, limit: int = ID_MAX_LENGTH) -> str:
     """`text` cut to `limit`, with what cannot travel in a frame escaped (receipts, errors)."""
     cut = text[:limit]
-    if _BAD_ID_CHARS.search(cut) is None:
+    if _SURROGATES.search(cut) is None:
         return cut
-    return cut.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 

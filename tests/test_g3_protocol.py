@@ -391,3 +391,14 @@ def test_the_sync_urls_match_with_and_without_the_trailing_slash(
     matches = [p.pattern.match(path) for p in websocket_urlpatterns]
     found = [match[2] for match in matches if match]
     assert found == ([kwargs] if kwargs else [])
+
+
+def test_a_g3_receipt_names_an_id_no_frame_could_carry_escaped() -> None:
+    from replication.protocol.g3 import receipt_of_feed
+    from replication.protocol.messages import encode
+
+    receipt = receipt_of_feed(
+        {"changeSet": [{"_id": "a\ud800"}, {"_id": "b"}], "tombstoneMap": {"c\udc00": 1}}
+    )
+    assert receipt == {"added": ["a\\ud800", "b"], "removed": ["c\\udc00"]}
+    assert encode({"receipt": receipt}).encode("utf-8")

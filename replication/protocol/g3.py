@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from replication.door import printable
 from replication.protocol import messages as m
 
 HEADER_KEYS = (
@@ -115,13 +116,20 @@ def incoming_feed(feed: Mapping[str, Any]) -> dict[str, Any]:
 def receipt_of_feed(feed: Mapping[str, Any]) -> dict[str, list[str]]:
     """Every id received, refused ones included: G3 keeps an id it does not see in a receipt
     in its ledger and resends it for ever (NITRITE-G3.md section 2.2). Refused changes are
-    corrected in the pull instead (`corrections`)."""
+    corrected in the pull instead (`corrections`). An id with a lone surrogate (refused by the
+    door, DG-4002) is named escaped, as in every receipt: no frame could carry it as it is."""
     added: list[str] = []
     for doc in feed.get("changeSet") or []:
         doc_id = doc.get("_id") if isinstance(doc, Mapping) else None
-        if isinstance(doc_id, str) and doc_id not in added:
-            added.append(doc_id)
-    removed = [doc_id for doc_id in feed.get("tombstoneMap") or {} if isinstance(doc_id, str)]
+        if isinstance(doc_id, str):
+            shown = printable(doc_id, limit=len(doc_id))
+            if shown not in added:
+                added.append(shown)
+    removed = [
+        printable(doc_id, limit=len(doc_id))
+        for doc_id in feed.get("tombstoneMap") or {}
+        if isinstance(doc_id, str)
+    ]
     return {"added": added, "removed": removed}
 
 
