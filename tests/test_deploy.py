@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from datagate_replica import Replica
+from datagate_replica import Replica, SyncError
 from django.test import Client
 
 from datagate_site import site_views
@@ -90,6 +90,16 @@ def test_a_stopping_server_drains_and_replicas_come_back_spread_out(
         )
         assert status == (503, {"status": "draining"})
         assert all(replica.engine.live for replica in replicas)  # not closed during the delay
+        # A newcomer is sent away at once, with its own hint.
+        newcomer = Replica(server.ws_url, "acme", "notes", token, path=tmp_path / "new.sqlite3")
+        try:
+            with pytest.raises(SyncError) as refused:
+                newcomer.sync()
+        finally:
+            newcomer.close()
+        assert "going away" in str(refused.value)  # a Disconnect, or close 1001 right after it
+        hint = refused.value.retry_after_ms
+        assert hint is None or 0 <= hint <= 4000
         wait_for(
             lambda: all(r.engine.next_attempt_delay is not None for r in replicas),
             what="every replica to get its Disconnect",

@@ -122,10 +122,18 @@ def frame_fault(error: SyncError) -> bool:
 class SyncError(Exception):
     """A session ended abnormally. The next session resumes from what is stored."""
 
-    def __init__(self, message: str, *, code: str = "", close_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "",
+        close_code: int | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.close_code = close_code
+        self.retry_after_ms = retry_after_ms  # a stopping server's hint (docs/protocol.md 3.5)
 
 
 class AuthenticationError(SyncError):
@@ -326,6 +334,13 @@ class _Session:
     async def expect(self, message_type: str, seconds: float | None) -> dict[str, Any]:
         message = await self.receive(seconds)
         kind = message["header"]["messageType"]
+        if kind == DISCONNECT:  # a draining server sends new sessions away at once
+            hint = message.get("retryAfterMs")
+            valid = isinstance(hint, int) and not isinstance(hint, bool) and hint >= 0
+            raise SyncError(
+                "the server is going away (restart or deploy)",
+                retry_after_ms=hint if valid else None,
+            )
         if kind != message_type:
             raise SyncError(f"expected {message_type}, the server sent {kind}")
         return message
@@ -1026,6 +1041,8 @@ class SyncEngine:
                 self.store.note("last_error", str(exc))
                 log.info("sync session ended: %s", exc)
                 failure = exc
+                if exc.retry_after_ms is not None:
+                    self.retry_hint = min(exc.retry_after_ms, MAX_RETRY_HINT_MS) / 1000
             if self.went_live:
                 attempt = 0  # the link worked: the next failure starts the back-off afresh
             attempt += 1
