@@ -49,6 +49,9 @@ class Sizes:
     # bench/ranges.py: repair by range checks after a restore.
     ranges_docs: int = 100_000
     ranges_differences: int = 100
+    # bench/views.py: catch-up of a data view selecting one document in `views_every`.
+    views_docs: int = 100_000
+    views_every: int = 100
 
 
 FULL = Sizes(
@@ -83,6 +86,7 @@ QUICK = Sizes(
     couch_live_seconds=2.0,
     ranges_docs=5_000,
     ranges_differences=20,
+    views_docs=10_000,
 )
 # The smallest run that still goes through every step: the harness's own test.
 SMOKE = Sizes(
@@ -104,6 +108,8 @@ SMOKE = Sizes(
     couch_live_seconds=1.0,
     ranges_docs=400,
     ranges_differences=5,
+    views_docs=1_000,
+    views_every=10,
 )
 SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 

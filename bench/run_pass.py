@@ -26,6 +26,7 @@ BENCHMARKS = (
     "topics",
     "couchdb",
     "ranges",
+    "views",
 )
 
 

@@ -514,6 +514,7 @@ async def _changes(request: Request, grant: DatabaseGrant) -> None:
     if feed not in ("normal", "longpoll", "continuous", "eventsource"):
         raise _bad("feed", "normal, longpoll, continuous or eventsource")
     doc_ids: frozenset[str] | None = None
+    selector: Any = None
     filter_name = request.query.get("filter")
     if filter_name == "_doc_ids":
         listed = body.get("doc_ids") if isinstance(body, dict) and "doc_ids" in body else None
@@ -522,6 +523,8 @@ async def _changes(request: Request, grant: DatabaseGrant) -> None:
         if not isinstance(listed, list) or not all(isinstance(i, str) for i in listed):
             raise CouchError(400, "bad_request", "filter=_doc_ids needs a list of doc_ids")
         doc_ids = frozenset(listed)
+    elif filter_name in ("_selector", "_view"):
+        selector = await _changes_selector(request, grant, filter_name, body)
     elif filter_name:
         raise CouchError.from_datagate(
             DataGateError(ErrorCode.COUCHDB_UNSUPPORTED, what=f"filter {filter_name[:40]}")
@@ -537,6 +540,7 @@ async def _changes(request: Request, grant: DatabaseGrant) -> None:
         "include_docs": request.flag("include_docs"),
         "all_docs": request.query.get("style") == "all_docs",
         "doc_ids": doc_ids,
+        "selector": selector,
     }
     raw_since = request.query.get("since")
     tailed = _from_tail(grant, raw_since, limit, options)
@@ -550,6 +554,25 @@ async def _changes(request: Request, grant: DatabaseGrant) -> None:
         await request.respond(200, _changes_body(page, since))
         return
     await _live_changes(request, grant, feed, since, page, limit, heartbeat, timeout, options)
+
+
+async def _changes_selector(
+    request: Request, grant: DatabaseGrant, filter_name: str, body: Any
+) -> Any:
+    """`filter=_selector` (a Mango `selector` in the body, or the query as JSON) or
+    `filter=_view&view=NAME` (a DataGate data view; docs/protocol.md section 12)."""
+    try:
+        if filter_name == "_view":
+            name = request.query.get("view")
+            if not name:
+                raise CouchError(400, "bad_request", "filter=_view needs view=NAME")
+            return await _db(services.changes_selector)(grant=grant, view=name)
+        raw = body.get("selector") if isinstance(body, dict) else None
+        if raw is None:
+            raw = request.json_param("selector")
+        return await _db(services.changes_selector)(grant=grant, raw=raw)
+    except DataGateError as problem:
+        raise CouchError.from_datagate(problem) from problem
 
 
 def _from_tail(

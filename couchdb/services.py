@@ -664,6 +664,7 @@ def changes_read(
     include_docs: bool = False,
     all_docs: bool = False,
     doc_ids: frozenset[str] | None = None,
+    selector: Any = None,
 ) -> ChangesPage:
     """Changes after `since`, in seq order, each id once at its latest change, only ids the
     actor may read (the last seq still moves past the others)."""
@@ -679,7 +680,9 @@ def changes_read(
         changes = [
             c
             for c in page.changes
-            if grant.may_read(c.doc_id) and (doc_ids is None or c.doc_id in doc_ids)
+            if grant.may_read(c.doc_id)
+            and (doc_ids is None or c.doc_id in doc_ids)
+            and selector_passes(selector, c)
         ]
         stored = {
             c.doc_id: StoredVersion(
@@ -707,6 +710,29 @@ def changes_read(
     return ChangesPage(results, position, head, epoch)
 
 
+def selector_passes(selector: Any, change: Any) -> bool:
+    """`filter=_selector` and `filter=_view`: a change passes when its document matches the
+    (bound) Mango selector. Deletes always pass, so a filtered replica drops what was deleted
+    (CouchDB's own `_selector` loses them: a tombstone's body matches nothing)."""
+    return selector is None or change.deleted or selector.matches(change.version.body or {})
+
+
+def changes_selector(*, grant: DatabaseGrant, raw: Any = None, view: str | None = None) -> Any:
+    """The bound selector of `filter=_selector` (`raw`) or `filter=_view` (`view`, a DataGate
+    data view of the collection); DG-41xx for a bad one or a view that does not exist."""
+    from replication import data_views
+    from replication.protocol import mango
+
+    user = grant.actor.user
+    if view is not None:
+        found = data_views.view_get(
+            actor=user, tenant=grant.tenant, collection_name=grant.name, name=view
+        )
+        return data_views.selector_bound(view=found, user=user, tenant=grant.tenant)
+    bindings = data_views.view_bindings(user=user, tenant=grant.tenant)
+    return mango.parse(raw).bind(bindings)
+
+
 def changes_from_blocks(
     *,
     grant: DatabaseGrant,
@@ -716,6 +742,7 @@ def changes_from_blocks(
     include_docs: bool = False,
     all_docs: bool = False,
     doc_ids: frozenset[str] | None = None,
+    selector: Any = None,
 ) -> ChangesPage | None:
     """The page after `since` built from the live hub's blocks (`replication.live.FeedBlock`,
     read once for every session of the process) and the view cache; None when they do not
@@ -734,8 +761,10 @@ def changes_from_blocks(
         for change in block.changes:
             if change.seq <= position:
                 continue
-            if not grant.may_read(change.doc_id) or (
-                doc_ids is not None and change.doc_id not in doc_ids
+            if (
+                not grant.may_read(change.doc_id)
+                or (doc_ids is not None and change.doc_id not in doc_ids)
+                or not selector_passes(selector, change)
             ):
                 continue
             key = (grant.collection_id, change.doc_id, change.seq, change.version.modified)

@@ -30,7 +30,7 @@ def test_quick_bench_pushes_and_catches_up_with_baselines(tmp_path: Path) -> Non
             "--backends",
             "sqlite",
             "--only",
-            "push_ingest,catch_up",
+            "push_ingest,catch_up,views",
             "--no-record",
             "--json",
             str(out),
@@ -63,6 +63,11 @@ def test_quick_bench_pushes_and_catches_up_with_baselines(tmp_path: Path) -> Non
     assert catch_up["baseline_changes_since"]["rows"] == catch_up["docs"]
     assert catch_up["replica"]["stored"] == catch_up["docs"]
     assert catch_up["replica"]["ratio_to_raw_read"] > 0
+
+    views = benchmarks["views"]
+    assert views["in_view"] == views["docs"] // 10
+    assert views["sdk_view_replica"]["stored"] == views["in_view"]
+    assert views["baseline_python_scan"]["documents"] == views["in_view"]
 
     assert "push ingest, 1 replica" in completed.stdout
     assert "catch-up" in completed.stdout

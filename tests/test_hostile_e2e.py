@@ -389,3 +389,62 @@ def test_console_reads_with_odd_ids_never_answer_500(
     client = Client()
     client.force_login(member("ada", "admin"))
     assert client.get(url).status_code < 500
+
+
+# --- hostile selectors: data views over HTTP on a real daphne ---------------------------------
+
+operators = st.sampled_from(
+    ["$eq", "$ne", "$gt", "$in", "$nin", "$exists", "$and", "$or", "$not", "$regex", "$where"]
+)
+selector_junk = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(operators | st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=25,
+)
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    selector: dict[str, Any] = {"a": 1}
+    for _ in range(levels):
+        selector = {"$not": selector}
+    return selector
+
+
+def test_hostile_selectors_get_selector_codes_never_a_500(
+    tmp_path: Any, collection: Any, member: Any, issue_token: Any, settings_fast: None
+) -> None:
+    admin_token = issue_token(member("ada", "admin"), "read write")
+    server = DaphneServer.start(tmp_path=tmp_path)
+    views = "/api/v1/tenants/acme/collections/notes/views/"
+    seen: set[int] = set()
+    try:
+
+        @settings(
+            max_examples=max(10, EXAMPLES // 2),
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(selector=selector_junk)
+        @example(selector=_deep(500))
+        @example(selector={"$or": [{f"f{i}": i} for i in range(5000)]})
+        @example(selector={"a": {"$in": list(range(10_000))}})
+        def post(selector: Any) -> None:
+            name = f"v{uuid.uuid4().hex[:10]}"
+            body = json.dumps({"name": name, "selector": selector}, allow_nan=True).encode()
+            status, answer = http(server, "POST", views, admin_token, body)
+            seen.add(status)
+            assert status in (201, 400), answer
+            if status == 400:
+                code = json.loads(answer)["error"]["code"]
+                assert code in {"DG-4101", "DG-4102", "DG-4103", "DG-4104", "DG-8004", "DG-2009"}
+                return
+            status, answer = http(server, "GET", f"{views}{name}/documents/", admin_token)
+            assert status == 200, answer
+
+        post()
+    finally:
+        server.stop()
+    assert 400 in seen
