@@ -61,6 +61,19 @@ def view_definition(view: DataView) -> ViewDefinition:
     return ViewDefinition(mango.parse(view.selector), mango.parse_fields(view.fields))
 
 
+def view_indexes_ensure(*, definition: ViewDefinition) -> None:
+    """On SQLite, an expression index per top-level equality of the view (`status`), so that a
+    view's catch-up reads its documents instead of the collection's JSON (PostgreSQL answers the
+    same equalities with one GIN index, migration 0010). Shared by every view and collection
+    with that field; created once (IF NOT EXISTS)."""
+    if connection.vendor != "sqlite":
+        return
+    table = Document._meta.db_table
+    with connection.cursor() as cursor:
+        for path, _ in mango.equalities(definition.selector.root):
+            cursor.execute(mango.sqlite_index_sql(table, path))
+
+
 def _check_admin(*, actor: Any, collection: Collection) -> None:
     if isinstance(actor, System):
         return
@@ -124,7 +137,7 @@ def view_create(
     """A new view (DG-4106 if the name is taken, DG-4108 without the right to)."""
     collection = _collection(actor=actor, tenant=tenant, collection_name=collection_name)
     _check_admin(actor=actor, collection=collection)
-    view_definition_check(name=name, selector=selector, fields=fields)
+    definition = view_definition_check(name=name, selector=selector, fields=fields)
     view = DataView(
         collection=collection,
         name=name,
@@ -146,6 +159,7 @@ def view_create(
         raise DataGateError(
             ErrorCode.VIEW_EXISTS, tenant=tenant.slug, collection=collection_name, view=name
         ) from exc
+    view_indexes_ensure(definition=definition)
     return view
 
 
@@ -159,7 +173,7 @@ def view_update(
 ) -> DataView:
     """Change a view's definition; its version moves on when the definition changes."""
     _check_admin(actor=actor, collection=view.collection)
-    view_definition_check(name=view.name, selector=selector, fields=fields)
+    definition = view_definition_check(name=view.name, selector=selector, fields=fields)
     before = _as_dict(view)
     changed = view.selector != selector or view.fields != list(fields or [])
     view.selector = selector
@@ -177,6 +191,7 @@ def view_update(
             tenant=view.collection.tenant,
             detail={"before": before, "after": _as_dict(view)},
         )
+    view_indexes_ensure(definition=definition)
     return view
 
 
@@ -214,9 +229,13 @@ def binding_key(*, view: DataView, selector: mango.Selector, user: Any, tenant: 
     return (view.pk, view.version, tuple(sorted((n, values[n]) for n in parsed.parameters)))
 
 
-def _body_column() -> str:
+def _quoted_column(name: str) -> str:
     quote = connection.ops.quote_name
-    return f"{quote(Document._meta.db_table)}.{quote('body')}"
+    return f"{quote(Document._meta.db_table)}.{quote(name)}"
+
+
+def _body_column() -> str:
+    return _quoted_column("body")
 
 
 def documents_matching(
@@ -345,8 +364,18 @@ def view_change_page(
     bound = last_seq if up_to_seq is None else min(up_to_seq, last_seq)
     if bound <= after_seq:
         return ChangePage([], after_seq, int(last_seq), int(epoch))
-    rows = Document.objects.filter(collection_id=collection_id, seq__gt=after_seq, seq__lte=bound)
-    docs = list(documents_matching(rows, selector=selector).order_by("seq")[:limit])
+    rows = Document.objects.filter(collection_id=collection_id)
+    if connection.vendor == "sqlite" and mango.equalities(selector.root):
+        # `+seq` keeps SQLite's planner off the (collection, seq) index, which it prefers for
+        # ORDER BY ... LIMIT: the view's expression index finds the rows, a sort orders them
+        # (50 ms -> 8 ms for 1,000 of 100,000 on this machine).
+        seq = f"+{_quoted_column('seq')}"
+        # The text is a quoted column name; the values are parameters.
+        window = RawSQL(f"{seq} > %s AND {seq} <= %s", (after_seq, bound), BooleanField())  # noqa: S611
+        rows = rows.filter(window).order_by(RawSQL(seq, ()).asc())  # noqa: S611
+    else:
+        rows = rows.filter(seq__gt=after_seq, seq__lte=bound).order_by("seq")
+    docs = list(documents_matching(rows, selector=selector)[:limit])
     changes = [
         Change(d.seq, Version(d.doc_id, WRITE, d.modified, d.revision, d.origin, d.body))
         for d in docs

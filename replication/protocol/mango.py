@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -542,6 +543,32 @@ def _sql(node: Node, dialect: _Dialect) -> tuple[str, list[Any]]:
     return dialect.compare(node.path, op, operand)
 
 
+def equalities(node: Node) -> list[tuple[tuple[str, ...], Any]]:
+    """The (path, scalar) equalities every document the selector matches must hold."""
+    parts = node.parts if isinstance(node, AllOf) else (node,)
+    return [
+        (part.path, part.operand)
+        for part in parts
+        if isinstance(part, FieldTest) and part.op == "$eq"
+    ]
+
+
+def sqlite_extract(column: str, path: tuple[str, ...]) -> str:
+    """`json_extract(column, '$."a"."b"')` with the path as a literal (segments hold no `"` or
+    backslash; a `'` is doubled)."""
+    literal = _sqlite_path(path).replace("'", "''")
+    return f"json_extract({column}, '{literal}')"
+
+
+def sqlite_index_sql(table: str, path: tuple[str, ...]) -> str:
+    """The expression index a view's equality on `path` is read through on SQLite."""
+    name = "document_json_" + format(zlib.crc32(".".join(path).encode()), "08x")
+    return (
+        f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" '
+        f'("collection_id", {sqlite_extract(chr(34) + "body" + chr(34), path)})'
+    )
+
+
 def _containment(node: Node) -> dict[str, Any]:
     """The equalities every matching document must hold, as one JSON object (`{"status":
     "open", "owner": {"name": "ann"}}`): PostgreSQL's `@>` finds those through a GIN index."""
@@ -568,6 +595,18 @@ def to_sql(selector: Selector, *, vendor: str, column: str) -> Sql:
     which the GIN index on the column answers (migration replication/0010); the exact condition
     still decides, so the result is the same with or without the index."""
     text, params = _sql(selector.root, _Dialect(vendor, column))
+    if vendor == "sqlite":
+        # The same equalities in the exact form of the expression indexes `sqlite_index_sql`
+        # creates (a literal path: SQLite matches an index expression only textually).
+        lookups = [
+            (sqlite_extract(column, path), value)
+            for path, value in equalities(selector.root)
+            if isinstance(value, str | int | float) and not isinstance(value, bool)
+        ]
+        if lookups:
+            narrowing = " AND ".join(f"{expression} = %s" for expression, _ in lookups)
+            text = f"({narrowing} AND {text})"
+            params = [value for _, value in lookups] + params
     if vendor == "postgresql":
         contained = _containment(selector.root)
         if contained:
