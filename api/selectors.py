@@ -10,11 +10,13 @@ import json
 import re
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTransform
 
 from accounts import access
 from accounts.models import Membership, Role, Tenant
+from replication import services
 from replication.markers import Markers
 from replication.models import Collection, Document, Replica, Tombstone
 from replication.protocol.errors import DataGateError, ErrorCode
@@ -67,6 +69,31 @@ def collection_for_reader(*, user: Any, tenant_slug: str, name: str) -> Collecti
         raise DataGateError(
             ErrorCode.COLLECTION_NOT_FOUND, tenant=tenant_slug[:64], collection=name[:64]
         )
+    return collection
+
+
+def collection_for_writer(*, user: Any, tenant_slug: str, name: str) -> Collection:
+    """The collection `user` may write, created on first write if they may create it (the
+    HTTP API and GraphQL); DG-3001 as for a reader, DG-3002 if they may only read it."""
+    tenant = tenant_find(slug=tenant_slug)
+    exists = Collection.objects.filter(tenant=tenant, name=name).exists()
+    if (
+        tenant is not None
+        and not exists
+        and settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
+        and access.access_collection_create(user=user, tenant=tenant)
+    ):
+        try:
+            return services.collection_get_or_create(tenant=tenant, name=name)[0]
+        except Exception as problem:  # a name the slug validator refuses
+            raise DataGateError(
+                ErrorCode.BAD_PARAMETER, name="collection", detail="not a valid collection name"
+            ) from problem
+    collection = collection_for_reader(user=user, tenant_slug=tenant_slug, name=name)
+    if not access.access_collection_write(
+        user=user, tenant=collection.tenant, collection_name=name, collection=collection
+    ):
+        raise DataGateError(ErrorCode.READ_ONLY, user=user.get_username())
     return collection
 
 

@@ -126,27 +126,7 @@ def readable_collection(request: Request, tenant_slug: str, name: str) -> Collec
 
 def writable_collection(request: Request, tenant_slug: str, name: str) -> Collection:
     """The collection the caller may write, created on first write if they may create it."""
-    user = request.user
-    tenant = selectors.tenant_find(slug=tenant_slug)
-    exists = Collection.objects.filter(tenant=tenant, name=name).exists()
-    if (
-        tenant is not None
-        and not exists
-        and settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
-        and access.access_collection_create(user=user, tenant=tenant)
-    ):
-        try:
-            return services.collection_get_or_create(tenant=tenant, name=name)[0]
-        except Exception as problem:  # a name the slug validator refuses
-            raise DataGateError(
-                ErrorCode.BAD_PARAMETER, name="collection", detail="not a valid collection name"
-            ) from problem
-    collection = selectors.collection_for_reader(user=user, tenant_slug=tenant_slug, name=name)
-    if not access.access_collection_write(
-        user=user, tenant=collection.tenant, collection_name=name, collection=collection
-    ):
-        raise DataGateError(ErrorCode.READ_ONLY, user=user.get_username())
-    return collection
+    return selectors.collection_for_writer(user=request.user, tenant_slug=tenant_slug, name=name)
 
 
 # --- tenants and collections ----------------------------------------------------------------

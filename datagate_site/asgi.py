@@ -14,6 +14,7 @@ from console.routing import websocket_urlpatterns as console_routes  # noqa: E40
 from couchdb.asgi import PREFIX as COUCHDB_PREFIX  # noqa: E402
 from couchdb.asgi import application as couchdb_app  # noqa: E402
 from datagate_site.websocket_refusal import NOT_FOUND_ROUTE  # noqa: E402
+from graphqlapi.routing import websocket_urlpatterns as graphql_routes  # noqa: E402
 from replication.daphne_support import install_frame_limit  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
 from replication.scheduler import MaintenanceStarter  # noqa: E402
@@ -38,7 +39,15 @@ application = ProtocolTypeRouter(
         "http": http_app,
         "websocket": WebsocketOriginCheck(
             # Any other path: refused with HTTP 403, no traceback (websocket_refusal.py).
-            URLRouter([*replication_routes, *topics_routes, *console_routes, NOT_FOUND_ROUTE])
+            URLRouter(
+                [
+                    *replication_routes,
+                    *topics_routes,
+                    *console_routes,
+                    *graphql_routes,
+                    NOT_FOUND_ROUTE,
+                ]
+            )
         ),
     }
 )

@@ -76,6 +76,9 @@ INSTALLED_APPS = [
     "search",
     "api",
     "couchdb",
+    "graphqlapi",
+    # Only for its static files: GraphiQL's scripts and styles, served offline (/graphql/).
+    "graphene_django_graphiql_static",
 ]
 
 MIDDLEWARE = [

@@ -4,6 +4,7 @@ from django.urls import include, path
 from console import views as console_views
 from datagate_site.metrics import metrics_view
 from datagate_site.site_views import favicon, healthz, readyz
+from graphqlapi.views import graphql_view
 
 admin.site.site_header = "DataGate console"
 admin.site.site_title = "DataGate"
@@ -19,6 +20,7 @@ urlpatterns = [
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("api/v1/", include("api.urls")),
     path("metrics", metrics_view, name="metrics"),
+    path("graphql/", graphql_view, name="graphql"),
 ]
 
 # JSON errors in the API's shape under /api/, Django's pages elsewhere.

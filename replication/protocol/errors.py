@@ -387,6 +387,10 @@ class ErrorCode(Enum):
         409,
         "search is not enabled for {tenant}/{collection}: choose fields to index",
     )
+    GRAPHQL_INVALID = _spec("DG-8008", CloseCode.MALFORMED, 400, "bad GraphQL request: {detail}")
+    GRAPHQL_TOO_COMPLEX = _spec(
+        "DG-8009", CloseCode.MALFORMED, 400, "GraphQL query over a limit: {detail}"
+    )
 
     # --- 9xxx CouchDB replication protocol (/couchdb/, docs/couchdb.md) --------------------
     COUCHDB_START_OVER = _spec(

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GraphqlApiConfig(AppConfig):
+    name = "graphqlapi"
+    verbose_name = "GraphQL API"
