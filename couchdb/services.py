@@ -675,7 +675,9 @@ def changes_read(
     epoch = 0
     while limit is None or len(results) < limit:
         want = chunk if limit is None else min(chunk, limit - len(results))
-        page = change_page(collection_id=grant.collection_id, after_seq=position, limit=want)
+        page = change_page(
+            collection_id=grant.collection_id, after_seq=position, limit=want, bodies=include_docs
+        )
         head, epoch = page.head, page.epoch
         changes = [
             c

@@ -30,26 +30,41 @@ class Change:
 
 
 def changes_since(
-    *, collection_id: int, after_seq: int, limit: int, up_to_seq: int | None = None
+    *,
+    collection_id: int,
+    after_seq: int,
+    limit: int,
+    up_to_seq: int | None = None,
+    bodies: bool = True,
 ) -> list[Change]:
     """The changes with `after_seq < seq <= up_to_seq`, in seq order, at most `limit`.
 
     Each document id appears once, at its latest change (documents and tombstones are
     compacted), so paging by the last seq returned never misses or repeats an id that
-    changed before the page was read.
+    changed before the page was read. Rows are read as plain values, not model instances;
+    with `bodies=False` the documents' bodies are not read at all (their versions carry
+    None), for callers that list changes without their contents (CouchDB's `_changes`).
     """
     docs = Document.objects.filter(collection_id=collection_id, seq__gt=after_seq)
     tombs = Tombstone.objects.filter(collection_id=collection_id, seq__gt=after_seq)
     if up_to_seq is not None:
         docs = docs.filter(seq__lte=up_to_seq)
         tombs = tombs.filter(seq__lte=up_to_seq)
+    fields = ["seq", "doc_id", "modified", "revision", "origin"]
+    doc_rows = docs.order_by("seq").values_list(*fields, *(["body"] if bodies else []))[:limit]
     doc_changes = (
-        Change(d.seq, Version(d.doc_id, WRITE, d.modified, d.revision, d.origin, d.body))
-        for d in docs.order_by("seq")[:limit]
+        Change(
+            row[0],
+            Version(row[1], WRITE, row[2], row[3], row[4], row[5] if bodies else None),
+        )
+        for row in doc_rows
     )
+    tomb_rows = tombs.order_by("seq").values_list(
+        "seq", "doc_id", "deleted_at", "revision", "origin"
+    )[:limit]
     tomb_changes = (
-        Change(t.seq, Version(t.doc_id, DELETE, t.deleted_at, t.revision, t.origin, None))
-        for t in tombs.order_by("seq")[:limit]
+        Change(seq, Version(doc_id, DELETE, deleted_at, revision, origin, None))
+        for seq, doc_id, deleted_at, revision, origin in tomb_rows
     )
     merged: Iterator[Change] = heapq.merge(doc_changes, tomb_changes, key=lambda c: c.seq)
     return [change for change, _ in zip(merged, range(limit), strict=False)]
@@ -91,7 +106,12 @@ class ChangePage:
 
 
 def change_page(
-    *, collection_id: int, after_seq: int, limit: int, up_to_seq: int | None = None
+    *,
+    collection_id: int,
+    after_seq: int,
+    limit: int,
+    up_to_seq: int | None = None,
+    bodies: bool = True,
 ) -> ChangePage:
     """The next page after `after_seq` (at most `limit` changes, up to `up_to_seq`).
 
@@ -105,7 +125,11 @@ def change_page(
     if bound <= after_seq:
         return ChangePage([], after_seq, int(last_seq), int(epoch))
     changes = changes_since(
-        collection_id=collection_id, after_seq=after_seq, limit=limit, up_to_seq=bound
+        collection_id=collection_id,
+        after_seq=after_seq,
+        limit=limit,
+        up_to_seq=bound,
+        bodies=bodies,
     )
     covered = changes[-1].seq if len(changes) >= limit else bound
     return ChangePage(changes, covered, int(last_seq), int(epoch))
