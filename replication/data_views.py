@@ -27,6 +27,7 @@ from accounts.audit import audit_record
 from accounts.models import SLUG_VALIDATOR, Tenant
 from replication.changes import Version, version_to_wire
 from replication.conflicts import WRITE
+from replication.doorbell import view_changed_request
 from replication.models import Collection, DataView, Document
 from replication.protocol import mango
 from replication.protocol.errors import DataGateError, ErrorCode
@@ -184,6 +185,9 @@ def view_update(
         view.version += 1
     with transaction.atomic():
         view.save()
+        if changed:
+            pk = view.pk
+            transaction.on_commit(lambda: view_changed_request(view_pk=pk))
         audit_record(
             actor=actor,
             action="view.change",
@@ -205,7 +209,9 @@ def view_delete(*, actor: Any, view: DataView) -> None:
             tenant=view.collection.tenant,
             detail=_as_dict(view),
         )
+        pk = view.pk
         view.delete()
+        transaction.on_commit(lambda: view_changed_request(view_pk=pk))
 
 
 # --- reading through a view ----------------------------------------------------------------
@@ -293,6 +299,7 @@ class ViewSession:
     selector: mango.Selector
     key: tuple[Any, ...]
     epoch: int
+    view_pk: int = 0
 
 
 def view_epoch(*, collection_epoch: int, view: DataView) -> int:
@@ -318,6 +325,7 @@ def view_session_open(*, user: Any, tenant: Tenant, collection_id: int, name: st
         selector=selector,
         key=binding_key(view=view, selector=selector, user=user, tenant=tenant),
         epoch=view_epoch(collection_epoch=view.collection.epoch, view=view),
+        view_pk=view.pk,
     )
 
 

@@ -90,6 +90,26 @@ REPLICA_DISCONNECT = "replica.disconnect"
 REPLICA_CONTROL_GROUP = "dg.replicas"
 
 
+VIEW_CHANGED = "view.changed"
+
+
+def view_changed_request(*, view_pk: int) -> bool:
+    """Tell every process that a data view's definition changed (or the view went away): its
+    live sessions end with Disconnect, and their replicas reconnect to the new definition (a
+    reset snapshot: docs/decisions/0016). At most once, like every layer message."""
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        async_to_sync(layer.group_send)(
+            REPLICA_CONTROL_GROUP, {"type": VIEW_CHANGED, "view": view_pk}
+        )
+    except Exception:
+        logger.warning("view change of view %s not announced", view_pk, exc_info=True)
+        return False
+    return True
+
+
 def replica_disconnect_request(*, replica_pk: int, reason: str = "") -> bool:
     """Ask whichever process serves this replica to end its session (Disconnect, close 1000).
 

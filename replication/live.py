@@ -49,6 +49,7 @@ from replication.doorbell import (
     COLLECTION_CHANGED,
     REPLICA_CONTROL_GROUP,
     REPLICA_DISCONNECT,
+    VIEW_CHANGED,
     collection_group,
 )
 from replication.markers import Markers
@@ -325,6 +326,14 @@ class LiveHub:
         except Exception:
             logger.warning("could not join the replica control group", exc_info=True)
 
+    def _disconnect_view(self, view_pk: int) -> None:
+        """Sessions on a view whose definition changed end; their replicas reconnect to it."""
+        for session in list(self.sessions):
+            view = getattr(session, "view", None)
+            if isinstance(view, ViewSession) and view.view_pk == view_pk:
+                task = asyncio.ensure_future(session.disconnect_requested())
+                task.add_done_callback(_log_failure)
+
     def _disconnect_replica(self, replica_pk: int) -> None:
         for session in list(self.replicas.get(replica_pk, ())):
             task = asyncio.ensure_future(session.disconnect_requested())
@@ -418,6 +427,9 @@ class LiveHub:
                 continue
             if message.get("type") == REPLICA_DISCONNECT:
                 self._disconnect_replica(int(message.get("replica", -1)))
+                continue
+            if message.get("type") == VIEW_CHANGED:
+                self._disconnect_view(int(message.get("view", -1)))
                 continue
             if message.get("type") != COLLECTION_CHANGED:
                 continue

@@ -9,8 +9,10 @@ section 12). The CLI's `sync --view` pulls the same set.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ def tokens(member: Any, issue_token: Any, tasks: Any) -> dict[str, str]:
     return {
         "rita": str(issue_token(member("rita", "writer"), "read write")),
         "boss": str(issue_token(member("boss", "writer"), "read write")),
+        "admin": str(issue_token(member("ada", "admin"), "read write")),
     }
 
 
@@ -123,6 +126,26 @@ def test_a_view_replica_holds_its_users_open_tasks_and_follows_them_live(
     )
     assert _ids(mine) == {"t2", "t5", "t7"}
 
+    # An admin changes the definition: the live session ends, the replica reconnects with the
+    # new definition's markers and gets its documents (docs/decisions/0016). t3 (wendy's, never
+    # sent to this replica) arrives; documents that left as removals (t6) do not come back
+    # until they change (a removal stands against the same version: decision 0016).
+    epoch = mine.markers.epoch
+    request = urllib.request.Request(
+        f"{daphne.http_url}/api/v1/tenants/acme/collections/tasks/views/open-tasks/",
+        data=json.dumps(
+            {"selector": {"$or": [OPEN_TASKS, {"status": "open", "owner": "wendy"}]}}
+        ).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {tokens['admin']}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["version"] == 2
+    wait_for(lambda: "t3" in _ids(mine), what="the new definition's documents")
+    assert mine.markers.epoch != epoch
+    assert "t6" not in _ids(mine)  # left as a removal: it returns with its next change
+    mine.stop()
+
     # The command line: `sync --view` pulls the same set into its own file.
     path = tmp_path / "cli.sqlite3"
     common = ["--url", daphne.ws_url, "--tenant", "acme", "--collection", "tasks"]
@@ -143,9 +166,9 @@ def test_a_view_replica_holds_its_users_open_tasks_and_follows_them_live(
         check=False,
     )
     assert listed.returncode == 0, listed.stderr
-    for doc_id in ("t2", "t5", "t7"):
+    for doc_id in ("t2", "t3", "t5", "t7"):  # the changed definition's documents
         assert doc_id in listed.stdout
-    for doc_id in ("t1", "t3", "t6", "t8"):
+    for doc_id in ("t1", "t8"):
         assert f'"{doc_id}"' not in listed.stdout
 
 
