@@ -52,16 +52,21 @@ class SubscriptionSession:
 
 
 async def document_changes(
-    context: GraphQLContext, scope: selectors.Scope
+    context: GraphQLContext, scope: selectors.Scope, *, after_seq: int | None = None
 ) -> AsyncIterator[Change]:
-    """Every change of the scope from now on, as its reader sees it, in seq order."""
+    """Every change of the scope after `after_seq` (None: from now on), as its reader sees
+    it, in seq order: the changes before the hub's position are read from the database, the
+    rest come with the hub's blocks."""
     hub = get_hub()
     session = SubscriptionSession()
     collection_id = scope.collection.pk
-    position = await database_sync_to_async(selectors.live_start)(scope=scope)
+    head = await database_sync_to_async(selectors.live_start)(scope=scope)
+    position = head if after_seq is None else min(after_seq, head)
     hub.register(session)
     try:
-        offered = await hub.join(session, collection_id=collection_id, from_seq=position)
+        # Joined at the head, never behind it: a new feed must not re-read old changes for
+        # the replicas that join it later. What lies before is read here (the gap below).
+        offered = await hub.join(session, collection_id=collection_id, from_seq=head)
         while True:
             if offered > position:  # the hub is ahead of us: read the gap ourselves
                 gap = await database_sync_to_async(selectors.changes_between)(

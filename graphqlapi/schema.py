@@ -267,10 +267,12 @@ def _put(
         expected_revision=expected,
     )
     metrics.push_record(applied=result.applied, rejected=len(result.rejected))
-    stored = selectors.document_get(user=user, tenant=tenant, collection=collection, doc_id=doc_id)
+    # What the caller just wrote, as the HTTP API answers it (a key rule may let a user write
+    # ids it may not read; the answer is its own write).
+    stored = api_selectors.document_get(collection_id=found.pk, doc_id=doc_id)
     if stored is None:  # a newer change (a delete) won meanwhile
         raise DataGateError(ErrorCode.REVISION_CONFLICT, doc_id=doc_id, expected=expected, actual=0)
-    return stored
+    return selectors.document_change(stored)
 
 
 def _delete(user: Any, tenant: str, collection: str, doc_id: str, expected: int | None) -> bool:
@@ -505,17 +507,25 @@ class Mutation:
 class Subscription:
     @strawberry.subscription(
         description="Every change of the collection (or of a view: documents a change takes "
-        "out of it arrive as deletes) from now on, as the caller may read it."
+        "out of it arrive as deletes) as the caller may read it: from now on, or after the "
+        "sequence number `after` (a `seq` or marker seen before; above the purge horizon)."
     )
     async def document_changes(
-        self, info: Info, tenant: str, collection: str, view: str | None = None
+        self,
+        info: Info,
+        tenant: str,
+        collection: str,
+        view: str | None = None,
+        after: Long | None = None,
     ) -> AsyncGenerator[Document, None]:
         context = _context(info)
         user = await context.user_with("read")
+        if after is not None and after < 0:
+            raise DataGateError(ErrorCode.BAD_PARAMETER, name="after", detail="must be >= 0")
         scope = await _run(selectors.reading_scope)(
             user=user, tenant=tenant, collection=collection, view=view
         )
-        async for change in live.document_changes(context, scope):
+        async for change in live.document_changes(context, scope, after_seq=after):
             yield Document.of(change)
 
     @strawberry.subscription(

@@ -99,10 +99,10 @@ def document_get(*, user: Any, tenant: str, collection: str, doc_id: str) -> Cha
     doc = Document.objects.filter(collection_id=scope.collection.pk, doc_id=doc_id).first()
     if doc is None or (scope.read_filter is not None and not scope.read_filter(doc_id)):
         return None
-    return _change(doc)
+    return document_change(doc)
 
 
-def _change(doc: Document) -> Change:
+def document_change(doc: Document) -> Change:
     return Change(
         doc.seq, Version(doc.doc_id, WRITE, doc.modified, doc.revision, doc.origin, doc.body)
     )
@@ -118,7 +118,7 @@ def documents_after(*, scope: Scope, after_seq: int, limit: int) -> tuple[list[C
     page = list(rows.order_by("seq")[:limit])
     seen = []
     for doc in page:
-        visible = scope.visible(_change(doc))
+        visible = scope.visible(document_change(doc))
         if visible is not None:
             seen.append(visible)
     cursor = page[-1].seq if page else after_seq
