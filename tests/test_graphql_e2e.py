@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import websockets
-from websockets.typing import Subprotocol
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport as GraphQLWebsockets
+from websockets.typing import Subprotocol
 
 from accounts.access import System
 from accounts.services import key_rule_add
