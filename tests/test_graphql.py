@@ -263,3 +263,34 @@ def test_graphiql_is_served_offline(tokens: dict[str, str]) -> None:
         "graphqlapi/graphiql-page.js",
     ):
         assert finders.find(asset), asset
+
+
+def test_generated_queries_get_results_or_coded_errors_never_a_500(
+    tokens: dict[str, str],
+) -> None:
+    """Queries and mutations generated from the schema (hypothesis-graphql), with junk
+    arguments of the right types: every error carries a DG code, none is an internal one."""
+    import hypothesis_graphql
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis_graphql import nodes
+
+    from graphqlapi.schema import schema
+
+    source = schema.as_str()
+    scalars = {
+        "Long": st.integers(-(2**70), 2**70).map(nodes.Int),
+        "JSON": st.one_of(st.integers(), st.text(max_size=20)).map(str).map(nodes.String),
+    }
+    strategy = hypothesis_graphql.queries(
+        source, custom_scalars=scalars
+    ) | hypothesis_graphql.mutations(source, custom_scalars=scalars)
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(query=strategy)
+    def ask(query: str) -> None:
+        result = gql(tokens["rita"], query)
+        for code in codes(result):
+            assert code.startswith("DG-") and code != "DG-5003", (query, result)
+
+    ask()
