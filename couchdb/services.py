@@ -676,7 +676,10 @@ def changes_read(
     while limit is None or len(results) < limit:
         want = chunk if limit is None else min(chunk, limit - len(results))
         page = change_page(
-            collection_id=grant.collection_id, after_seq=position, limit=want, bodies=include_docs
+            collection_id=grant.collection_id,
+            after_seq=position,
+            limit=want,
+            bodies=include_docs or selector is not None,  # a selector reads the bodies it matches
         )
         head, epoch = page.head, page.epoch
         changes = [
