@@ -19,8 +19,8 @@ from django.views.defaults import page_not_found, server_error
 from rest_framework import exceptions
 from rest_framework.response import Response
 
+from core.errors import DataGateError, ErrorCode
 from datagate_site import metrics
-from replication.protocol.errors import DataGateError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

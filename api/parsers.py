@@ -11,7 +11,7 @@ from typing import Any
 
 from rest_framework.parsers import JSONParser
 
-from replication.protocol.errors import DataGateError, ErrorCode
+from core.errors import DataGateError, ErrorCode
 
 
 class SafeJSONParser(JSONParser):

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 
 from accounts.access import access_scope
 from accounts.tokens import TokenInfo
-from replication.protocol.errors import DataGateError, ErrorCode
+from core.errors import DataGateError, ErrorCode
 
 
 def required_scope(request: Request, view: Any) -> str:

@@ -16,10 +16,10 @@ from django.db.models.fields.json import KeyTransform
 
 from accounts import access
 from accounts.models import Membership, Role, Tenant
+from core.errors import DataGateError, ErrorCode
 from replication import services
 from replication.markers import Markers
 from replication.models import Collection, Document, Replica, Tombstone
-from replication.protocol.errors import DataGateError, ErrorCode
 
 FILTER_FIELD = re.compile(r"^[^._\s=][^.\s=]*(\.[^.\s=]+)*$")
 MAX_FILTERS = 10

@@ -20,7 +20,7 @@ from accounts.access import access_topic_connect
 from accounts.models import Tenant
 from api.schema import TENANT_PARAM
 from api.views import int_param
-from replication.protocol.errors import DataGateError, ErrorCode
+from core.errors import DataGateError, ErrorCode
 from topics import actions, selectors
 from topics.services import Publication
 

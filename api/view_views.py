@@ -26,10 +26,10 @@ from api.views import (
     served,
     wire_document,
 )
+from core.errors import DataGateError, ErrorCode
 from replication import data_views
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import DataView
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.selectors import collection_position
 
 VIEW_PARAM = OpenApiParameter("view", str, OpenApiParameter.PATH, description="the view's name")

@@ -32,6 +32,7 @@ from api.schema import (
     CollectionStatsSerializer,
     TenantListSerializer,
 )
+from core.errors import DataGateError, ErrorCode
 from datagate_site import metrics
 from replication import services
 from replication.changes import Version, version_to_wire
@@ -39,7 +40,6 @@ from replication.conflicts import WRITE
 from replication.door import printable, unencodable
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.messages import encode_served, served_feed
 from replication.selectors import changes_since, collection_position, feed_from_changes
 from search.selectors import search_documents

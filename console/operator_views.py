@@ -47,9 +47,9 @@ from console.views import (
     _tenant_access,
     console_login_required,
 )
+from core.errors import DataGateError
 from replication import collection_services
 from replication.models import Collection
-from replication.protocol.errors import DataGateError
 
 # Failures an action reports on the page rather than as an error page.
 ACTION_ERRORS = (DataGateError, ValueError, LookupError, ValidationError)

@@ -17,8 +17,8 @@ from django.views.decorators.http import require_http_methods
 
 from accounts import access
 from console.views import _collection, _render, _tenant_access, console_login_required
+from core.errors import DataGateError, ErrorCode
 from replication import data_views
-from replication.protocol.errors import DataGateError, ErrorCode
 
 PREVIEW_SIZE = 20
 

@@ -46,6 +46,7 @@ from console import selectors
 from console.dashboard import dashboard_data, replicas_data
 from console.errorsdoc import errors_doc_html
 from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm
+from core.errors import DataGateError, ErrorCode
 from replication.door import display_json
 from replication.doorbell import replica_disconnect_request
 from replication.maintenance import (
@@ -55,7 +56,6 @@ from replication.maintenance import (
     tombstones_collect_all,
 )
 from replication.models import Collection, MaintenanceJob
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import document_delete, document_put, error_event_record
 from search.selectors import search_documents
 

@@ -23,11 +23,11 @@ from urllib.parse import parse_qsl, unquote
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core.errors import DataGateError, ErrorCode, error_by_code
 from couchdb import live, services, writes
 from couchdb.checkpoints import get_checkpoints
 from couchdb.live import FeedWaiter
 from couchdb.services import Actor, CouchError, DatabaseGrant
-from replication.protocol.errors import DataGateError, ErrorCode, error_by_code
 
 logger = logging.getLogger(__name__)
 

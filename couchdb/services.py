@@ -27,6 +27,7 @@ from accounts import access
 from accounts.access_changes import access_version, access_versions, session_scopes
 from accounts.models import Tenant
 from accounts.tokens import TokenRejected, token_authenticate, token_user
+from core.errors import DataGateError, ErrorCode
 from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
@@ -35,7 +36,6 @@ from replication.changes import Version
 from replication.conflicts import DELETE, WRITE, incoming_wins, version_key
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document, Tombstone
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.selectors import change_page
 
 # CouchDB reports its version; PouchDB reads nothing of it but the shape.

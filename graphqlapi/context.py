@@ -18,7 +18,7 @@ from django.conf import settings
 
 from accounts.access import access_scope
 from accounts.tokens import TokenInfo, TokenRejected, token_authenticate
-from replication.protocol.errors import DataGateError, ErrorCode
+from core.errors import DataGateError, ErrorCode
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -22,13 +22,13 @@ from strawberry.types import Info
 from accounts.access import access_topic_connect
 from accounts.models import Tenant
 from api import selectors as api_selectors
+from core.errors import DataGateError, ErrorCode
 from datagate_site import metrics
 from graphqlapi import live, selectors
 from graphqlapi.errors import DataGateErrors
 from replication import services
 from replication.markers import Markers as WireMarkers
 from replication.models import Collection as CollectionModel
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.selectors import Change
 from topics import actions
 from topics import selectors as topic_selectors

@@ -16,13 +16,13 @@ from django.conf import settings
 
 from accounts import access
 from api import selectors as api_selectors
+from core.errors import DataGateError, ErrorCode
 from replication import data_views
 from replication.changes import Version
 from replication.conflicts import DELETE, WRITE
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document
 from replication.protocol import mango
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.selectors import Change, change_page, collection_position
 
 ReadFilter = Callable[[str], bool] | None

@@ -20,9 +20,9 @@ from strawberry.django.views import AsyncGraphQLView
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from core.errors import DataGateError
 from graphqlapi.context import GraphQLContext, bearer_token
 from graphqlapi.schema import schema
-from replication.protocol.errors import DataGateError
 
 
 class GraphQLHTTPView(AsyncGraphQLView):

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import DataGateError, ErrorCode
 from replication.conflicts import DELETE, WRITE, VersionKey, version_key
 from replication.door import DEFAULT_LIMITS, DoorLimits, document_text, id_check
 from replication.door import printable as _display
-from replication.protocol.errors import DataGateError, ErrorCode
 
 META_FIELDS = ("_id", "_revision", "_modified", "_origin")
 MAX_INT = 2**63 - 1

@@ -18,8 +18,8 @@ from accounts import access
 from accounts.access import System
 from accounts.audit import audit_record
 from accounts.models import Tenant
+from core.errors import DataGateError, ErrorCode
 from replication.models import Collection
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.transfer import (
     ExportReport,
     ImportReport,

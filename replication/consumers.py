@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
+from core.errors import DataGateError, ErrorCode
 from datagate_site import metrics
 from replication import data_views, ranges, selectors, services
 from replication.consumer_support import DirectDispatchMixin
@@ -27,7 +28,6 @@ from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
 from replication.markers import Markers
 from replication.protocol import machine as mc
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.messages import encode, encode_served, parse_message, splice
 from replication.protocol.ranges import BucketTable
 from replication.selectors import Change

@@ -25,12 +25,12 @@ from accounts import access
 from accounts.access import System
 from accounts.audit import audit_record
 from accounts.models import SLUG_VALIDATOR, Tenant
+from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, version_to_wire
 from replication.conflicts import WRITE
 from replication.doorbell import view_changed_request
 from replication.models import Collection, DataView, Document
 from replication.protocol import mango
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.selectors import Change, ChangePage, change_page
 
 

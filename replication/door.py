@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from replication.protocol.errors import DataGateError, ErrorCode
+from core.errors import DataGateError, ErrorCode
 
 ID_MAX_LENGTH = 128
 DEFAULT_MAX_DEPTH = 64

@@ -33,6 +33,7 @@ from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
+from core.errors import DataGateError, ErrorCode
 from replication.models import (
     Collection,
     JournalEntry,
@@ -41,7 +42,6 @@ from replication.models import (
     Replica,
     Tombstone,
 )
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.ranges import Deltas, bucket_deltas_apply, version_delta
 from replication.services import error_event_record, now_ms
 

@@ -27,9 +27,9 @@ from django.conf import settings
 from django.db import transaction
 
 from accounts.access import System
+from core.errors import DataGateError
 from replication.door import door_refusal, id_check, printable
 from replication.models import Collection, Document, QuarantinedDocument, Tombstone
-from replication.protocol.errors import DataGateError
 
 ACTOR = System("datagate_quarantine")
 ORIGIN = "datagate_quarantine"

@@ -30,8 +30,8 @@ from zlib import crc32
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.errors import DataGateError, ErrorCode
 from replication.models import Collection, Document, RangeBucket, Replica, Tombstone
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.ranges import (
     BUCKET_SHIFT,
     BUCKETS,

@@ -32,6 +32,7 @@ from accounts import access
 from accounts.access import DocumentPolicy, System
 from accounts.audit import audit_record
 from accounts.models import Tenant
+from core.errors import DataGateError, ErrorCode
 from replication.changes import (
     ParsedFeed,
     Rejection,
@@ -53,7 +54,6 @@ from replication.models import (
     ReplicaSession,
     Tombstone,
 )
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.ranges import STORED_SHIFT, VERSION_TAIL
 from replication.ranges import Deltas, bucket_deltas_apply
 from search.services import search_index_apply

@@ -58,9 +58,9 @@ from typing import TYPE_CHECKING, Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core.errors import DataGateError, ErrorCode
 from replication import selectors
 from replication.protocol import machine as mc
-from replication.protocol.errors import DataGateError, ErrorCode
 
 if TYPE_CHECKING:
     from replication.services import SessionGrant

@@ -14,10 +14,10 @@ from typing import Any
 
 from django.db import connection
 
+from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, version_to_wire
 from replication.conflicts import WRITE
 from replication.models import Collection, Document
-from replication.protocol.errors import DataGateError, ErrorCode
 from search.models import SearchIndex
 
 MARK_START = "<mark>"

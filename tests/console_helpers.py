@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import DataGateError, ErrorCode
 from replication.models import ErrorEvent, Replica
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import error_event_record, replica_connected
 
 

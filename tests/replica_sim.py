@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accounts.access import System
+from core.errors import ErrorCode
 from replication.changes import Version
 from replication.conflicts import DELETE, WRITE, incoming_wins
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection
-from replication.protocol.errors import ErrorCode
 from replication.selectors import changes_since
 from replication.services import ApplyResult, batch_apply
 

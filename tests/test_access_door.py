@@ -9,8 +9,8 @@ import pytest
 
 from accounts.access import System
 from accounts.models import KeyRule
+from core.errors import DataGateError, ErrorCode
 from replication.models import Document, Tombstone
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import batch_apply, document_delete, document_put
 
 SEED = System("test seed")

@@ -16,9 +16,9 @@ from accounts.access import System
 from accounts.audit import audit_entries
 from accounts.models import AuditEntry
 from accounts.services import access_token_issue, access_tokens_revoke, membership_set
+from core.errors import DataGateError, ErrorCode
 from replication import collection_services
 from replication.models import Collection
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import document_put
 
 pytestmark = pytest.mark.django_db

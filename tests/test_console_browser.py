@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from accounts.access import System
+from core.errors import ErrorCode
 from replication.models import Document, JournalEntry
-from replication.protocol.errors import ErrorCode
 from replication.services import document_put
 from tests.console_helpers import connect_replica, record_error
 from tests.services import CHROMIUM_ARGS, require_chromium

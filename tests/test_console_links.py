@@ -12,7 +12,7 @@ from django.conf import settings
 from django.test import Client
 
 from accounts.access import System
-from replication.protocol.errors import ErrorCode
+from core.errors import ErrorCode
 from replication.services import document_put, replica_acked
 from tests.console_helpers import connect_replica, record_error
 from topics.services import Publication, messages_publish, offset_commit, topic_create

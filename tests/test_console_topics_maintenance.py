@@ -11,8 +11,8 @@ from django.urls import reverse
 
 from accounts.access import System
 from accounts.services import membership_set, tenant_get_or_create
+from core.errors import DataGateError, ErrorCode
 from replication.models import MaintenanceRun, Tombstone
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import document_delete, document_put, error_event_record
 from topics.services import Publication, messages_publish, offset_commit, topic_create
 

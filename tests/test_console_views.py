@@ -17,6 +17,7 @@ from django.utils import timezone
 from accounts.access import System
 from accounts.services import access_token_issue, membership_set, tenant_get_or_create
 from accounts.tokens import TokenRejected, token_authenticate
+from core.errors import ErrorCode
 from replication.doorbell import REPLICA_CONTROL_GROUP, REPLICA_DISCONNECT
 from replication.models import (
     Document,
@@ -26,7 +27,6 @@ from replication.models import (
     ReplicaSession,
     Tombstone,
 )
-from replication.protocol.errors import ErrorCode
 from replication.services import (
     document_put,
     feed_latency_record,

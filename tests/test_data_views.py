@@ -15,8 +15,8 @@ from rest_framework.test import APIClient
 from accounts.access import System
 from accounts.models import AuditEntry
 from accounts.services import key_rule_add
+from core.errors import DataGateError
 from replication import data_views
-from replication.protocol.errors import DataGateError
 from replication.services import document_put
 from tests.api_support import fast_cli_application, person
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import DataGateError, ErrorCode
 from replication.door import DoorLimits, document_text, id_check, printable, too_deep
 from replication.protocol.envelope import decode_frame
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.protocol.messages import encode
 
 T0 = 1_700_000_000_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from replication.protocol.errors import MAX_ERROR_TEXT, DataGateError, ErrorCode, error_by_code
+from core.errors import MAX_ERROR_TEXT, DataGateError, ErrorCode, error_by_code
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 

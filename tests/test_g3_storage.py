@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from accounts.access import System
+from core.errors import DataGateError, ErrorCode
 from replication.models import Collection, Document, JournalEntry
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import batch_apply_many
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]

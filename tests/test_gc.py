@@ -14,10 +14,10 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from accounts.access import System
+from core.errors import ErrorCode
 from replication.maintenance import DAY_MS, tombstones_collect, tombstones_collect_all
 from replication.markers import PullStart
 from replication.models import Collection, Document, Replica, Tombstone
-from replication.protocol.errors import ErrorCode
 from replication.selectors import changes_since, collection_state
 from replication.services import (
     batch_apply,

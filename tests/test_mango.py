@@ -16,8 +16,8 @@ from django.db import transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import DataGateError
 from replication.protocol import mango
-from replication.protocol.errors import DataGateError
 
 EXAMPLES = int(os.environ.get("DATAGATE_MANGO_EXAMPLES", "60"))
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from core.errors import DataGateError, ErrorCode
 from replication.protocol import messages as m
-from replication.protocol.errors import DataGateError, ErrorCode
 
 
 def frame(message_type: str, **body: Any) -> str:

@@ -10,7 +10,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts.access import System
-from replication.protocol.errors import DataGateError
+from core.errors import DataGateError
 from replication.services import batch_apply, document_delete, document_put, now_ms
 from search.models import SearchEntry
 from search.selectors import search_documents

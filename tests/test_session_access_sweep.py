@@ -22,8 +22,8 @@ from accounts.access import System
 from accounts.access_changes import access_version
 from accounts.models import AccessMarker
 from accounts.services import key_rule_add, membership_set
+from core.errors import DataGateError, ErrorCode
 from replication.protocol import machine as mc
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.services import SessionGrant, document_put, session_open
 from replication.session_access import (
     AccessUpdate,

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.access import System
+from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, newest_per_id
 from replication.conflicts import DELETE, WRITE
 from replication.models import Collection, Document, JournalEntry, Tombstone
-from replication.protocol.errors import DataGateError, ErrorCode
 from replication.selectors import changes_since, collection_state, feed_from_changes
 from replication.services import (
     batch_apply,

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from replication.protocol.errors import DataGateError
+from core.errors import DataGateError
 from topics.models import Message, Topic
 from topics.selectors import committed_offset, messages_read, topic_find, topic_list
 from topics.services import (

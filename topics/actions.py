@@ -20,7 +20,7 @@ from accounts.access import (
 )
 from accounts.models import Tenant
 from accounts.tokens import TokenRejected, token_authenticate
-from replication.protocol.errors import DataGateError, ErrorCode
+from core.errors import DataGateError, ErrorCode
 from replication.services import error_event_record
 from topics import selectors, services
 from topics.models import Topic

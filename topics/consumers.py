@@ -22,10 +22,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 from replication.consumer_support import DirectDispatchMixin
 from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import get_hub as process_sessions
-from replication.protocol.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 from topics import actions, protocol
 from topics.doorbell import DELETED, TopicHub, topic_hub
 from topics.protocol import Inbound, State, SubscriptionWindow, TopicSession

@@ -17,8 +17,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Tenant
+from core.errors import DataGateError, ErrorCode
 from replication.door import document_text, id_check, limits_from_settings
-from replication.protocol.errors import DataGateError, ErrorCode
 from topics.doorbell import ring_on_commit
 from topics.models import ConsumerOffset, Message, Scope, Topic
 

@@ -1,1 +1,2 @@
-"""The DataGate wire protocol, with no Django and no I/O: messages, errors, the session machine."""
+"""The DataGate wire protocol, with no Django and no I/O: messages, the session machine (its
+error codes are the shared catalogue, core/errors.py)."""

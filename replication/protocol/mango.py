@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from replication.protocol.errors import DataGateError, ErrorCode
+from core.errors import DataGateError, ErrorCode
 
 MAX_DEPTH = 12
 MAX_NODES = 200

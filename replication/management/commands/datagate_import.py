@@ -9,10 +9,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.access import System
 from accounts.models import Tenant
+from core.errors import DataGateError
 from replication.maintenance import maintenance_run
 from replication.management.commands._maintenance import collection_names_check
 from replication.models import MaintenanceJob
-from replication.protocol.errors import DataGateError
 from replication.transfer import ImportReport, collection_import
 
 

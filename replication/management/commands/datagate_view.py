@@ -10,9 +10,9 @@ from django.core.management.base import BaseCommand, CommandParser
 from accounts.access import System
 from accounts.management.commands._cli import refused, tenant_named, write_rows
 from accounts.models import Tenant
+from core.errors import DataGateError
 from replication import data_views
 from replication.models import DataView
-from replication.protocol.errors import DataGateError
 
 ACTOR = System("command datagate_view")
 
