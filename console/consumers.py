@@ -27,7 +27,7 @@ from django.http import QueryDict
 from accounts.access import access_tenant_read
 from accounts.models import Tenant
 from console.dashboard import dashboard_fragments, replicas_fragments
-from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
+from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from replication.doorbell import collection_group
 from replication.models import Collection
 
@@ -99,7 +99,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         """The page sends nothing; anything it sends (text, bytes, not JSON) just asks for a
         fresh push. A message over DATAGATE_MAX_FRAME_BYTES closes the socket 1009, as on
-        the sync and topics sockets (replication/daphne_support.py)."""
+        the sync and topics sockets (core/daphne_websocket.py)."""
         if message.get(OVERSIZED) is not None:
             await self.close(code=CLOSE_FRAME_TOO_LARGE)
             return

@@ -11,11 +11,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.websocket_origins import WebsocketOriginCheck  # noqa: E402
 from console.routing import websocket_urlpatterns as console_routes  # noqa: E402
+from core.daphne_websocket import install_frame_limit  # noqa: E402
 from couchdb.asgi import PREFIX as COUCHDB_PREFIX  # noqa: E402
 from couchdb.asgi import application as couchdb_app  # noqa: E402
 from datagate_site.websocket_refusal import NOT_FOUND_ROUTE  # noqa: E402
 from graphqlapi.routing import websocket_urlpatterns as graphql_routes  # noqa: E402
-from replication.daphne_support import install_frame_limit  # noqa: E402
 from replication.routing import websocket_urlpatterns as replication_routes  # noqa: E402
 from replication.scheduler import MaintenanceStarter  # noqa: E402
 from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402

@@ -23,7 +23,7 @@ from django.http import FileResponse, Http404, HttpRequest, JsonResponse
 from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET
 
-from replication.live import DRAINING
+from core.shutdown import DRAINING
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
+from core.consumer_dispatch import DirectDispatchMixin
+from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from core.errors import DataGateError, ErrorCode
 from datagate_site import metrics
 from replication import data_views, ranges, selectors, services
-from replication.consumer_support import DirectDispatchMixin
-from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import FeedBlock, LiveHub, get_hub
 from replication.markers import Markers
 from replication.protocol import machine as mc
@@ -104,7 +104,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         frame: str | bytes | None = message.get("text")
         if frame is None:
             frame = message.get("bytes") or b""
-        # A message over the limit that daphne read and dropped (daphne_support.py) has no
+        # A message over the limit that daphne read and dropped (core/daphne_websocket.py) has no
         # frame, only its size.
         oversized = message.get(OVERSIZED)
         size = (

@@ -22,7 +22,7 @@ The database is the truth, the bell only says "collection 7 is at seq 1042"
 
 The hub also knows every open session of the process, so that a server shutdown (SIGTERM or
 SIGINT under daphne) can send each a Disconnect and close it with 1001 before daphne cancels
-the applications (`install_shutdown_handler`).
+the applications (`core.shutdown.install_shutdown_handler`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
-import sys
-import threading
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +39,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from core.shutdown import DRAINING, install_shutdown_handler
 from replication import selectors, services
 from replication.data_views import ViewSession, view_feed
 from replication.doorbell import (
@@ -81,9 +78,6 @@ COALESCE_STRAGGLERS = 0.1
 
 # How long a shutdown waits for sessions to close after their Disconnect before daphne goes on.
 SHUTDOWN_GRACE = 3.0
-
-# Set when this process starts to stop: /readyz answers 503 from then on.
-DRAINING = threading.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,45 +488,3 @@ def get_hub() -> LiveHub:
         _hubs[loop] = hub
         install_shutdown_handler(loop, hub)
     return hub
-
-
-def install_shutdown_handler(loop: asyncio.AbstractEventLoop, hub: LiveHub) -> None:
-    """Under daphne, close sessions properly on SIGTERM/SIGINT, then let daphne stop.
-
-    Daphne stops on SIGTERM by stopping the Twisted reactor, whose shutdown cancels every
-    application and then drops the sockets: replicas would see an abnormal close (1006) and no
-    Disconnect. So, in a daphne process only, this wraps the reactor's handlers: on the signal
-    every session gets Disconnect and close 1001 (PROTOCOL.md section 4, step 6), and after
-    they closed (at most SHUTDOWN_GRACE seconds) the reactor's own handler runs as before.
-    """
-    reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is None or not getattr(reactor, "running", False):
-        return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(signum)
-        if not callable(previous):
-            continue
-        signal.signal(signum, _shutdown_handler(loop, hub, previous))
-
-
-def _shutdown_handler(
-    loop: asyncio.AbstractEventLoop, hub: LiveHub, previous: Callable[..., Any]
-) -> Callable[[int, Any], None]:
-    started = False
-
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal started
-        if started:  # a second signal: stop right away
-            previous(signum, frame)
-            return
-        started = True
-
-        async def close_then_stop() -> None:
-            try:
-                await hub.shut_down()
-            finally:
-                previous(signum, None)
-
-        loop.call_soon_threadsafe(lambda: loop.create_task(close_then_stop()))
-
-    return handler

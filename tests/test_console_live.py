@@ -91,8 +91,8 @@ async def test_socket_is_refused_to_who_may_not_read_the_tenant(
 
 async def test_frames_from_the_page_never_break_the_socket(member: Any, collection: Any) -> None:
     """Text that is not JSON and binary frames just ask for a push; a message over the frame
-    limit (as daphne reports it, replication/daphne_support.py) closes 1009."""
-    from replication.daphne_support import OVERSIZED
+    limit (as daphne reports it, core/daphne_websocket.py) closes 1009."""
+    from core.daphne_websocket import OVERSIZED
 
     reader = await database_sync_to_async(member)("rita", "reader")
     cookie = await database_sync_to_async(session_cookie)(reader)

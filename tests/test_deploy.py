@@ -18,8 +18,8 @@ import pytest
 from datagate_replica import Replica, SyncError
 from django.test import Client
 
+from core.shutdown import DRAINING
 from datagate_site import site_views
-from replication.live import DRAINING
 from tests.live_server import DaphneServer
 from tests.test_replica_e2e import wait_for
 

@@ -22,9 +22,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core.consumer_dispatch import DirectDispatchMixin
+from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from core.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
-from replication.consumer_support import DirectDispatchMixin
-from replication.daphne_support import OVERSIZED, allow_protocol_close_codes
 from replication.live import get_hub as process_sessions
 from topics import actions, protocol
 from topics.doorbell import DELETED, TopicHub, topic_hub
@@ -92,7 +92,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     # --- frames in ------------------------------------------------------------------------
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
-        # A message over the limit that daphne read and dropped (daphne_support.py) comes
+        # A message over the limit that daphne read and dropped (core/daphne_websocket.py) comes
         # with its size only.
         oversized = message.get(OVERSIZED)
         if oversized is not None:
