@@ -1,14 +1,64 @@
-"""The conflict rule as a pure function: properties that make replicas converge."""
+"""The conflict rule as a pure function: properties that make replicas converge.
+
+Every case of spec/conflicts.json runs here against the server's copy of the rule, and in
+sdk/tests/test_conflict_cases.py against the SDK's, so the two copies cannot drift.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from replication.changes import Version, newest_per_id
-from replication.conflicts import DELETE, WRITE, incoming_wins, version_key
+from replication.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
+
+
+def _cases_file() -> Path:
+    for folder in Path(__file__).resolve().parents:
+        candidate = folder / "spec" / "conflicts.json"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("spec/conflicts.json")
+
+
+CASES: list[dict[str, Any]] = json.loads(_cases_file().read_text(encoding="utf-8"))["cases"]
+KINDS = {"write": WRITE, "delete": DELETE}
+
+
+def _version(raw: dict[str, Any]) -> Version:
+    kind = KINDS[raw["kind"]]
+    body = {"n": 1} if kind == WRITE else None
+    return Version("doc", kind, raw["modified"], raw["revision"], raw["origin"], body)
+
+
+def _key(raw: dict[str, Any]) -> VersionKey:
+    return version_key(
+        kind=KINDS[raw["kind"]],
+        modified=raw["modified"],
+        revision=raw["revision"],
+        origin=raw["origin"],
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_the_shared_case_picks_the_expected_winner(case: dict[str, Any]) -> None:
+    incoming = _key(case["incoming"])
+    current = None if case["current"] is None else _key(case["current"])
+    assert incoming_wins(incoming, current) == (case["winner"] == "incoming")
+    if current is None:
+        return
+    assert incoming_wins(current, incoming) == (case["winner"] == "current")
+    assert (incoming == current) == (case["winner"] == "same")
+    winner = case["incoming"] if case["winner"] == "incoming" else case["current"]
+    for order in ((case["current"], case["incoming"]), (case["incoming"], case["current"])):
+        assert newest_per_id([_version(raw) for raw in order])["doc"].key() == _key(winner)
+
 
 versions = st.builds(
     Version,
