@@ -86,7 +86,13 @@ typecheck: $(VENV)/.installed
 
 check: lint typecheck test
 
-bench: $(VENV)/.installed
+# uvicorn and granian, for bench/servers.py (the `servers` extra), installed for the bench only.
+$(VENV)/.servers: $(VENV)/.installed pyproject.toml
+	@$(PY) -m pip install --quiet -e ".[servers]" > $(LOG_DIR)/install-servers.log 2>&1 \
+	  || { cat $(LOG_DIR)/install-servers.log; exit 1; }
+	@touch $@
+
+bench: $(VENV)/.installed $(VENV)/.servers
 	$(PY) -m bench $(BENCH_ARGS)
 
 # PouchDB against DataGate's CouchDB door and against pouchdb-server (bench/couchdb.py); its

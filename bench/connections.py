@@ -20,9 +20,9 @@ from bench.harness import (
     daphne,
     profiled,
     ratio,
-    rss_bytes,
     split,
     start_clients,
+    tree_rss_bytes,
 )
 from bench.push_ingest import replication_route_missing
 from bench.wire import live_session, open_socket
@@ -43,8 +43,19 @@ async def _warm_up(kind: str, url: str, ctx: PassContext, collection: str) -> No
         await socket.close()
 
 
-async def _hold(ctx: PassContext, kind: str, port: int, pid: int) -> dict[str, Any]:
+async def _hold(
+    ctx: PassContext,
+    kind: str,
+    port: int,
+    pid: int,
+    *,
+    count: int | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Connect `count` (default `connections`) replicas, hold them idle, measure the server
+    (`pid` and its child processes)."""
     sizes = ctx.sizes
+    asked = count or sizes.connections
     stamp = time.time_ns()
     collection = f"idle-{stamp}"
     if kind == "datagate":
@@ -53,12 +64,12 @@ async def _hold(ctx: PassContext, kind: str, port: int, pid: int) -> dict[str, A
         url = f"ws://127.0.0.1:{port}/bench/fanout/"
     await _warm_up(kind, url, ctx, collection)
     await asyncio.sleep(1)
-    rss_idle = rss_bytes(pid)
+    rss_idle = tree_rss_bytes(pid)
     configs = [
         {
             "kind": "datagate" if kind == "datagate" else "bare",
             "url": url,
-            "count": count,
+            "count": share,
             "token": ctx.token,
             "tenant": TENANT,
             "collection": collection,
@@ -68,21 +79,21 @@ async def _hold(ctx: PassContext, kind: str, port: int, pid: int) -> dict[str, A
             "deadline": 900,
             "record": False,
         }
-        for index, count in enumerate(split(sizes.connections, sizes.client_processes))
+        for index, share in enumerate(split(asked, sizes.client_processes))
     ]
     started = time.perf_counter()
-    with profiled(ctx, pid, f"connect-{kind}", 10):
+    with profiled(ctx, pid, label or f"connect-{kind}", 10):
         clients, ready = await start_clients("receive", configs, ready_timeout=700)
     try:
         connect_seconds = time.perf_counter() - started
         connected = sum(r["connected"] for r in ready)
-        rss_connected = rss_bytes(pid)
+        rss_connected = tree_rss_bytes(pid)
         await asyncio.sleep(sizes.connections_hold)
         for client in clients:
             await client.command("count")
         counts = await asyncio.gather(*(client.event(60) for client in clients))
         closed = sum(c["closed"] for c in counts)
-        rss_held = rss_bytes(pid)
+        rss_held = tree_rss_bytes(pid)
         for client in clients:
             await client.command("stop")
         results = await asyncio.gather(*(client.event(60) for client in clients))
@@ -91,7 +102,7 @@ async def _hold(ctx: PassContext, kind: str, port: int, pid: int) -> dict[str, A
     held = connected - closed
     per_connection = (rss_held - rss_idle) / held if held else None
     return {
-        "asked": sizes.connections,
+        "asked": asked,
         "connected": connected,
         "failed": sum(r["failed"] for r in ready),
         "closed_while_idle": closed,

@@ -34,7 +34,6 @@ from bench.harness import (
     TENANT,
     ClientProcess,
     PassContext,
-    cpu_seconds,
     daphne,
     latency_summary,
     make_document,
@@ -42,6 +41,7 @@ from bench.harness import (
     ratio,
     split,
     start_clients,
+    tree_cpu_seconds,
 )
 from bench.push_ingest import replication_route_missing
 from bench.wire import FEED, FEED_ACK, Session, live_session, open_socket, receipt_for
@@ -160,11 +160,23 @@ async def _drain(clients: list[ClientProcess], expected: int, seconds: float) ->
 
 
 async def _one_run(
-    ctx: PassContext, kind: str, replicas: int, port: int, pid: int
+    ctx: PassContext,
+    kind: str,
+    replicas: int,
+    port: int,
+    pid: int,
+    *,
+    receiver_ports: list[int] | None = None,
+    pids: list[int] | None = None,
 ) -> dict[str, Any]:
+    """One fan-out run. The writer talks to `port`; the receivers' client processes are spread
+    over `receiver_ports` (default: `port`); the CPU counted is that of `pids` (default: `pid`)
+    and their child processes."""
     sizes = ctx.sizes
     stamp = time.time_ns()
     collection = f"fanout-{replicas}-{stamp}"
+    ports = receiver_ports or [port]
+    measured = pids or [pid]
     if kind == "datagate":
         receiver_url = ctx.collection_url(port, collection)
     elif kind == "bare_channels":
@@ -174,7 +186,7 @@ async def _one_run(
     configs = [
         {
             "kind": "datagate" if kind == "datagate" else "bare",
-            "url": receiver_url,
+            "url": receiver_url.replace(f":{port}/", f":{ports[index % len(ports)]}/"),
             "count": count,
             "token": ctx.token,
             "tenant": TENANT,
@@ -200,13 +212,13 @@ async def _one_run(
             session = Session(socket, token=ctx.token, tenant=TENANT, collection=collection)
         writer = Writer(session, datagate=kind == "datagate")
         changes = int(sizes.fanout_rate * sizes.fanout_seconds)
-        cpu_before = cpu_seconds(pid)
+        cpu_before = sum(tree_cpu_seconds(p) for p in measured)
         with profiled(ctx, pid, f"fanout-{kind}-{replicas}", sizes.fanout_seconds):
             first_us = await writer.write(count=changes, rate=sizes.fanout_rate, prefix=collection)
         write_seconds = time.time_ns() / 1e9 - first_us / 1e6
         expected = connected * changes
         await _drain(clients, expected, 60)
-        cpu_used = cpu_seconds(pid) - cpu_before
+        cpu_used = sum(tree_cpu_seconds(p) for p in measured) - cpu_before
         for client in clients:
             await client.command("stop")
         results = []

@@ -52,6 +52,11 @@ class Sizes:
     # bench/views.py: catch-up of a data view selecting one document in `views_every`.
     views_docs: int = 100_000
     views_every: int = 100
+    # bench/servers.py: daphne, uvicorn and granian side by side.
+    servers_replicas: int = 200
+    servers_connections: int = 2_000
+    # bench/processes.py: one daphne against two on PostgreSQL + Redis.
+    processes_replicas: tuple[int, ...] = (200, 1000)
 
 
 FULL = Sizes(
@@ -87,6 +92,9 @@ QUICK = Sizes(
     ranges_docs=5_000,
     ranges_differences=20,
     views_docs=10_000,
+    servers_replicas=50,
+    servers_connections=200,
+    processes_replicas=(50,),
 )
 # The smallest run that still goes through every step: the harness's own test.
 SMOKE = Sizes(
@@ -110,6 +118,9 @@ SMOKE = Sizes(
     ranges_differences=5,
     views_docs=1_000,
     views_every=10,
+    servers_replicas=4,
+    servers_connections=20,
+    processes_replicas=(4,),
 )
 SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
@@ -195,6 +206,36 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (granian serves from a worker process of its own)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    queue.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its living descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += rss_bytes(member)
+    return total
 
 
 # --- numbers ----------------------------------------------------------------------------------
@@ -284,6 +325,24 @@ def daphne(ctx: PassContext, name: str, application: str = "datagate_site.asgi:a
 
     return DaphneServer.start(
         tmp_path=ctx.work_dir, extra_env=ctx.server_env, name=name, application=application
+    )
+
+
+def asgi_server(
+    ctx: PassContext,
+    kind: str,
+    name: str,
+    application: str = "datagate_site.asgi:application",
+    extra_env: dict[str, str] | None = None,
+) -> Any:
+    """A fresh `kind` server (daphne, uvicorn or granian: tests/live_server.py SERVERS)."""
+    from tests.live_server import SERVERS
+
+    return SERVERS[kind].start(
+        tmp_path=ctx.work_dir,
+        extra_env={**ctx.server_env, **(extra_env or {})},
+        name=name,
+        application=application,
     )
 
 

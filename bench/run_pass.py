@@ -27,6 +27,8 @@ BENCHMARKS = (
     "couchdb",
     "ranges",
     "views",
+    "servers",
+    "processes",
 )
 
 

@@ -103,17 +103,14 @@ class DaphneServer:
         server.launch()
         return server
 
+    def command(self) -> list[str]:
+        """The command line that serves `application` on `port` (other servers override it)."""
+        return [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), self.application]
+
     def launch(self) -> None:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                str(DAPHNE),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                self.application,
-            ],
+            self.command(),
             cwd=ROOT,
             env=self.env,
             stdout=self._log,
@@ -122,14 +119,14 @@ class DaphneServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited early:\n{self.log()}")
+                raise RuntimeError(f"{self.command()[0]} exited early:\n{self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"daphne did not start within 30 s:\n{self.log()}")
+        raise RuntimeError(f"{self.command()[0]} did not start within 30 s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -150,3 +147,64 @@ class DaphneServer:
     def restart(self) -> None:
         self.stop()
         self.launch()
+
+
+class UvicornServer(DaphneServer):
+    """The same application under uvicorn (the `servers` extra; bench/servers.py).
+
+    uvloop and httptools, as uvicorn runs in production; the `websockets` protocol with its
+    message limit at DATAGATE_MAX_FRAME_BYTES + 1, so a message of any size over the limit
+    up to that still reaches the application (DG-2007, then 1009), and a larger one is closed
+    with 1009 by the websockets library itself. Channels has no lifespan handler: off.
+    """
+
+    def command(self) -> list[str]:
+        limit = int(self.env.get("DATAGATE_MAX_FRAME_BYTES", 1024 * 1024))
+        return [
+            str(Path(sys.executable).with_name("uvicorn")),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--lifespan",
+            "off",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "websockets",
+            "--ws-max-size",
+            str(limit + 1),
+            "--log-level",
+            "warning",
+            self.application,
+        ]
+
+
+class GranianServer(DaphneServer):
+    """The same application under granian (Rust HTTP and websockets), one worker, ASGI
+    without lifespan (`asginl`: Channels has no lifespan handler)."""
+
+    def command(self) -> list[str]:
+        return [
+            str(Path(sys.executable).with_name("granian")),
+            "--interface",
+            "asginl",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            self.application,
+        ]
+
+
+SERVERS: dict[str, type[DaphneServer]] = {
+    "daphne": DaphneServer,
+    "uvicorn": UvicornServer,
+    "granian": GranianServer,
+}
