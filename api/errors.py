@@ -19,8 +19,8 @@ from django.views.defaults import page_not_found, server_error
 from rest_framework import exceptions
 from rest_framework.response import Response
 
+from core import metrics
 from core.errors import DataGateError, ErrorCode
-from datagate_site import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from api.schema import (
     CollectionStatsSerializer,
     TenantListSerializer,
 )
+from core import metrics
 from core.errors import DataGateError, ErrorCode
-from datagate_site import metrics
 from replication import services
 from replication.changes import Version, version_to_wire
 from replication.conflicts import WRITE

@@ -1,11 +1,12 @@
-"""Prometheus metrics: every DataGate metric is defined here, with the functions that record it.
+"""`/metrics`: the Prometheus scrape view, the gauges read from the database, the HTTP latency
+middleware.
 
-Consumers, services and the HTTP layer call the small `*_record`/`connection_*` functions below;
-nothing else touches prometheus_client. Counters and histograms live in this process (each
-daphne process is scraped on its own). Gauges that the database already knows (replicas online,
-replication lag, documents, GC runs recorded by maintenance) are computed from it at scrape time,
-so they are right whichever process answers the scrape. GC runs are counted from the
-maintenance runs recorded in the database (`datagate_maintenance_runs_total{job="gc"}`).
+The counters and histograms, and the functions that record them, are in `core/metrics.py` (the
+registry every layer records into; it reads no model). Gauges that the database already knows
+(replicas online, replication lag, documents, GC runs recorded by maintenance) are computed from
+it here at scrape time, so they are right whichever process answers the scrape. GC runs are
+counted from the maintenance runs recorded in the database
+(`datagate_maintenance_runs_total{job="gc"}`).
 
 `/metrics` is protected: a bearer token with the `metrics` scope, or a staff session.
 """
@@ -17,96 +18,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import Count, F, Max, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-REGISTRY = CollectorRegistry()
-
-CONNECTIONS = Counter(
-    "datagate_connections",
-    "Websocket connections accepted, by endpoint (sync or topics).",
-    ["endpoint"],
-    registry=REGISTRY,
-)
-DISCONNECTIONS = Counter(
-    "datagate_disconnections",
-    "Websocket connections closed, by endpoint.",
-    ["endpoint"],
-    registry=REGISTRY,
-)
-PUSHED_CHANGES = Counter(
-    "datagate_pushed_changes",
-    "Changes received from replicas and the HTTP API, by outcome (applied, rejected).",
-    ["outcome"],
-    registry=REGISTRY,
-)
-FEEDS = Counter(
-    "datagate_feeds_sent",
-    "Live feeds sent to replicas.",
-    registry=REGISTRY,
-)
-BYTES = Counter(
-    "datagate_bytes",
-    "Websocket payload bytes, by direction (in, out).",
-    ["direction"],
-    registry=REGISTRY,
-)
-ERRORS = Counter(
-    "datagate_errors",
-    "Errors reported to clients, by DG code.",
-    ["code"],
-    registry=REGISTRY,
-)
-HTTP_LATENCY = Histogram(
-    "datagate_http_request_duration_seconds",
-    "HTTP request latency, by method, URL route and status class.",
-    ["method", "route", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=REGISTRY,
-)
-
-
-# --- recording functions (the only API the rest of the code uses) ---------------------------
-
-
-def connection_opened(*, endpoint: str) -> None:
-    CONNECTIONS.labels(endpoint=endpoint).inc()
-
-
-def connection_closed(*, endpoint: str) -> None:
-    DISCONNECTIONS.labels(endpoint=endpoint).inc()
-
-
-def push_record(*, applied: int, rejected: int) -> None:
-    if applied:
-        PUSHED_CHANGES.labels(outcome="applied").inc(applied)
-    if rejected:
-        PUSHED_CHANGES.labels(outcome="rejected").inc(rejected)
-
-
-def feed_record(*, count: int = 1) -> None:
-    FEEDS.inc(count)
-
-
-_BYTES_BY_DIRECTION = {direction: BYTES.labels(direction=direction) for direction in ("in", "out")}
-
-
-def bytes_record(*, direction: str, count: int) -> None:
-    # Called for every frame: the labelled counters are looked up once.
-    counter = _BYTES_BY_DIRECTION.get(direction) or BYTES.labels(direction=direction)
-    counter.inc(count)
-
-
-def error_record(*, code: str) -> None:
-    ERRORS.labels(code=code).inc()
-
-
-def http_request_record(*, method: str, route: str, status: int, seconds: float) -> None:
-    HTTP_LATENCY.labels(method=method, route=route, status=f"{status // 100}xx").observe(seconds)
-
+from accounts.tokens import TokenRejected, token_authenticate
+from core.metrics import REGISTRY, error_record, http_request_record
+from replication.models import Collection, Document, ErrorEvent, MaintenanceRun, Replica
 
 # --- gauges computed from the database at scrape time ---------------------------------------
 
@@ -115,10 +35,6 @@ class DatabaseCollector(Collector):
     """Replicas online, replication lag and stored totals, read from the database per scrape."""
 
     def collect(self) -> Iterable[Metric]:
-        from django.db.models import Count, F, Max, Sum
-
-        from replication.models import Collection, Document, Replica
-
         online = Replica.objects.filter(online=True)
         yield GaugeMetricFamily(
             "datagate_replicas_online", "Replicas connected now.", value=online.count()
@@ -147,8 +63,6 @@ class DatabaseCollector(Collector):
             "Error events kept in the database (the console's list), by code.",
             labels=["code"],
         )
-        from replication.models import ErrorEvent, MaintenanceRun
-
         for row in ErrorEvent.objects.values("code").annotate(n=Count("id")).order_by("code"):
             errors.add_metric([row["code"]], row["n"])
         yield errors
@@ -174,8 +88,6 @@ REGISTRY.register(DatabaseCollector())
 
 def _allowed(request: HttpRequest) -> tuple[bool, int, str]:
     """(allowed, status, reason): a `metrics`-scoped bearer token or a staff session."""
-    from accounts.tokens import TokenRejected, token_authenticate
-
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, raw = header.partition(" ")

@@ -22,8 +22,8 @@ from strawberry.types import Info
 from accounts.access import access_topic_connect
 from accounts.models import Tenant
 from api import selectors as api_selectors
+from core import metrics
 from core.errors import DataGateError, ErrorCode
-from datagate_site import metrics
 from graphqlapi import live, selectors
 from graphqlapi.errors import DataGateErrors
 from replication import services

@@ -20,10 +20,10 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
+from core import metrics
 from core.consumer_dispatch import DirectDispatchMixin
 from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from core.errors import DataGateError, ErrorCode
-from datagate_site import metrics
 from replication import data_views, ranges, selectors, services
 from replication.live import FeedBlock, LiveHub, get_hub
 from replication.markers import Markers

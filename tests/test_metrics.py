@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from accounts.access import System
-from datagate_site import metrics
+from core import metrics
 from replication.models import Replica
 from replication.services import document_put
 from tests.api_support import fast_cli_application, person
