@@ -59,7 +59,8 @@ class PouchDriver:
         """Run one command; PouchDB's errors come back as {"error": {name, status, reason}}."""
         with self._lock:
             self._next += 1
-            assert self.process.stdin is not None and self.process.stdout is not None
+            assert self.process.stdin is not None
+            assert self.process.stdout is not None
             self.process.stdin.write(json.dumps({"id": self._next, "op": op, **args}) + "\n")
             self.process.stdin.flush()
             line = self.process.stdout.readline()

@@ -91,7 +91,7 @@ TENANT_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("who,role,read,admin,create", TENANT_TABLE)
+@pytest.mark.parametrize(("who", "role", "read", "admin", "create"), TENANT_TABLE)
 def test_tenant_level_decisions_follow_the_role(
     world: World, who: str, role: str | None, read: bool, admin: bool, create: bool
 ) -> None:
@@ -127,7 +127,7 @@ COLLECTION_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("who,name,read,write,admin", COLLECTION_TABLE)
+@pytest.mark.parametrize(("who", "name", "read", "write", "admin"), COLLECTION_TABLE)
 def test_collection_level_decisions_combine_roles_and_grants(
     world: World, who: str, name: str, read: bool, write: bool, admin: bool
 ) -> None:
@@ -167,7 +167,7 @@ def test_revoking_a_grant_withdraws_access(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "scopes,scope,allowed",
+    ("scopes", "scope", "allowed"),
     [(["read"], "read", True), (["read"], "write", False), ([], "topics", False)],
 )
 def test_access_scope(scopes: list[str], scope: str, allowed: bool) -> None:
@@ -240,7 +240,7 @@ DOCUMENT_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("who,doc_id,read,write,delete", DOCUMENT_TABLE)
+@pytest.mark.parametrize(("who", "doc_id", "read", "write", "delete"), DOCUMENT_TABLE)
 def test_document_decisions_apply_key_rules_in_order(
     rules: World, who: str, doc_id: str, read: bool, write: bool, delete: bool
 ) -> None:
@@ -254,7 +254,7 @@ def test_document_decisions_apply_key_rules_in_order(
 
 
 @pytest.mark.parametrize(
-    "who,expected",
+    ("who", "expected"),
     [
         ("outsider", "nothing"),  # may not read the collection: a predicate refusing all
         ("admin", None),  # exempt: no per-id check at all
@@ -270,9 +270,12 @@ def test_read_filter_is_none_without_rules_and_a_predicate_with_them(
     if expected is None:
         assert predicate is None
     elif expected == "nothing":
-        assert predicate is not None and not predicate("plain")
+        assert predicate is not None
+        assert not predicate("plain")
     else:
-        assert predicate is not None and predicate("plain") and not predicate("user-x/1")
+        assert predicate is not None
+        assert predicate("plain")
+        assert not predicate("user-x/1")
 
 
 def test_read_filter_is_none_for_a_collection_without_rules(world: World) -> None:
@@ -322,7 +325,7 @@ def test_the_policy_is_compiled_with_a_fixed_number_of_queries(
 
 
 @pytest.mark.parametrize(
-    "kwargs,message",
+    ("kwargs", "message"),
     [
         ({"effect": "maybe", "actions": ["read"]}, "unknown effect"),
         ({"effect": "allow", "actions": []}, "actions must be"),

@@ -54,7 +54,7 @@ def test_the_write_services_have_no_default_actor(collection: Any) -> None:
         batch_apply(collection_id=collection.pk, feed={}, origin="t")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="actor must be"):
         document_put(actor=None, collection_id=collection.pk, doc_id="a", body={}, origin="t")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="System needs a purpose"):
         System("")
     assert not Document.objects.exists()
 

@@ -170,7 +170,8 @@ def test_token_with_role_refresh_and_revoke(make_user: Any, tenant: Any) -> None
         )
     )
     assert Membership.objects.get(user=alice).role == "writer"
-    assert data["token_type"] == "Bearer" and data["scope"] == "read"
+    assert data["token_type"] == "Bearer"
+    assert data["scope"] == "read"
     assert token_authenticate(data["access_token"]).user == alice
     lines = run("datagate_token", "--refresh", "-", stdin=data["refresh_token"] + "\n").split()
     assert len(lines) == 2

@@ -171,12 +171,16 @@ def test_a_writer_writes_through_the_service_with_a_seq_and_a_journal_entry(
     response = put(api(people["writer"]), "a", {"title": "hello", "tags": ["x"]})
     assert response.status_code == 200
     doc = response.json()
-    assert doc["_id"] == "a" and doc["_revision"] == 1 and doc["title"] == "hello"
+    assert doc["_id"] == "a"
+    assert doc["_revision"] == 1
+    assert doc["title"] == "hello"
     assert doc["_origin"] == "api:wendy"
     assert response["ETag"] == '"1"'
     entry = JournalEntry.objects.get(collection=collection, doc_id="a")
-    assert entry.seq == 2 and entry.operation == "put"
-    assert entry.user is not None and entry.user.username == "wendy"
+    assert entry.seq == 2
+    assert entry.operation == "put"
+    assert entry.user is not None
+    assert entry.user.username == "wendy"
     assert api(people["reader"]).get(f"{BASE}/documents/a").json() == doc
 
 
@@ -204,7 +208,7 @@ def test_a_writer_creates_a_missing_collection_on_first_write(
 
 
 @pytest.mark.parametrize(
-    "body,code",
+    ("body", "code"),
     [
         ([1, 2], "DG-8004"),
         ({"_id": "other"}, "DG-8004"),
@@ -341,7 +345,8 @@ def test_changes_page_in_seq_order_with_the_websocket_markers(
     first = client.get(f"{BASE}/changes/", {"limit": 2}).json()
     assert first["startMarkers"] == {"collectionMarker": 0, "tombstoneMarker": epoch}
     assert [d["_id"] for d in first["feed"]["changeSet"]] == ["seed", "b"]
-    assert first["hasMore"] is True and first["reset"] is False
+    assert first["hasMore"] is True
+    assert first["reset"] is False
     assert first["endMarkers"] == {"collectionMarker": 3, "tombstoneMarker": epoch}
     assert first["next"].endswith(f"collectionMarker=3&tombstoneMarker={epoch}&limit=2")
     # The same page the websocket pull reads: changes_since and feed_from_changes.
@@ -350,7 +355,8 @@ def test_changes_page_in_seq_order_with_the_websocket_markers(
     second = client.get(first["next"]).json()
     assert [d["_id"] for d in second["feed"]["changeSet"]] == ["c"]
     assert list(second["feed"]["tombstoneMap"]) == ["a"]
-    assert second["hasMore"] is False and second["next"] is None
+    assert second["hasMore"] is False
+    assert second["next"] is None
     assert second["endMarkers"] == {"collectionMarker": 5, "tombstoneMarker": epoch}
     after = client.get(f"{BASE}/changes/", second["endMarkers"]).json()
     assert after["feed"] == {"changeSet": [], "tombstoneMap": {}}
@@ -394,8 +400,10 @@ def test_unknown_urls_and_methods_answer_in_the_error_shape(
 def test_errors_are_recorded_as_error_events(api: Any, people: dict[str, str]) -> None:
     put(api(people["reader"]), "a", {"x": 1})
     event = ErrorEvent.objects.get(code="DG-3002")
-    assert event.user is not None and event.user.username == "rita"
-    assert event.tenant == "acme" and event.collection == "notes"
+    assert event.user is not None
+    assert event.user.username == "rita"
+    assert event.tenant == "acme"
+    assert event.collection == "notes"
     assert event.context["http"] == f"PUT {BASE}/documents/a"
 
 
@@ -520,7 +528,8 @@ def test_a_key_rule_hides_documents_from_every_read(api: Any, ruled: dict[str, s
     client = api(ruled["reader"])
     assert error_of(client.get(f"{BASE}/documents/secret-1")) == (404, "DG-8001")
     listed = [d["_id"] for d in client.get(f"{BASE}/documents/").json()["documents"]]
-    assert "secret-1" not in listed and "public-1" in listed
+    assert "secret-1" not in listed
+    assert "public-1" in listed
     changes = client.get(f"{BASE}/changes/").json()
     assert "secret-1" not in [d["_id"] for d in changes["feed"]["changeSet"]]
     # The markers still cover the hidden change, so the client never waits for it.

@@ -75,7 +75,8 @@ async def test_http_writes_reach_live_replicas_and_replica_pushes_show_over_http
         http, daphne, "GET", f"{base}/documents/from-phone", token
     )
     assert status == 200
-    assert doc["title"] == "typed offline" and doc["_origin"] == "phone"
+    assert doc["title"] == "typed offline"
+    assert doc["_origin"] == "phone"
     assert headers["ETag"] == f'"{doc["_revision"]}"'
     query = "?" + urllib.parse.urlencode(before)
     status, since, _ = await asyncio.to_thread(
@@ -91,5 +92,6 @@ async def test_http_writes_reach_live_replicas_and_replica_pushes_show_over_http
     )
     assert status == 204
     await replica.feed_until(replica.markers["collectionMarker"] + 1)
-    assert "from-http" in replica.tombstones and "from-http" not in replica.documents
+    assert "from-http" in replica.tombstones
+    assert "from-http" not in replica.documents
     assert "Traceback" not in daphne.log()

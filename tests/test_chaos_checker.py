@@ -66,7 +66,8 @@ def test_a_history_that_keeps_every_promise_passes() -> None:
     ]
     report = check(events)
     assert report.ok, report.violations
-    assert report.acked == 3 and report.acked_deletes == 1
+    assert report.acked == 3
+    assert report.acked_deletes == 1
     assert report.faults == {"kill_daphne": 1}
     assert report.summary()["convergence p50 s"] == 1.5
     assert render(report, events).startswith("PASS")
@@ -276,7 +277,8 @@ def test_a_failure_prints_the_seed_and_the_subjects_history() -> None:
     ]
     report = check(events)
     text = render(report, events)
-    assert "FAIL (seed 7)" in text and "make chaos SEED=7" in text
+    assert "FAIL (seed 7)" in text
+    assert "make chaos SEED=7" in text
     shown = witness(events, report.violations[0])
     assert [e["kind"] for e in shown] == ["op", "fault", "ack", "final_state"]
     assert all(e.get("doc") in (None, "a") for e in shown)

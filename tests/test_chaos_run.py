@@ -62,4 +62,5 @@ def test_a_short_chaos_run_loses_nothing_and_converges_after_every_heal() -> Non
     report = result.stdout + result.stderr[-5000:]
     assert result.returncode == 0, report
     assert "PASS (seed 1605)" in result.stdout
-    assert "lost: 0" in result.stdout and "resurrected: 0" in result.stdout
+    assert "lost: 0" in result.stdout
+    assert "resurrected: 0" in result.stdout

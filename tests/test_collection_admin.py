@@ -41,13 +41,15 @@ def test_create_set_ttl_list_and_delete_with_the_command(tenant: Any) -> None:
     created = json.loads(
         run("datagate_collection", "create", "acme/events", "--tombstone-ttl-days", "7", "--json")
     )
-    assert created["collection"] == "acme/events" and created["tombstone_ttl_days"] == 7
+    assert created["collection"] == "acme/events"
+    assert created["tombstone_ttl_days"] == 7
     with pytest.raises(CommandError, match="DG-7201") as info:
         run("datagate_collection", "create", "acme/events")
     assert info.value.returncode == 1
     run("datagate_collection", "ttl", "acme/events", "--journal-retention-days", "90")
     rows = json.loads(run("datagate_collection", "list", "acme", "--json"))
-    assert rows[0]["tombstone_ttl_days"] == 7 and rows[0]["journal_retention_days"] == 90
+    assert rows[0]["tombstone_ttl_days"] == 7
+    assert rows[0]["journal_retention_days"] == 90
     run("datagate_collection", "ttl", "acme/events", "--tombstone-ttl-days", "default")
     assert Collection.objects.get(name="events").tombstone_ttl_days is None
     with pytest.raises(CommandError, match="DG-7205"):

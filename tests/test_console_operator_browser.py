@@ -203,8 +203,10 @@ def test_every_console_page_loads_without_a_browser_console_error(
         "/maintenance/",
     ):
         response = page.goto(base + path)
-        assert response is not None and response.status == 200, path
+        assert response is not None, path
+        assert response.status == 200, path
         page.wait_for_load_state("load")
     page.goto(f"{daphne.http_url}/favicon.ico")
-    assert problems == [] and failed == [], (problems, failed)
+    assert problems == [], (problems, failed)
+    assert failed == [], (problems, failed)
     page.close()

@@ -40,39 +40,49 @@ async def test_server_root_has_a_stable_uuid_and_couchdb_shape() -> None:
     status, first = await couch("GET", "acme/")
     _, second = await couch("GET", "acme")
     assert status == 200
-    assert first["couchdb"] == "Welcome" and first["uuid"] == second["uuid"]
+    assert first["couchdb"] == "Welcome"
+    assert first["uuid"] == second["uuid"]
     _, other = await couch("GET", "other/")
     assert other["uuid"] != first["uuid"]
 
 
 async def test_database_info_create_and_refusals(people: dict[str, str]) -> None:
     status, body = await couch("GET", f"{DB}/")
-    assert status == 401 and body["error"] == "unauthorized"
+    assert status == 401
+    assert body["error"] == "unauthorized"
     assert body["reason"].startswith("DG-1001")
     status, info = await couch("GET", f"{DB}/", people["ann"])
     assert status == 200
-    assert info["db_name"] == "notes" and info["doc_count"] == 0
+    assert info["db_name"] == "notes"
+    assert info["doc_count"] == 0
     assert isinstance(info["update_seq"], str)
     status, body = await couch("GET", "acme/missing/", people["ann"])
-    assert status == 404 and body["error"] == "not_found"
+    assert status == 404
+    assert body["error"] == "not_found"
     assert (await couch("GET", f"{DB}/", people["nobody"]))[0] == 404
     assert (await couch("PUT", "acme/missing/", people["rita"]))[0] == 403
     status, body = await couch("PUT", "acme/missing/", people["ann"])
     assert (status, body) == (201, {"ok": True})
     status, body = await couch("PUT", "acme/missing/", people["ann"])
-    assert status == 412 and body["error"] == "file_exists"
+    assert status == 412
+    assert body["error"] == "file_exists"
 
 
 async def test_local_checkpoints_are_404_until_saved(people: dict[str, str]) -> None:
     token = people["ann"]
     status, body = await couch("GET", f"{DB}/_local/abc", token)
-    assert status == 404 and body["error"] == "not_found"
+    assert status == 404
+    assert body["error"] == "not_found"
     status, saved = await couch("PUT", f"{DB}/_local/abc", token, {"last_seq": "5-1"})
-    assert status == 201 and saved["ok"] and saved["id"] == "_local/abc"
+    assert status == 201
+    assert saved["ok"]
+    assert saved["id"] == "_local/abc"
     status, again = await couch("PUT", f"{DB}/_local/abc", token, {"last_seq": "9-1"})
     assert again["rev"] != saved["rev"]
     status, got = await couch("GET", f"{DB}/_local/abc", token)
-    assert status == 200 and got["last_seq"] == "9-1" and got["_id"] == "_local/abc"
+    assert status == 200
+    assert got["last_seq"] == "9-1"
+    assert got["_id"] == "_local/abc"
     # A reader may write checkpoints too: PouchDB writes them on both sides of a pull.
     assert (await couch("PUT", f"{DB}/_local/r", people["rita"], {"x": 1}))[0] == 201
     # They never show as documents.
@@ -109,7 +119,8 @@ async def test_replicated_push_then_changes_revs_diff_and_bulk_get(people: dict[
 
     # since + limit page through, each page's last_seq is where the next starts.
     _, first = await couch("GET", f"{DB}/_changes", token, query={"limit": 1})
-    assert len(first["results"]) == 1 and first["pending"] >= 1
+    assert len(first["results"]) == 1
+    assert first["pending"] >= 1
     _, rest = await couch("GET", f"{DB}/_changes", token, query={"since": first["last_seq"]})
     assert [r["id"] for r in rest["results"]] == ["b", "c"]
 
@@ -153,7 +164,8 @@ async def test_a_conflict_is_won_by_the_rule_and_the_losing_branch_is_closed(
     (row,) = changes["results"]
     leaves = [c["rev"] for c in row["changes"]]
     assert leaves[0] == "2-right"  # arrived last: the later _modified wins
-    assert len(leaves) == 2 and leaves[1].startswith("3-")
+    assert len(leaves) == 2
+    assert leaves[1].startswith("3-")
     _, got = await couch(
         "POST",
         f"{DB}/_bulk_get",
@@ -162,13 +174,16 @@ async def test_a_conflict_is_won_by_the_rule_and_the_losing_branch_is_closed(
         query={"revs": "true"},
     )
     winner, closed = (r["docs"][0]["ok"] for r in got["results"])
-    assert winner["v"] == "right" and "_deleted" not in winner
+    assert winner["v"] == "right"
+    assert "_deleted" not in winner
     assert closed["_deleted"] is True
     assert closed["_revisions"]["ids"][1:] == ["left", "aa"]
     _, diff = await couch("POST", f"{DB}/_revs_diff", token, {"d": ["2-left", *leaves]})
     assert diff == {}
     status, single = await couch("GET", f"{DB}/d", token, query={"conflicts": "true"})
-    assert status == 200 and single["_rev"] == "2-right" and "_conflicts" not in single
+    assert status == 200
+    assert single["_rev"] == "2-right"
+    assert "_conflicts" not in single
 
     # A losing branch that arrives later is closed too, and the winner gets a new seq so
     # that its writer hears about it.
@@ -199,30 +214,42 @@ async def test_app_edits_with_new_edits_true_and_single_document_routes(
 ) -> None:
     token = people["ann"]
     status, created = await couch("PUT", f"{DB}/e", token, {"n": 1})
-    assert status == 201 and created["ok"] and created["rev"].startswith("1-")
+    assert status == 201
+    assert created["ok"]
+    assert created["rev"].startswith("1-")
     status, body = await couch("PUT", f"{DB}/e", token, {"n": 2})
-    assert status == 409 and body["error"] == "conflict"
+    assert status == 409
+    assert body["error"] == "conflict"
     status, updated = await couch("PUT", f"{DB}/e", token, {"n": 2, "_rev": created["rev"]})
-    assert status == 201 and updated["rev"].startswith("2-")
+    assert status == 201
+    assert updated["rev"].startswith("2-")
     status, doc = await couch("GET", f"{DB}/e", token, query={"revs": "true"})
-    assert doc["n"] == 2 and doc["_revisions"]["start"] == 2
+    assert doc["n"] == 2
+    assert doc["_revisions"]["start"] == 2
     status, bulk = await couch(
         "POST", f"{DB}/_bulk_docs", token, {"docs": [{"_id": "f", "n": 1}, {"_id": "e", "n": 9}]}
     )
     assert status == 201
-    assert bulk[0]["ok"] and bulk[1]["error"] == "conflict"
+    assert bulk[0]["ok"]
+    assert bulk[1]["error"] == "conflict"
     status, gone = await couch("DELETE", f"{DB}/e", token, query={"rev": updated["rev"]})
-    assert status == 200 and gone["rev"].startswith("3-")
+    assert status == 200
+    assert gone["rev"].startswith("3-")
     status, body = await couch("GET", f"{DB}/e", token)
-    assert status == 404 and body["reason"] == "deleted"
+    assert status == 404
+    assert body["reason"] == "deleted"
     status, old = await couch("GET", f"{DB}/e", token, query={"rev": gone["rev"]})
-    assert status == 200 and old["_deleted"] is True
+    assert status == 200
+    assert old["_deleted"] is True
     status, opened = await couch("GET", f"{DB}/f", token, query={"open_revs": "all"})
-    assert status == 200 and opened[0]["ok"]["n"] == 1
+    assert status == 200
+    assert opened[0]["ok"]["n"] == 1
     status, body = await couch("PUT", f"{DB}/g", token, {"_attachments": {"a": {}}})
-    assert status == 415 and body["reason"].startswith("DG-9002")
+    assert status == 415
+    assert body["reason"].startswith("DG-9002")
     status, body = await couch("PUT", f"{DB}/h", token, {"_secret": 1})
-    assert status == 400 and body["reason"].startswith("DG-4005")
+    assert status == 400
+    assert body["reason"].startswith("DG-4005")
     status, all_docs = await couch("GET", f"{DB}/_all_docs", token, query={"include_docs": "true"})
     assert [r["id"] for r in all_docs["rows"]] == ["f"]
     assert all_docs["rows"][0]["doc"]["n"] == 1
@@ -295,7 +322,8 @@ async def test_access_rules_apply_to_every_endpoint(people: dict[str, str]) -> N
         {"docs": [replicated("pub-2", "1-c", x=3)], "new_edits": False},
     )
     assert status == 201
-    assert refused[0]["error"] == "forbidden" and refused[0]["reason"].startswith("DG-3002")
+    assert refused[0]["error"] == "forbidden"
+    assert refused[0]["reason"].startswith("DG-3002")
 
 
 async def test_a_client_behind_the_purge_horizon_is_told_to_start_over(
@@ -307,14 +335,16 @@ async def test_a_client_behind_the_purge_horizon_is_told_to_start_over(
     _, info = await couch("GET", f"{DB}/", token)
     await sync_to_async(Collection.objects.filter(name="notes").update)(purge_seq=5, last_seq=9)
     status, body = await couch("GET", f"{DB}/_changes", token, query={"since": "2-1"})
-    assert status == 400 and body["reason"].startswith("DG-9001")
+    assert status == 400
+    assert body["reason"].startswith("DG-9001")
     epoch = info["update_seq"].split("-")[1]
     status, body = await couch("GET", f"{DB}/_changes", token, query={"since": f"3-{epoch}"})
     assert status == 400
     status, _ = await couch("GET", f"{DB}/_changes", token, query={"since": f"6-{epoch}"})
     assert status == 200
     status, body = await couch("GET", f"{DB}/_changes", token, query={"since": "x"})
-    assert status == 400 and body["reason"].startswith("DG-8003")
+    assert status == 400
+    assert body["reason"].startswith("DG-8003")
 
 
 async def test_longpoll_answers_when_a_change_commits(people: dict[str, str]) -> None:
@@ -333,7 +363,8 @@ async def test_longpoll_answers_when_a_change_commits(people: dict[str, str]) ->
     assert not waiting.done()
     await couch("PUT", f"{DB}/live", token, {"n": 1})
     status, body = await asyncio.wait_for(waiting, 10)
-    assert status == 200 and [r["id"] for r in body["results"]] == ["live"]
+    assert status == 200
+    assert [r["id"] for r in body["results"]] == ["live"]
     # Without a change, the timeout answers with nothing.
     status, empty = await couch(
         "GET",
@@ -341,7 +372,9 @@ async def test_longpoll_answers_when_a_change_commits(people: dict[str, str]) ->
         token,
         query={"feed": "longpoll", "since": body["last_seq"], "timeout": 200},
     )
-    assert status == 200 and empty["results"] == [] and empty["last_seq"] == body["last_seq"]
+    assert status == 200
+    assert empty["results"] == []
+    assert empty["last_seq"] == body["last_seq"]
 
 
 async def test_post_changes_with_the_doc_ids_filter(people: dict[str, str]) -> None:
@@ -358,7 +391,8 @@ async def test_post_changes_with_the_doc_ids_filter(people: dict[str, str]) -> N
     assert status == 200
     assert [(r["id"], r["doc"]["i"]) for r in body["results"]] == [("k1", 1), ("k3", 3)]
     status, body = await couch("GET", f"{DB}/_changes", token, query={"filter": "app/f"})
-    assert status == 400 and body["reason"].startswith("DG-9003")
+    assert status == 400
+    assert body["reason"].startswith("DG-9003")
 
 
 # --- bad input: a CouchDB error shape with a code, never a 500 -------------------------------
@@ -384,7 +418,8 @@ def test_any_replicated_document_gets_a_result_never_a_crash(doc: dict[str, Any]
         path = revs.path_from_doc(doc)
     except revs.BadRevision:
         return
-    assert path and all(revs.rev_generation(r) >= 1 for r in path)
+    assert path
+    assert all(revs.rev_generation(r) >= 1 for r in path)
     assert [revs.rev_generation(r) for r in path] == list(
         range(revs.rev_generation(path[0]), revs.rev_generation(path[0]) - len(path), -1)
     )
@@ -399,7 +434,8 @@ async def test_checkpoints_written_behind_reach_the_database(people: dict[str, s
     await couch("PUT", f"{DB}/_local/cp", token, {"last_seq": "4-1"})
     await get_checkpoints().flush()
     stored = await sync_to_async(LocalDocument.objects.get)(doc_id="cp")
-    assert stored.body == {"last_seq": "4-1"} and stored.rev == "0-2"
+    assert stored.body == {"last_seq": "4-1"}
+    assert stored.rev == "0-2"
     status, _ = await couch("DELETE", f"{DB}/_local/cp", token)
     assert status == 200
     assert (await couch("GET", f"{DB}/_local/cp", token))[0] == 404
@@ -440,7 +476,8 @@ def test_bulk_docs_answers_every_document_with_ok_or_a_coded_error(
     for doc, result in zip(docs, results, strict=True):
         assert ("ok" in result) != ("error" in result), result
         if "error" in result:
-            assert isinstance(result["reason"], str) and result["reason"]
+            assert isinstance(result["reason"], str)
+            assert result["reason"]
         elif new_edits:
             assert result["rev"].split("-")[0].isdigit()
         else:

@@ -94,9 +94,11 @@ async def test_a_revoked_token_ends_a_waiting_feed(token: str) -> None:
     await asyncio.sleep(0.3)
     await sync_to_async(token_revoke)(raw_token=token)
     status, body = await asyncio.wait_for(waiting, 10)
-    assert status == 200 and body["results"] == []
+    assert status == 200
+    assert body["results"] == []
     status, body = await couch("GET", f"{DB}/_changes", token)
-    assert status == 401 and body["reason"].startswith("DG-1001")
+    assert status == 401
+    assert body["reason"].startswith("DG-1001")
 
 
 async def test_a_key_rule_change_ends_a_waiting_feed(token: str) -> None:
@@ -119,4 +121,5 @@ async def test_a_key_rule_change_ends_a_waiting_feed(token: str) -> None:
         tenant=tenant, collection_name="notes", pattern="x-*", effect="deny", actions=["read"]
     )
     status, body = await asyncio.wait_for(waiting, 10)
-    assert status == 200 and body == {"last_seq": since}
+    assert status == 200
+    assert body == {"last_seq": since}

@@ -89,9 +89,11 @@ async def test_push_pull_updates_deletes_and_checkpoints(
     await pouch("remote", name="r", url=remote_url(daphne), token=tokens["ann"])
     await pouch("bulk", db="a", docs=[{"_id": f"n{i}", "i": i} for i in range(30)])
     pushed = await pouch("replicate", **{"from": "a", "to": "r"})
-    assert pushed["ok"] and pushed["docs_written"] == 30
+    assert pushed["ok"]
+    assert pushed["docs_written"] == 30
     state = await server_state()
-    assert len(state["documents"]) == 30 and state["documents"]["n7"]["body"] == {"i": 7}
+    assert len(state["documents"]) == 30
+    assert state["documents"]["n7"]["body"] == {"i": 7}
 
     # A second PouchDB pulls everything, then only what changed since its checkpoint.
     await pouch("local", name="b")
@@ -107,7 +109,8 @@ async def test_push_pull_updates_deletes_and_checkpoints(
     await pouch("remove", db="a", id="n2")
     await pouch("replicate", **{"from": "a", "to": "r"})
     state = await server_state()
-    assert state["documents"]["n1"]["body"] == {"i": 100} and "n2" in state["tombstones"]
+    assert state["documents"]["n1"]["body"] == {"i": 100}
+    assert "n2" in state["tombstones"]
     replica = await ws_replica(daphne, tokens["bob"], "phone")
     replica.put("n3", i=300)
     replica.delete("n4")
@@ -115,13 +118,16 @@ async def test_push_pull_updates_deletes_and_checkpoints(
     pulled = await pouch("replicate", **{"from": "r", "to": "b"})
     assert pulled["docs_read"] == 4
     mine = bodies(await pouch("all", db="b"))
-    assert mine["n1"] == {"i": 100} and mine["n3"] == {"i": 300}
-    assert "n2" not in mine and "n4" not in mine
+    assert mine["n1"] == {"i": 100}
+    assert mine["n3"] == {"i": 300}
+    assert "n2" not in mine
+    assert "n4" not in mine
     # And PouchDB edits what the websocket replica wrote as a plain update.
     doc = await pouch("get", db="b", id="n3")
     await pouch("put", db="b", doc={**doc, "i": 301})
     pushed = await pouch("replicate", **{"from": "b", "to": "r"})
-    assert pushed["docs_written"] == 1 and pushed["doc_write_failures"] == 0
+    assert pushed["docs_written"] == 1
+    assert pushed["doc_write_failures"] == 0
     assert (await server_state())["documents"]["n3"]["body"] == {"i": 301}
     await replica.disconnect()
 
@@ -228,7 +234,8 @@ async def test_refused_writes_are_denied_per_document(
     await pouch("local", name="a")
     await pouch("bulk", db="a", docs=[{"_id": "one", "i": 1}, {"_id": "two", "i": 2}])
     result = await pouch("replicate", **{"from": "a", "to": "r"})
-    assert result["doc_write_failures"] == 2 and result["docs_written"] == 0
+    assert result["doc_write_failures"] == 2
+    assert result["docs_written"] == 0
     assert {e["name"] for e in result["errors"]} == {"forbidden"}
     assert (await server_state())["documents"] == {}
 

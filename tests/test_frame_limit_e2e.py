@@ -114,10 +114,15 @@ async def test_topics_refuse_an_oversized_frame_the_same_way(
         async with websockets.connect(f"{server.ws_url}/ws/topics/acme/", max_size=None) as ws:
             await ws.send("t" * (2 * MIB))
             frames = []
-            with pytest.raises(websockets.ConnectionClosed) as closed:
+
+            async def receive_until_closed() -> None:
                 while True:
                     frames.append(await ws.recv())
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await receive_until_closed()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1009
             assert "DG-2007" in "".join(str(f) for f in frames)
         assert "Traceback" not in server.log()
     finally:

@@ -8,6 +8,7 @@ replicas share the collection with them. Runs on SQLite, and on PostgreSQL with 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from replication.selectors import collection_state
 from replication.services import collection_get_or_create
 from tests.g3_client import G3Replica
 from tests.live_server import DaphneServer
+
+log = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storage]
 
@@ -144,7 +147,8 @@ async def test_a_g3_push_of_100_documents_reaches_a_g3_and_an_sdk_replica(
     # and no document carried `_origin`.
     frames = [f for r in (first, second) for s in r.sessions for f in s.frames]
     docs = [d for f in frames for d in (f.get("feed") or {}).get("changeSet", [])]
-    assert docs and not any("_origin" in d for d in docs)
+    assert docs
+    assert not any("_origin" in d for d in docs)
 
 
 def replica_sessions(replica_id: str) -> int:
@@ -194,7 +198,8 @@ async def test_updates_and_deletes_flow_both_ways_between_g3_and_sdk_replicas(
     await own.sync()
     await nitrite.sync_once()
     assert nitrite.fields(c) == {"title": "c2"}
-    assert a not in nitrite.docs and nitrite.tombstones[a].source != "notes"
+    assert a not in nitrite.docs
+    assert nitrite.tombstones[a].source != "notes"
     # A new document from the SDK, with a NitriteId-shaped id, arrives too.
     d = nitrite.new_id()
     own.put(d, {"title": "from the sdk"})
@@ -233,7 +238,7 @@ async def test_a_change_reaches_the_other_kind_of_replica_within_one_g3_poll(
     sdk_delay = time.monotonic() - written
     pushed_in = min(s.number for s in nitrite.sessions if other in s.pushed_ids)
     assert pushed_in <= polls_before + 1
-    print(f"SDK->G3 {g3_delay:.2f} s, G3->SDK {sdk_delay:.2f} s (G3 polling period 1 s)")
+    log.info("SDK->G3 %.2f s, G3->SDK %.2f s (G3 polling period 1 s)", g3_delay, sdk_delay)
 
 
 async def test_a_bad_token_and_a_wrong_user_segment_show_their_codes_to_g3(
@@ -267,7 +272,9 @@ async def test_a_read_only_g3_users_refused_changes_end_as_the_servers_version(
     reader.remove(doomed)
     mine = reader.put(v="new")
     log = await reader.sync_once()
-    assert log.completed and not reader.ledger_added and not reader.ledger_removed
+    assert log.completed
+    assert not reader.ledger_added
+    assert not reader.ledger_removed
     assert reader.fields(kept) == {"v": "server"}
     assert mine not in reader.docs
     assert reader.fields(doomed) == {"v": "server too"}

@@ -78,7 +78,8 @@ def sent(effects: list[mc.Effect]) -> list[dict[str, Any]]:
 def connected() -> mc.Session:
     session = new_session()
     (auth,) = session.receive(client(m.CONNECT))
-    assert isinstance(auth, mc.Authenticate) and session.g3
+    assert isinstance(auth, mc.Authenticate)
+    assert session.g3
     sent(
         session.connect_accepted(user_name="wendy", read_only=False, end_markers=Markers(5, EPOCH))
     )
@@ -135,20 +136,23 @@ def test_every_g3_state_and_message_is_a_transition_or_a_g3_shaped_wrong_state_e
         sent(effects)
         return
     error, close = effects
-    assert isinstance(error, mc.ReportError) and close == mc.Close(4409)
+    assert isinstance(error, mc.ReportError)
+    assert close == mc.Close(4409)
     frame = session.error_message(error.error)
     # Before a Connect the mode is not known yet: the full contract's error.
     assert set(frame) == (
         {"header", "error", "code", "fatal"} if state is mc.State.OPEN else {"header", "error"}
     )
-    assert frame["error"].startswith("DG-2006 ") and len(frame["error"]) <= 123
+    assert frame["error"].startswith("DG-2006 ")
+    assert len(frame["error"]) <= 123
 
 
 def test_the_mode_is_what_the_connect_says() -> None:
     own = new_session()
     own.receive(client(m.CONNECT, capabilities=[]))
     (ack,) = own.connect_accepted(user_name="w", read_only=True, end_markers=Markers(5, EPOCH))
-    assert not own.g3 and {"capabilities", "readOnly"} <= set(ack.message)
+    assert not own.g3
+    assert {"capabilities", "readOnly"} <= set(ack.message)
     nitrite = connected()
     assert nitrite.transitions is mc.G3_TRANSITIONS
 
@@ -159,7 +163,9 @@ def test_a_g3_connect_ack_has_integer_offsets_and_the_ttl_in_days() -> None:
     (ack,) = sent(
         session.connect_accepted(user_name="wendy", read_only=True, end_markers=Markers(5, 7))
     )
-    assert ack["nextOffset"] == 0 and ack["batchSize"] == 0 and ack["tombstoneTtl"] == 30
+    assert ack["nextOffset"] == 0
+    assert ack["batchSize"] == 0
+    assert ack["tombstoneTtl"] == 30
     assert ack["header"]["transactionId"] == "tx1"
     assert ack["header"]["correlationId"] == "c-no2.sync.connect"
 
@@ -190,13 +196,13 @@ def test_a_push_chunk_acks_every_id_and_drops_the_origin_the_client_carried() ->
             feed={"changeSet": [carried, {"_id": 5}], "tombstoneMap": {"17": 1633299995000}},
         )
     )
-    assert isinstance(apply, mc.ApplyChunk) and apply.receipt_in_reply
+    assert isinstance(apply, mc.ApplyChunk)
+    assert apply.receipt_in_reply
     assert apply.feed["changeSet"][0] == DOC
     (reply,) = sent([mc.Send(apply.reply)])
     assert reply["receipt"] == {"added": [DOC["_id"]], "removed": ["17"]}
-    assert (
-        reply["nextOffset"] == 10 and reply["header"]["correlationId"] == "c-no2.sync.batch.start"
-    )
+    assert reply["nextOffset"] == 10
+    assert reply["header"]["correlationId"] == "c-no2.sync.batch.start"
 
 
 def test_a_retry_chunk_with_a_null_offset_is_acked_with_the_last_offset() -> None:
@@ -211,21 +217,25 @@ def test_a_retry_chunk_with_a_null_offset_is_acked_with_the_last_offset() -> Non
 def test_the_pull_is_g3_shaped_and_ends_with_non_null_markers() -> None:
     session = pulling()
     read = session.position_done(last_seq=3, purge_seq=0, epoch=EPOCH)[-1]
-    assert isinstance(read, mc.ReadChunk) and read.limit == 10
+    assert isinstance(read, mc.ReadChunk)
+    assert read.limit == 10
     feed = {"changeSet": [{**DOC, "_origin": "x"}], "tombstoneMap": {"9": 1633299995000}}
     (chunk,) = sent(session.chunk_done(feed=feed, covered=3, count=2))
     assert chunk["feed"]["changeSet"] == [DOC]
-    assert chunk["nextOffset"] == 2 and chunk["endMarkers"] == Markers(3, EPOCH).to_wire()
+    assert chunk["nextOffset"] == 2
+    assert chunk["endMarkers"] == Markers(3, EPOCH).to_wire()
     effects = session.receive(client(m.BATCH_ACK, chunk["header"]["id"]))
     (end,) = sent(effects)
     assert end["header"]["messageType"] == m.BATCH_END
-    assert end["nextOffset"] == 2 and end["endMarkers"] == {
+    assert end["nextOffset"] == 2
+    assert end["endMarkers"] == {
         "collectionMarker": 3,
         "tombstoneMarker": EPOCH,
     }
     effects = session.receive(client(m.BATCH_END_ACK, end["header"]["id"]))
     (disconnect,) = sent(effects)
-    assert set(disconnect) == {"header"} and effects[-1] == mc.Close(1000)
+    assert set(disconnect) == {"header"}
+    assert effects[-1] == mc.Close(1000)
 
 
 def test_a_reset_pull_is_a_snapshot_without_the_reset_key() -> None:
@@ -262,7 +272,8 @@ def test_refused_changes_are_read_back_and_sent_before_the_batch_end() -> None:
     effects = session.receive(client(m.BATCH_ACK, chunk["header"]["id"]))
     assert effects[0] == mc.RecordAck(5, 0)
     (end,) = sent(effects[1:])
-    assert end["header"]["messageType"] == m.BATCH_END and end["nextOffset"] == 2
+    assert end["header"]["messageType"] == m.BATCH_END
+    assert end["nextOffset"] == 2
     assert session.refused == {}
 
 

@@ -71,7 +71,8 @@ def test_a_read_only_users_echo_is_processed_and_a_real_change_refused(
     result = push(stored, echo, origin="r", guard=read_only, same_version_is_noop=True)
     assert (result.added, result.rejected) == (["1"], [])
     result = push(stored, edit, origin="r", guard=read_only, same_version_is_noop=True)
-    assert result.added == [] and [r.error.code for r in result.rejected] == ["DG-3002"]
+    assert result.added == []
+    assert [r.error.code for r in result.rejected] == ["DG-3002"]
     new = {**STORED, "_id": "2"}
     result = push(stored, new, origin="r", guard=read_only, same_version_is_noop=True)
     assert [r.doc_id for r in result.rejected] == ["2"]

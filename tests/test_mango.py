@@ -128,10 +128,13 @@ json_values = st.recursive(
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(json_values)
 def test_any_json_value_parses_or_gets_a_selector_code(raw: Any) -> None:
+    refused: DataGateError | None = None
     try:
         parsed = mango.parse(raw)
     except DataGateError as error:
-        assert error.code in {"DG-4101", "DG-4102", "DG-4103", "DG-4104"}
+        refused = error
+    if refused is not None:
+        assert refused.code in {"DG-4101", "DG-4102", "DG-4103", "DG-4104"}
         return
     if not parsed.parameters:
         parsed.matches(TASK)  # evaluating never raises

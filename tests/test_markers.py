@@ -26,8 +26,8 @@ def test_markers_round_trip_and_refuse_nonsense() -> None:
     assert Markers.from_wire(Markers(3, 9).to_wire()) == Markers(3, 9)
     assert Markers.from_wire(None) == Markers()
     assert Markers.from_wire({"collectionMarker": None, "tombstoneMarker": None}) == Markers()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="collectionMarker must be a non-negative integer"):
         Markers.from_wire({"collectionMarker": -1})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="collectionMarker must be a non-negative integer"):
         Markers.from_wire({"collectionMarker": "3"})
     assert 0 < new_epoch() < 2**31

@@ -173,7 +173,8 @@ async def test_after_a_restore_from_an_older_export_replicas_repair_only_the_dif
         assert (report.reset, report.repaired, report.fetched, report.pulled) == (False, 0, 0, 0)
         assert await server_state(collection) == newest
         assert local_state(phone) == local_state(laptop) == newest
-        assert (await phone.verify()).equal and (await laptop.verify()).equal
+        assert (await phone.verify()).equal
+        assert (await laptop.verify()).equal
         assert "Traceback" not in server.log()
     finally:
         await phone.close()
@@ -207,7 +208,8 @@ async def test_ranges_of_a_user_with_key_rules_cover_only_what_they_may_read(
             raw.execute("DELETE FROM documents WHERE doc_id = 'pub/1'")
         found = await rita.verify(repair=True)
         assert [(d.doc_id, d.kind) for d in found.differences] == [("pub/1", "missing")]
-        assert found.equal is True and rita.get("pub/1") is not None
+        assert found.equal is True
+        assert rita.get("pub/1") is not None
         assert all(not d["_id"].startswith("private/") for d in rita.list())
     finally:
         await writer.close()

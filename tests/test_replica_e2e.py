@@ -258,10 +258,12 @@ def test_a_readers_changes_are_rejected_once_and_kept_with_their_code(
     report = reader.sync()
     assert [r.version.doc_id for r in report.rejected] == ["nope"]
     [kept] = reader.rejected()
-    assert kept.code.startswith("DG-3") and kept.error.startswith(kept.code)
+    assert kept.code.startswith("DG-3")
+    assert kept.error.startswith(kept.code)
     assert reader.store.journal_size() == 0
     again = reader.sync()
-    assert again.rejected == [] and again.pushed == 0  # not retried
+    assert again.rejected == []
+    assert again.pushed == 0
     assert "nope" not in server_state(notes.pk)["documents"]
 
 
@@ -313,15 +315,18 @@ def test_the_command_line_works_as_the_readme_shows(
     assert cli(daphne, writer_token, phone, "get", "n1").returncode == 1
     progress = cli(daphne, writer_token, tmp_path / "tablet.sqlite3", "sync", "--progress")
     assert progress.returncode == 0, progress.stderr
-    assert "pulling [" in progress.stderr and "100% 2/2" in progress.stderr
+    assert "pulling [" in progress.stderr
+    assert "100% 2/2" in progress.stderr
     assert cli(daphne, writer_token, phone, "sync").returncode == 0
     assert cli(daphne, writer_token, laptop, "sync").returncode == 0
     assert cli(daphne, writer_token, laptop, "get", "n1").returncode == 1
     status = json.loads(cli(daphne, writer_token, laptop, "status", "--json").stdout)
-    assert status["journal"] == 0 and status["rejected"] == []
+    assert status["journal"] == 0
+    assert status["rejected"] == []
     assert status["markers"]["collectionMarker"] == 3  # put n1, put n2, rm n1
     server = server_state(notes.pk)
-    assert set(server["documents"]) == {"n2"} and set(server["tombstones"]) == {"n1"}
+    assert set(server["documents"]) == {"n2"}
+    assert set(server["tombstones"]) == {"n1"}
     assert cli(daphne, "", laptop, "sync").returncode == 2  # no token: a clear usage error
 
 
@@ -384,8 +389,10 @@ def test_a_replica_away_past_the_tombstone_horizon_resets_and_keeps_its_pending_
     Collection.objects.filter(pk=notes.pk).update(purge_seq=last_seq)
     away.put("offline", {"n": 3})  # pending when the reset arrives
     report = away.sync()
-    assert report.reset and not report.restored
-    assert away.get("purged") is None and away.get("offline") is not None
+    assert report.reset
+    assert not report.restored
+    assert away.get("purged") is None
+    assert away.get("offline") is not None
     assert away.store.journal_size() == 0
     assert away.state_hash() == state_digest(server_state(notes.pk))
 
@@ -405,7 +412,8 @@ def test_after_the_server_is_restored_from_an_older_backup_replicas_push_back_wh
     Collection.objects.filter(pk=notes.pk).update(last_seq=1, epoch=notes.epoch + 1)
     replica.put("d", {"v": "d"})  # made while the server was down
     report = replica.sync()
-    assert report.restored and report.requeued == 2
+    assert report.restored
+    assert report.requeued == 2
     state = server_state(notes.pk)
     assert set(state["documents"]) == {"a", "b", "c", "d"}
     assert replica.state_hash() == state_digest(state)

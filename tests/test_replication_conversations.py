@@ -386,7 +386,8 @@ async def test_a_read_only_user_pushing_gets_every_change_rejected(
     reader.delete("theirs")
     (batch_ack,) = await reader.push()
     receipt = batch_ack["receipt"]
-    assert receipt["added"] == [] and receipt["removed"] == []
+    assert receipt["added"] == []
+    assert receipt["removed"] == []
     assert {(r["id"], r["code"]) for r in receipt["rejected"]} == {
         ("mine", "DG-3002"),
         ("theirs", "DG-3002"),
@@ -598,9 +599,13 @@ async def test_a_disconnect_after_back_to_back_feeds_comes_after_their_receipts(
         writer.journal.clear()
     await writer.send(writer.message(DISCONNECT))
     kinds = []
-    with pytest.raises(Closed) as closed:
+
+    async def receive_until_closed() -> None:
         while True:
             kinds.append((await writer.receive(2))["header"]["messageType"])
+
+    with pytest.raises(Closed) as closed:
+        await receive_until_closed()
     assert closed.value.code == 1000
     assert kinds.count("no2.sync.feed.ack") == 5  # every receipt before the close
     documents, _ = await stored_ids()

@@ -63,7 +63,8 @@ async def test_three_replicas_converge_and_live_changes_reach_the_others(
         await asyncio.gather(ann.connect(), ben.connect())
         await asyncio.gather(ann.push(chunk_size=20), ben.push(chunk_size=20))
         await asyncio.gather(ann.pull(), ben.pull())
-        assert not ann.journal and not ben.journal
+        assert not ann.journal
+        assert not ben.journal
 
         state = await database_sync_to_async(collection_state)(collection_id=collection.pk)
         head = max(r.markers["collectionMarker"] for r in (ann, ben))
@@ -84,7 +85,8 @@ async def test_three_replicas_converge_and_live_changes_reach_the_others(
         await ben.feed_until(target)
         await cat.feed_until(target)
         assert ben.documents["live-1"] == cat.documents["live-1"]
-        assert ids[0] in ben.tombstones and ids[0] in cat.tombstones
+        assert ids[0] in ben.tombstones
+        assert ids[0] in cat.tombstones
 
         # An oversized frame: an error first, then close 1009; what was accepted stays.
         ben.put("huge", blob="x" * 70_000)

@@ -56,7 +56,8 @@ def test_key_rules_are_managed_in_the_admin_with_csrf_enforced(root: Any, tenant
     created = client.post("/admin/accounts/keyrule/add/", {**form, "csrfmiddlewaretoken": token})
     assert created.status_code == 302, created.content[:2000]
     rule = KeyRule.objects.get()
-    assert rule.actions == ["read"] and rule.subject == "everyone"
+    assert rule.actions == ["read"]
+    assert rule.subject == "everyone"
 
 
 async def accept(scope: Any, receive: Any, send: Any) -> None:
@@ -80,7 +81,7 @@ async def opens(origin: bytes | None, host: bytes | None = b"sync.example.com") 
 # Channels' denier is a consumer, which closes old database connections: allow the database.
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    "origin,allowed",
+    ("origin", "allowed"),
     [
         (b"https://app.example.com", True),
         (b"https://sub.example.org", True),
@@ -98,7 +99,7 @@ async def test_websocket_origins_are_checked(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    "origin,host,allowed",
+    ("origin", "host", "allowed"),
     [
         (b"https://sync.example.com", b"sync.example.com", True),
         (b"http://sync.example.com", b"sync.example.com", True),

@@ -82,9 +82,13 @@ async def test_origins_auth_and_revocation_on_a_real_server(
         assert set(replica.documents) == {"a"}
         await database_sync_to_async(token_revoke)(raw_token=token)
         started = time.monotonic()
-        with pytest.raises(Closed) as closed:
+
+        async def receive_until_closed() -> None:
             while True:
                 await replica.receive(20)
+
+        with pytest.raises(Closed) as closed:
+            await receive_until_closed()
         assert closed.value.code == 4401
         assert replica.errors[-1]["code"] == "DG-1001"
         assert time.monotonic() - started < 15

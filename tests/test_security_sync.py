@@ -318,7 +318,8 @@ async def test_key_rules_deny_reading_writing_and_deleting(
     assert rejected == {"user-rita/1": "DG-3003", "user-rita/2": "DG-3003", "a": "DG-3004"}
     after = await state(world)
     assert after["documents"]["user-rita/1"] == before["documents"]["user-rita/1"]
-    assert "user-rita/2" not in after["documents"] and "a" in after["documents"]
+    assert "user-rita/2" not in after["documents"]
+    assert "a" in after["documents"]
     assert "user-wendy/2" in after["documents"]
     # Pull: what the rules hide never arrives.
     pulled = await replica.pull()
@@ -341,7 +342,8 @@ async def test_key_rules_deny_reading_writing_and_deleting(
         origin="seed",
     )
     await replica.feed_until(seq + 2)
-    assert "private/2" not in replica.documents and "b" in replica.documents
+    assert "private/2" not in replica.documents
+    assert "b" in replica.documents
     sent_ids = {d["_id"] for f in replica.feeds for d in f["feed"]["changeSet"]}
     assert "private/2" not in sent_ids
 
@@ -578,7 +580,8 @@ async def test_a_fresh_token_keeps_the_session_alive(open_replica: Opener, world
     await replica.send(sent)
     ack = await replica.expect(TOKEN_REFRESH_ACK)
     assert ack["header"]["correlationId"] == sent["header"]["id"]
-    assert ack["scopes"] == ["read", "write"] and ack["readOnly"] is False
+    assert ack["scopes"] == ["read", "write"]
+    assert ack["readOnly"] is False
     assert ack["expires"] > time.time() * 1000
     await db(token_revoke)(raw_token=old)
     # Several re-check intervals pass: the session lives on with the fresh token.
@@ -588,7 +591,7 @@ async def test_a_fresh_token_keeps_the_session_alive(open_replica: Opener, world
 
 
 @pytest.mark.parametrize(
-    "kind,reason",
+    ("kind", "reason"),
     [
         ("garbage", "unknown or revoked"),
         ("other_user", "another user"),
@@ -623,9 +626,13 @@ async def test_token_refresh_before_connect_is_a_protocol_error(
     await replica.send(replica.message(TOKEN_REFRESH, authToken=token))
     error = await replica.expect(ERROR)
     assert error["code"] == "DG-2006"
-    with pytest.raises(Closed):
+
+    async def receive_until_closed() -> None:
         while True:
             await replica.receive()
+
+    with pytest.raises(Closed):
+        await receive_until_closed()
 
 
 def test_a_recheck_costs_a_fixed_number_of_queries(
@@ -650,4 +657,6 @@ def test_a_recheck_costs_a_fixed_number_of_queries(
             token_id=grant.token_id,
             scopes=frozenset({"read", "write"}),
         )
-    assert update.error is None and update.removals == {} and update.may_push
+    assert update.error is None
+    assert update.removals == {}
+    assert update.may_push

@@ -92,7 +92,8 @@ def test_a_sweep_with_nothing_changed_costs_two_queries_for_3_or_30_sessions(
     for n in (3, 30):
         items = [item_for(grant, baseline=version) for grant in sessions[:n]]
         found, counts[n] = queries(functools.partial(sweep_read, items=items))
-        assert found.stale == set() and found.token_errors == {}
+        assert found.stale == set()
+        assert found.token_errors == {}
         assert found.version == version
     assert counts == {3: 2, 30: 2}  # the tokens, the marker's counter
 
@@ -107,7 +108,9 @@ def test_a_change_re_decides_only_the_sessions_it_touches(
     assert count == 3  # the tokens, the counter, the scopes that moved
     assert found.stale == {5}
     (update,) = sweep_recheck(items=[items[5]])
-    assert update.error is None and update.may_push and update.removals == {}
+    assert update.error is None
+    assert update.may_push
+    assert update.removals == {}
     # A key rule on the collection touches every session on it.
     key_rule_add(
         tenant=tenant, collection_name="notes", pattern="private/*", effect="deny", actions=["read"]
@@ -186,7 +189,8 @@ def test_the_sweep_sees_users_as_they_are_now(
     grant = open_grant(issue_token(root))
     get_user_model().objects.filter(pk=root.pk).update(is_superuser=False)
     (update,) = sweep_recheck(items=[item_for(grant, baseline=0)])
-    assert update.error is not None and update.error.code == "DG-3005"
+    assert update.error is not None
+    assert update.error.code == "DG-3005"
 
 
 # --- the session's side ----------------------------------------------------------------------

@@ -116,10 +116,12 @@ def test_every_state_and_message_is_a_transition_or_a_wrong_state_error(
         )
     else:
         error, close = effects
-        assert isinstance(error, mc.ReportError) and isinstance(close, mc.Close)
+        assert isinstance(error, mc.ReportError)
+        assert isinstance(close, mc.Close)
         assert error.error.error is ErrorCode.WRONG_STATE
         assert f"{message_type} is not allowed in state {state.value}" in error.error.text
-        assert error.error.fatal and close.code == 4409
+        assert error.error.fatal
+        assert close.code == 4409
         assert session.state is mc.State.CLOSED
 
 
@@ -142,7 +144,8 @@ def test_the_whole_session_in_order() -> None:
     assert apply.reply["header"]["correlationId"] == "c-no2.sync.batch.start"
 
     end_ack, read_position = session.receive(client(m.BATCH_END, batchSize=5))
-    assert isinstance(end_ack, mc.Send) and read_position == mc.ReadPosition()
+    assert isinstance(end_ack, mc.Send)
+    assert read_position == mc.ReadPosition()
     (read,) = session.position_done(last_seq=3, purge_seq=0, epoch=EPOCH)
     assert read == mc.ReadChunk(0, 3, 2)
     (chunk,) = session.chunk_done(feed={"changeSet": [1, 2]}, covered=2, count=2)
@@ -151,7 +154,8 @@ def test_the_whole_session_in_order() -> None:
     assert "reset" not in chunk.message
     # One chunk in flight: the next read waits for the ack.
     record, read = session.receive(client(m.BATCH_ACK, chunk.message["header"]["id"]))
-    assert record == mc.RecordAck(2, 2) and read == mc.ReadChunk(2, 3, 2)
+    assert record == mc.RecordAck(2, 2)
+    assert read == mc.ReadChunk(2, 3, 2)
     (chunk,) = session.chunk_done(feed={"changeSet": [3]}, covered=3, count=1)
     assert chunk.message["header"]["messageType"] == m.BATCH_CONTINUE
     record, batch_end = session.receive(client(m.BATCH_ACK, chunk.message["header"]["id"]))
@@ -159,7 +163,8 @@ def test_the_whole_session_in_order() -> None:
     assert batch_end.message["header"]["messageType"] == m.BATCH_END
     assert batch_end.message["endMarkers"]["collectionMarker"] == 3
     record, go_live = session.receive(client(m.BATCH_END_ACK))
-    assert record == mc.RecordAck(3) and go_live == mc.GoLive(3)
+    assert record == mc.RecordAck(3)
+    assert go_live == mc.GoLive(3)
     assert session.state is mc.State.LIVE
 
     (apply,) = session.receive(client(m.FEED, feed={"changeSet": []}))
@@ -227,7 +232,8 @@ def test_connect_without_an_origin_is_invalid() -> None:
     message = client(m.CONNECT)
     header = message.header.model_copy(update={"origin": None})
     error, close = new_session().receive(message.model_copy(update={"header": header}))
-    assert error.error.error is ErrorCode.INVALID_MESSAGE and close == mc.Close(4409)
+    assert error.error.error is ErrorCode.INVALID_MESSAGE
+    assert close == mc.Close(4409)
 
 
 def test_messages_while_authenticating_are_wrong_state() -> None:

@@ -30,7 +30,9 @@ def test_environment_overrides_each_knob_with_its_type() -> None:
     assert values["CONNECT_TIMEOUT"] == 2.5
 
 
-@pytest.mark.parametrize("name,raw", [("CHUNK_SIZE", "many"), ("AUTO_CREATE_COLLECTIONS", "maybe")])
+@pytest.mark.parametrize(
+    ("name", "raw"), [("CHUNK_SIZE", "many"), ("AUTO_CREATE_COLLECTIONS", "maybe")]
+)
 def test_a_malformed_override_names_the_variable(name: str, raw: str) -> None:
     with pytest.raises(ValueError, match=f"DATAGATE_{name}"):
         knobs_from_environment({f"DATAGATE_{name}": raw})

@@ -212,7 +212,7 @@ async def test_a_commit_that_moves_backwards_is_refused_with_its_code(tokens: An
 
 
 @pytest.mark.parametrize(
-    "message_type,body,code",
+    ("message_type", "body", "code"),
     [
         ("subscribe", {"topic": "missing"}, "DG-6002"),
         ("publish", {"topic": "missing", "messages": [{"messageId": "x"}]}, "DG-6002"),
@@ -257,7 +257,8 @@ async def test_a_frame_that_is_not_json_before_connect_closes_4400(tokens: Any) 
     await talk.open()
     await talk.send_raw("hello")
     error = await talk.next()
-    assert code_of(error) == "DG-2001" and error["fatal"] is True
+    assert code_of(error) == "DG-2001"
+    assert error["fatal"] is True
     assert await talk.next() == {"close": 4400}
 
 
@@ -360,7 +361,8 @@ async def test_a_subscriber_of_a_deleted_topic_is_told_and_the_subscription_ends
     await bob.request("subscribe", topic="gone")
     await alice.request("delete", topic="gone")
     error = await bob.next()
-    assert code_of(error) == "DG-6002" and error["fatal"] is False
+    assert code_of(error) == "DG-6002"
+    assert error["fatal"] is False
     assert code_of(await bob.request("unsubscribe", topic="gone")) == "DG-6010"
     await alice.close()
     await bob.close()
@@ -404,5 +406,6 @@ async def test_a_frame_without_a_header_before_connect_closes_4409(tokens: Any) 
     await talk.open()
     await talk.send_raw('{"no": "header"}')
     error = await talk.next()
-    assert code_of(error) == "DG-2002" and error["fatal"] is True
+    assert code_of(error) == "DG-2002"
+    assert error["fatal"] is True
     assert await talk.next() == {"close": 4409}

@@ -169,10 +169,12 @@ def test_a_bad_token_is_refused_as_for_sync(daphne: Any, alice_token: str) -> No
         async with websockets.connect(f"{daphne.ws_url}/ws/topics/acme/") as raw:
             talk = RawTalk(raw)
             error = await talk.request("connect", authToken="nope", device="x")
-            assert error["code"] == "DG-1001" and error["fatal"] is True
+            assert error["code"] == "DG-1001"
+            assert error["fatal"] is True
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await raw.recv()
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4401
 
     asyncio.run(scenario())
 
@@ -187,7 +189,8 @@ def test_a_server_shutdown_sends_disconnect_then_closes_1001(daphne: Any, alice_
             assert frame["header"]["messageType"] == "datagate.topic.disconnect"
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await raw.recv()
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1001
 
     asyncio.run(scenario())
 

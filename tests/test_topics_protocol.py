@@ -35,7 +35,7 @@ def connected_session() -> TopicSession:
 
 
 @pytest.mark.parametrize(
-    "text,code,fatal_before,fatal_after",
+    ("text", "code", "fatal_before", "fatal_after"),
     [
         ("nope", "DG-2001", True, False),
         ("[1, 2]", "DG-2002", True, False),
@@ -59,7 +59,8 @@ def test_bad_frames_are_fatal_only_before_connect(
 def test_connect_after_connect_and_foreign_headers_are_fatal() -> None:
     session = connected_session()
     again = session.receive(frame(CONNECT, authToken="x", device="d"))
-    assert again.error is not None and (again.error.code, again.error.fatal) == ("DG-2006", True)
+    assert again.error is not None
+    assert (again.error.code, again.error.fatal) == ("DG-2006", True)
     other = json.dumps({"header": {"id": "1", "messageType": LIST, "tenant": "globex"}})
     mismatch = session.receive(other)
     assert mismatch.error is not None
@@ -74,15 +75,18 @@ def test_messages_parse_into_typed_values() -> None:
     assert sub.message.start_from == Range(start=3, end=None)
     assert sub.correlation_id == "m1"
     default = session.receive(frame(SUBSCRIBE, topic="news")).message
-    assert isinstance(default, Subscribe) and default.start_from == "committed"
+    assert isinstance(default, Subscribe)
+    assert default.start_from == "committed"
     pub = session.receive(frame(PUBLISH, topic="news", messages=[{"messageId": "a"}]))
-    assert isinstance(pub.message, Publish) and pub.message.messages[0].payload is None
+    assert isinstance(pub.message, Publish)
+    assert pub.message.messages[0].payload is None
 
 
 def test_a_publish_over_the_limit_is_refused_whole() -> None:
     too_many = [{"messageId": str(i)} for i in range(4)]
     inbound = connected_session().receive(frame(PUBLISH, topic="t", messages=too_many))
-    assert inbound.error is not None and inbound.error.code == "DG-2004"
+    assert inbound.error is not None
+    assert inbound.error.code == "DG-2004"
     assert "at most 3" in inbound.error.text
 
 
@@ -91,7 +95,8 @@ def test_the_session_closes() -> None:
     session.close()
     assert session.state is State.CLOSED
     inbound = session.receive(frame(LIST))
-    assert inbound.error is not None and inbound.error.fatal
+    assert inbound.error is not None
+    assert inbound.error.fatal
 
 
 def window(batch: int = 10, share: float = 0.5, last: int = 100, **kw: Any) -> SubscriptionWindow:
@@ -130,7 +135,8 @@ def test_the_next_batch_goes_once_the_share_of_the_previous_is_committed() -> No
 def test_a_range_window_finishes_at_its_end() -> None:
     w = window(end=12, next_offset=8, floor=7)
     assert send(w) == [8, 9, 10, 11, 12]
-    assert w.finished and w.read_limit() == 0
+    assert w.finished
+    assert w.read_limit() == 0
 
 
 def test_a_range_whose_messages_are_gone_finishes_empty() -> None:
@@ -166,7 +172,8 @@ def test_messages_removed_by_retention_do_not_count_as_outstanding() -> None:
 def test_an_empty_read_skips_to_the_topic_end_without_spinning() -> None:
     w = window(last=10, next_offset=4, floor=3)
     w.delivered([], 10)
-    assert w.next_offset == 11 and w.read_limit() == 0
+    assert w.next_offset == 11
+    assert w.read_limit() == 0
 
 
 @settings(max_examples=200, deadline=None)

@@ -143,7 +143,8 @@ def test_names_mean_one_topic_to_each_user(tenant: Any, make_user: Any) -> None:
     with pytest.raises(DataGateError):
         topic_create(tenant=tenant, name="news", scope="local", owner_id=bob.pk)
     mine = topic_find(tenant=tenant, user_id=bob.pk, name="inbox")
-    assert mine is not None and mine.owner_id == bob.pk
+    assert mine is not None
+    assert mine.owner_id == bob.pk
     assert [t.name for t in topic_list(tenant=tenant, user_id=bob.pk)] == ["inbox", "news"]
 
 

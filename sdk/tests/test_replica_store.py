@@ -75,7 +75,9 @@ def test_a_put_journals_the_change_with_the_next_revision(store: Store) -> None:
 def test_a_delete_leaves_a_tombstone_and_journals_it(store: Store) -> None:
     store.local_put("a", {"x": 1})
     removed = store.local_delete("a")
-    assert removed is not None and removed.deleted and removed.revision == 2
+    assert removed is not None
+    assert removed.deleted
+    assert removed.revision == 2
     assert store.document("a") is None
     assert store.state()["tombstones"] == {"a": removed.modified}
     assert [p.version.kind for p in store.journal()] == [DELETE]
@@ -100,7 +102,7 @@ def test_a_local_edit_orders_after_a_version_pulled_from_a_clock_far_ahead(store
 
 
 @pytest.mark.parametrize(
-    "fields, message",
+    ("fields", "message"),
     [({"_secret": 1}, "reserved"), ({"x": float("nan")}, "JSON"), ({"x": object()}, "JSON")],
 )
 def test_bad_fields_are_refused_and_nothing_is_written(
@@ -108,7 +110,8 @@ def test_bad_fields_are_refused_and_nothing_is_written(
 ) -> None:
     with pytest.raises(StoreError, match=message):
         store.local_put("a", fields)
-    assert store.journal_size() == 0 and store.document("a") is None
+    assert store.journal_size() == 0
+    assert store.document("a") is None
 
 
 @pytest.mark.parametrize("doc_id", ["", "x" * 129, 5])
@@ -150,13 +153,15 @@ def test_a_rejected_change_is_kept_with_its_reason_and_not_retried(store: Store)
         5,
     )
     assert settled.rejected == [kept]
-    assert store.rejected_clear() == 1 and store.rejected() == []
+    assert store.rejected_clear() == 1
+    assert store.rejected() == []
 
 
 def test_a_receipt_naming_ids_that_were_not_sent_changes_nothing(store: Store) -> None:
     store.local_put("a", {"n": 1})
     store.settle({}, {"added": ["a"], "rejected": [{"id": "a", "code": "x", "error": "x"}]})
-    assert store.journal_size() == 1 and store.rejected() == []
+    assert store.journal_size() == 1
+    assert store.rejected() == []
 
 
 def test_a_newer_remote_version_replaces_the_local_one_and_supersedes_its_pending_change(
@@ -164,7 +169,8 @@ def test_a_newer_remote_version_replaces_the_local_one_and_supersedes_its_pendin
 ) -> None:
     mine = store.local_put("a", {"by": "me"})
     changes = store.apply_remote([write("a", mine.modified + 10, revision=1, by="them")])
-    assert [c.doc_id for c in changes] == ["a"] and changes[0].source == "remote"
+    assert [c.doc_id for c in changes] == ["a"]
+    assert changes[0].source == "remote"
     assert store.document("a")["by"] == "them"  # type: ignore[index]
     assert store.journal_size() == 0
 
@@ -181,7 +187,8 @@ def test_a_remote_delete_at_the_same_millisecond_beats_a_local_write(store: Stor
     mine = store.local_put("a", {"by": "me"})
     changes = store.apply_remote([delete("a", mine.modified)])
     assert changes[0].deleted
-    assert store.document("a") is None and store.journal_size() == 0
+    assert store.document("a") is None
+    assert store.journal_size() == 0
 
 
 def test_applying_the_same_remote_versions_twice_changes_nothing(store: Store) -> None:
@@ -198,18 +205,24 @@ def test_remote_versions_and_their_markers_are_stored_together(store: Store) -> 
 
 
 def test_a_failed_write_rolls_back_everything_in_its_transaction(store: Store) -> None:
-    with pytest.raises(RuntimeError), store.transaction():
-        store._write(write("a", 10))
-        store._store_markers(Markers(5, 5))
-        raise RuntimeError("crash in the middle")
-    assert store.document("a") is None and store.markers() == Markers()
+    def crash_in_the_middle() -> None:
+        with store.transaction():
+            store._write(write("a", 10))
+            store._store_markers(Markers(5, 5))
+            raise RuntimeError("crash in the middle")
+
+    with pytest.raises(RuntimeError, match="crash in the middle"):
+        crash_in_the_middle()
+    assert store.document("a") is None
+    assert store.markers() == Markers()
 
 
 def test_a_reset_drops_what_the_snapshot_lacks_unless_it_is_pending(store: Store) -> None:
     store.apply_remote([write("kept", 1), write("gone", 2), delete("old-tomb", 3)])
     store.local_put("pending", {"n": 1})
     changes = store.reset_drop({"kept"})
-    assert [c.doc_id for c in changes] == ["gone"] and changes[0].deleted
+    assert [c.doc_id for c in changes] == ["gone"]
+    assert changes[0].deleted
     state = store.state()
     assert set(state["documents"]) == {"kept", "pending"}
     assert state["tombstones"] == {}

@@ -212,18 +212,21 @@ async def test_a_session_pushes_the_journal_in_chunks_then_pulls_and_stores_the_
     header = seen["connect"]["header"]
     assert seen["connect"]["authToken"] == "secret-token"
     assert seen["connect"]["capabilities"] == ["ranges"]
-    assert header["origin"] == replica.replica_id and header["transactionId"]
+    assert header["origin"] == replica.replica_id
+    assert header["transactionId"]
     assert [
         len(c["feed"]["changeSet"]) + len(c["feed"]["tombstoneMap"]) for c in seen["chunks"]
     ] == [2, 2, 1]
     assert [c["nextOffset"] for c in seen["chunks"]] == [2, 4, 5]
     assert all(c["header"]["userName"] == "alice" for c in seen["chunks"])
     assert seen["end"]["startMarkers"] == {"collectionMarker": 0, "tombstoneMarker": 0}
-    assert report.pushed == 4 and [r.version.doc_id for r in report.rejected] == ["d"]
+    assert report.pushed == 4
+    assert [r.version.doc_id for r in report.rejected] == ["d"]
     assert journal_size == 0
     assert [(r.version.doc_id, r.code) for r in rejected] == [("d", "DG-3003")]
     assert markers == Markers(9, 3)
-    assert remote is not None and remote["title"] == "from server"
+    assert remote is not None
+    assert remote["title"] == "from server"
 
 
 async def test_the_next_session_sends_the_stored_markers_and_resends_what_was_not_acknowledged(
@@ -286,7 +289,8 @@ async def test_a_reset_pull_drops_what_the_snapshot_lacks_but_keeps_pending_chan
         replica.on_change(lambda c: removed.append(c.doc_id) if c.deleted else None)
         report = await replica.sync()
         assert failures == []
-        assert report.reset and not report.restored
+        assert report.reset
+        assert not report.restored
         state = replica.state()
         assert set(state["documents"]) == {"kept", "pending"}
         assert state["tombstones"] == {"dead": 11}
@@ -322,10 +326,12 @@ async def test_after_a_restore_reset_the_replica_pushes_again_what_the_server_lo
         )
         report = await replica.sync()
     assert failures == []
-    assert report.restored and report.requeued == 2
+    assert report.restored
+    assert report.requeued == 2
     sent = {d["_id"]: d for chunk in pushed[:-1] for d in chunk["feed"]["changeSet"]}
     assert set(sent) == {"old", "lost"}
-    assert sent["old"]["v"] == "newer" and sent["old"]["_modified"] == 8
+    assert sent["old"]["v"] == "newer"
+    assert sent["old"]["_modified"] == 8
     assert pushed[-1]["startMarkers"] == {"collectionMarker": 3, "tombstoneMarker": 99}
 
 
@@ -386,7 +392,9 @@ async def test_a_reset_is_repaired_by_ranges_and_the_pull_starts_at_the_checked_
         report = await replica.sync()
         markers, documents = replica.markers, set(replica.state()["documents"])
     assert failures == []
-    assert not report.reset and report.repaired == 2 and report.fetched == 1
+    assert not report.reset
+    assert report.repaired == 2
+    assert report.fetched == 1
     assert {(d.doc_id, d.kind) for d in report.differences} == {
         ("new", "missing"),
         ("gone", "extra"),
@@ -428,7 +436,8 @@ async def test_when_the_server_cannot_sum_the_users_view_the_replica_takes_the_r
         report = await replica.sync()
         assert set(replica.state()["documents"]) == {"kept"}
     assert failures == []
-    assert report.reset and report.repaired == 0
+    assert report.reset
+    assert report.repaired == 0
 
 
 async def test_live_feeds_are_applied_acked_and_local_changes_sent_as_feeds(tmp_path: Path) -> None:
@@ -497,7 +506,8 @@ async def test_a_gap_in_the_live_feed_ends_the_session_without_moving_the_marker
     async with server, make_replica(url, tmp_path / "r.sqlite3") as replica:
         with pytest.raises(GapError):
             await replica.engine.session(live=True)
-        assert replica.markers == Markers(1, 1) and replica.get("x") is None
+        assert replica.markers == Markers(1, 1)
+        assert replica.get("x") is None
     assert failures == []
 
 
@@ -520,7 +530,8 @@ async def test_a_refused_token_raises_an_authentication_error_and_is_not_retried
         assert failures == []
         with pytest.raises(AuthenticationError, match="failed to validate token") as info:
             await replica.engine.run(stop)
-        assert info.value.code == "DG-1001" and info.value.close_code == 4401
+        assert info.value.code == "DG-1001"
+        assert info.value.close_code == 4401
         assert "failed to validate token" in replica.status()["last_error"]
 
 
