@@ -45,13 +45,20 @@ def test_summary_puts_each_figure_beside_its_limit_from_the_newest_run_that_has_
     table = summary_markdown([newer, older])
     lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
     push = lines["push ingest, 1 replica, SQLite"]
-    assert "20,000 docs/s" in push and "25,000 docs/s" in push and "0.80x" in push
-    assert "**no**" in push and "2026-11-22 04:38" in push
+    assert "20,000 docs/s" in push
+    assert "25,000 docs/s" in push
+    assert "0.80x" in push
+    assert "**no**" in push
+    assert "2026-11-22 04:38" in push
     connects = lines["connects per second (connect, pull, live)"]
-    assert "600/s" in connects and "2.00x" in connects and "| yes |" in connects
+    assert "600/s" in connects
+    assert "2.00x" in connects
+    assert "| yes |" in connects
     assert "2026-12-05 15:00" in connects
     idle = lines["idle live replicas in one process"]
-    assert "20,000 at 30 KiB" in idle and "1.50x" in idle and "| yes |" in idle
+    assert "20,000 at 30 KiB" in idle
+    assert "1.50x" in idle
+    assert "| yes |" in idle
     assert "not measured" in lines["push ingest, PostgreSQL + Redis"]
 
 
@@ -78,5 +85,6 @@ def test_servers_rows_give_each_server_beside_daphne() -> None:
     }
     rows = servers_rows(entry)
     assert [row[1].split(":")[0] for row in rows] == ["daphne", "uvicorn", "granian"]
-    assert "connects/s 1.50x" in rows[1][3] and "CPU/delivery 0.50x" in rows[1][3]
+    assert "connects/s 1.50x" in rows[1][3]
+    assert "CPU/delivery 0.50x" in rows[1][3]
     assert "skipped: granian is not installed" in rows[2][1]
