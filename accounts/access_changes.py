@@ -3,7 +3,7 @@
 Live sessions keep the decision they were given at Connect (`accounts.access.document_policy`)
 for as long as they live. Rather than re-deciding every session every few seconds, a process
 reads this marker once per interval and re-decides only the sessions whose inputs moved
-(replication/session_access.py, docs/protocol.md section 9).
+(replication/services/sessions.py, docs/protocol.md section 9).
 
 The scheme, on the `AccessMarker` table:
 

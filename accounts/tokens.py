@@ -102,7 +102,7 @@ def token_still_valid(*, token_id: int) -> str | None:
 def tokens_still_valid(*, token_ids: Iterable[int]) -> dict[int, str]:
     """`token_still_valid` for many tokens at once: {token id: why not} for the invalid ones.
 
-    The periodic access sweep of live sessions (replication/session_access.py) calls it with
+    The periodic access sweep of live sessions (replication/services/sessions.py) calls it with
     the tokens of every session of a process: one query per `batch_size()` distinct tokens,
     not one per session. The reasons are the same as `token_still_valid`'s.
     """

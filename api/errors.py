@@ -4,7 +4,7 @@
 keeps its code and the catalogue's HTTP status; DRF's own exceptions map to the matching code
 (1xxx authentication, 5002 throttling, 8xxx HTTP-only errors); anything unexpected becomes
 DG-5003 with a reference that is in the server log. Every error answered is recorded as an
-error event (`replication.services.error_event_record`), like the websocket's.
+error event (`replication.services.events.error_event_record`), like the websocket's.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def as_datagate_error(exc: Exception, *, method: str = "") -> DataGateError | No
 
 def record(error: DataGateError, request: Any, kwargs: dict[str, Any] | None = None) -> None:
     """Count the error and keep it as an error event for the console."""
-    from replication.services import error_event_record
+    from replication.services.events import error_event_record
 
     metrics.error_record(code=error.code)
     try:

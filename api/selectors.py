@@ -17,9 +17,9 @@ from django.db.models.fields.json import KeyTransform
 from accounts import access
 from accounts.models import Membership, Role, Tenant
 from core.errors import DataGateError, ErrorCode
-from replication import services
 from replication.markers import Markers
 from replication.models import Collection, Document, Replica, Tombstone
+from replication.services.engine import collection_get_or_create
 
 FILTER_FIELD = re.compile(r"^[^._\s=][^.\s=]*(\.[^.\s=]+)*$")
 MAX_FILTERS = 10
@@ -84,7 +84,7 @@ def collection_for_writer(*, user: Any, tenant_slug: str, name: str) -> Collecti
         and access.access_collection_create(user=user, tenant=tenant)
     ):
         try:
-            return services.collection_get_or_create(tenant=tenant, name=name)[0]
+            return collection_get_or_create(tenant=tenant, name=name)[0]
         except Exception as problem:  # a name the slug validator refuses
             raise DataGateError(
                 ErrorCode.BAD_PARAMETER, name="collection", detail="not a valid collection name"

@@ -34,7 +34,6 @@ from api.schema import (
 )
 from core import metrics
 from core.errors import DataGateError, ErrorCode
-from replication import services
 from replication.changes import Version, version_to_wire
 from replication.conflicts import WRITE
 from replication.door import printable, unencodable
@@ -42,6 +41,8 @@ from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document
 from replication.protocol.messages import encode_served, served_feed
 from replication.selectors import changes_since, collection_position, feed_from_changes
+from replication.services.documents import document_delete, document_put
+from replication.services.events import unservable_record
 from search.selectors import search_documents
 
 DEFAULT_PAGE = 100
@@ -108,7 +109,7 @@ def served(feed: dict[str, Any], request: Request, collection: Collection) -> di
     _, skipped = encode_served({"feed": feed})
     if not skipped:
         return feed
-    services.unservable_record(
+    unservable_record(
         collection_id=collection.pk,
         skipped=skipped,
         via=f"{request.method} {request.path}"[:200],
@@ -296,7 +297,7 @@ class DocumentView(APIView):
             expected = in_body
         fields.pop("_modified", None)
         fields.pop("_origin", None)
-        result = services.document_put(
+        result = document_put(
             actor=request.user,
             collection_id=found.pk,
             doc_id=doc_id,
@@ -332,7 +333,7 @@ class DocumentView(APIView):
     def delete(self, request: Request, tenant: str, collection: str, doc_id: str) -> Response:
         user = request.user
         found = selectors.collection_for_reader(user=user, tenant_slug=tenant, name=collection)
-        result = services.document_delete(
+        result = document_delete(
             actor=user,
             collection_id=found.pk,
             doc_id=doc_id,

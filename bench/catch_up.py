@@ -26,7 +26,7 @@ NAME = "catch_up"
 
 def _populate(ctx: PassContext, collection_id: int, count: int) -> float:
     from accounts.access import System
-    from replication.services import batch_apply
+    from replication.services.engine import batch_apply
 
     docs = make_documents(count, prefix="cu", origin="bench-seed")
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 DataGate: one replica pushes `push_docs` documents in chunks of `push_chunk` (with
 `push_window` chunks unacked), then four replicas push the same number between them, at once,
 into one collection. Baseline, same run: the same documents written straight through
-`replication.services.batch_apply`, chunk by chunk, with no websocket in between.
+`replication.services.engine.batch_apply`, chunk by chunk, with no websocket in between.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def replication_route_missing() -> str | None:
 
 def _collection(name: str) -> int:
     from accounts.models import Tenant
-    from replication.services import collection_get_or_create
+    from replication.services.engine import collection_get_or_create
 
     tenant = Tenant.objects.get(slug=TENANT)
     return int(collection_get_or_create(tenant=tenant, name=name)[0].pk)
@@ -51,7 +51,7 @@ def _stored(collection_id: int) -> int:
 
 def direct_baseline(ctx: PassContext, docs: list[dict[str, Any]]) -> dict[str, Any]:
     from accounts.access import System
-    from replication.services import batch_apply
+    from replication.services.engine import batch_apply
 
     collection_id = _collection(f"push-direct-{time.time_ns()}")
     chunk = ctx.sizes.push_chunk

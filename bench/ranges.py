@@ -81,7 +81,7 @@ def counted() -> Iterator[WireBytes]:
 
 def _write(collection_id: int, docs: list[dict[str, Any]]) -> None:
     from accounts.access import System
-    from replication.services import batch_apply
+    from replication.services.engine import batch_apply
 
     for index in range(0, len(docs), 500):
         batch_apply(
@@ -181,22 +181,22 @@ def _answer_ms(collection_id: int) -> float:
 
 @contextmanager
 def _summaries_off() -> Iterator[None]:
-    import replication.services as services
+    from replication.services import engine
 
-    deltas, apply = services._range_deltas, services.bucket_deltas_apply
-    services._range_deltas = lambda *args: {}
-    services.bucket_deltas_apply = lambda *args: None
+    deltas, apply = engine._range_deltas, engine.bucket_deltas_apply
+    engine._range_deltas = lambda *args: {}
+    engine.bucket_deltas_apply = lambda *args: None
     try:
         yield
     finally:
-        services._range_deltas = deltas
-        services.bucket_deltas_apply = apply
+        engine._range_deltas = deltas
+        engine.bucket_deltas_apply = apply
 
 
 def write_cost(count: int, rounds: int = 3) -> dict[str, Any]:
     """batch_apply CPU µs per document with and without the summary upkeep, alternating."""
     from accounts.access import System
-    from replication.services import batch_apply
+    from replication.services.engine import batch_apply
 
     def one(prefix: str) -> tuple[float, float]:
         collection_id = _collection(f"{prefix}-{time.time_ns()}")

@@ -25,7 +25,7 @@ SELECTOR = {"status": "open", "owner": "{username}"}
 
 def _populate(collection_id: int, count: int, every: int) -> float:
     from accounts.access import System
-    from replication.services import batch_apply
+    from replication.services.engine import batch_apply
 
     stamp = time.time_ns() // 1_000_000
     start = time.perf_counter()

@@ -56,7 +56,8 @@ from replication.maintenance import (
     tombstones_collect_all,
 )
 from replication.models import Collection, MaintenanceJob
-from replication.services import document_delete, document_put, error_event_record
+from replication.services.documents import document_delete, document_put
+from replication.services.events import error_event_record
 from search.selectors import search_documents
 
 LOGIN_URL = "console:login"

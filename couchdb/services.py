@@ -1,6 +1,6 @@
 """The CouchDB door's database work: thin over the store's services, decisions in `revs`.
 
-Every document that enters goes through `replication.services.batch_apply_many`: the same
+Every document that enters goes through `replication.services.engine.batch_apply_many`: the same
 validation (`parse_feed`), the same per-change access guard (built from
 `accounts.access.document_policy`), the same seqs, journal, search index and doorbell as a
 websocket replica's push. What this module adds is the CouchDB revision bookkeeping
@@ -31,12 +31,18 @@ from core.errors import DataGateError, ErrorCode
 from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
-from replication import services
 from replication.changes import Version
 from replication.conflicts import DELETE, WRITE, incoming_wins, version_key
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document, Tombstone
 from replication.selectors import change_page
+from replication.services.engine import (
+    LOOKUP_BATCH,
+    ChangeGuard,
+    batch_apply,
+    collection_get_or_create,
+    now_ms,
+)
 
 # CouchDB reports its version; PouchDB reads nothing of it but the shape.
 COUCHDB_VERSION = "3.3.3"
@@ -196,7 +202,7 @@ def database_create(*, actor: Actor, tenant_slug: str, name: str) -> bool:
     if not may_create or tenant is None:
         raise _refusal(ErrorCode.READ_ONLY, user=actor.user.get_username())
     try:
-        _, created = services.collection_get_or_create(tenant=tenant, name=name)
+        _, created = collection_get_or_create(tenant=tenant, name=name)
     except ValidationError:
         raise _refusal(ErrorCode.BAD_PARAMETER, name="db", detail="not a valid name") from None
     if not created:
@@ -266,7 +272,7 @@ def since_resolve(*, grant: DatabaseGrant, raw: object) -> int:
 # --- revision histories ------------------------------------------------------------------
 
 
-def _batches(ids: Sequence[str], size: int = services.LOOKUP_BATCH) -> Iterable[Sequence[str]]:
+def _batches(ids: Sequence[str], size: int = LOOKUP_BATCH) -> Iterable[Sequence[str]]:
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
 
@@ -416,7 +422,7 @@ def docs_apply(
     ids = list(dict.fromkeys(doc_id for _, doc_id, _ in parsed))
     if not ids:
         return [r or {} for r in results]
-    now = services.now_ms()
+    now = now_ms()
     with transaction.atomic():
         # The collection's row lock first (batch_apply_many takes it again): nothing changes
         # these ids between reading their versions and writing.
@@ -579,7 +585,7 @@ def _apply(grant: DatabaseGrant, pending: Mapping[str, _Pending]) -> dict[str, D
             change_set.append(doc)
     if not change_set and not tombstones:
         return {}
-    result = services.batch_apply(
+    result = batch_apply(
         actor=grant.actor.user,
         collection_id=grant.collection_id,
         feed={"changeSet": change_set, "tombstoneMap": tombstones},
@@ -609,7 +615,7 @@ def _apply(grant: DatabaseGrant, pending: Mapping[str, _Pending]) -> dict[str, D
     return rejected
 
 
-def scope_guard(grant: DatabaseGrant) -> services.ChangeGuard | None:
+def scope_guard(grant: DatabaseGrant) -> ChangeGuard | None:
     """The token's `write` scope; the actor's access is decided by the write service itself."""
     if access.access_scope(scopes=grant.actor.scopes, scope="write"):
         return None

@@ -26,10 +26,10 @@ from core import metrics
 from core.errors import DataGateError, ErrorCode
 from graphqlapi import live, selectors
 from graphqlapi.errors import DataGateErrors
-from replication import services
 from replication.markers import Markers as WireMarkers
 from replication.models import Collection as CollectionModel
 from replication.selectors import Change
+from replication.services.documents import document_delete, document_put
 from topics import actions
 from topics import selectors as topic_selectors
 from topics.services import Publication
@@ -258,7 +258,7 @@ def _put(
     found: CollectionModel = api_selectors.collection_for_writer(
         user=user, tenant_slug=tenant, name=collection
     )
-    result = services.document_put(
+    result = document_put(
         actor=user,
         collection_id=found.pk,
         doc_id=doc_id,
@@ -277,7 +277,7 @@ def _put(
 
 def _delete(user: Any, tenant: str, collection: str, doc_id: str, expected: int | None) -> bool:
     found = api_selectors.collection_for_reader(user=user, tenant_slug=tenant, name=collection)
-    result = services.document_delete(
+    result = document_delete(
         actor=user,
         collection_id=found.pk,
         doc_id=doc_id,

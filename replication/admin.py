@@ -38,7 +38,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         # Admin edits replicate like any other change: through the service, never .save().
-        from replication.services import document_put
+        from replication.services.documents import document_put
 
         document_put(
             actor=request.user,
@@ -49,7 +49,7 @@ class DocumentAdmin(admin.ModelAdmin):
         )
 
     def delete_model(self, request, obj):
-        from replication.services import document_delete
+        from replication.services.documents import document_delete
 
         document_delete(
             actor=request.user,

@@ -24,14 +24,23 @@ from core import metrics
 from core.consumer_dispatch import DirectDispatchMixin
 from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from core.errors import DataGateError, ErrorCode
-from replication import data_views, ranges, selectors, services
+from replication import data_views, ranges, selectors
+from replication.consumer_access import SessionAccess, access_baseline
 from replication.live import FeedBlock, LiveHub, get_hub
 from replication.markers import Markers
 from replication.protocol import machine as mc
 from replication.protocol.messages import encode, encode_served, parse_message, splice
 from replication.protocol.ranges import BucketTable
 from replication.selectors import Change
-from replication.session_access import SessionAccess, access_baseline
+from replication.services.engine import ChangeGuard
+from replication.services.events import error_event_record, unservable_record
+from replication.services.replicas import replica_acked, replica_disconnected
+from replication.services.sessions import (
+    SessionGrant,
+    session_chunks_apply,
+    session_guard,
+    session_open,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +85,9 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                 tombstone_ttl_days=int(knobs["TOMBSTONE_TTL_DAYS"]),
             ),
         )
-        self.grant: services.SessionGrant | None = None
+        self.grant: SessionGrant | None = None
         self.range_buckets: BucketTable | None = None  # a range check's, for its next rounds
-        self.guard: services.ChangeGuard | None = None
+        self.guard: ChangeGuard | None = None
         self.closed = False
         self.cleaned_up = False
         self.live_joined = False
@@ -246,7 +255,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                     latency=effect.latency,
                 )
             else:
-                await database_sync_to_async(services.replica_acked)(
+                await database_sync_to_async(replica_acked)(
                     replica_pk=grant.replica_pk, seq=effect.seq, pulled=effect.pulled
                 )
             return []
@@ -283,7 +292,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         """Apply a pushed chunk or live feed without holding up the socket's next frames.
 
         Chunks that arrive while earlier ones are in the database are applied together, in
-        order, in one database step and one transaction (`services.batch_apply_many`), each
+        order, in one database step and one transaction (`batch_apply_many`), each
         answered with its own receipt. One step per chunk cost the writer a turn of the event
         loop per chunk: on a busy server that turn, not the write, capped the feeds a writer got
         applied per second (bench/RESULTS.md). Before Live and at a close, later effects wait
@@ -304,7 +313,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         while self.applies:
             batch = [self.applies.popleft() for _ in range(min(len(self.applies), APPLY_BATCH))]
             try:
-                results = await database_sync_to_async(services.session_chunks_apply)(
+                results = await database_sync_to_async(session_chunks_apply)(
                     grant=grant,
                     guard=guard,
                     chunks=[(effect.feed, effect.message_id) for effect in batch],
@@ -334,9 +343,9 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
     async def _authenticate(self, effect: mc.Authenticate) -> list[mc.Effect]:
         connect = effect.connect
         client = self.scope.get("client") or ("", 0)
-        access_before = access_baseline()  # read before the decision: session_access.py
+        access_before = access_baseline()  # read before the decision: consumer_access.py
         try:
-            grant = await database_sync_to_async(services.session_open)(
+            grant = await database_sync_to_async(session_open)(
                 tenant_slug=self.tenant_slug,
                 collection_name=self.collection_name,
                 url_user=self.url_user,
@@ -370,7 +379,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         self.connect_timer.cancel()
         self.grant = grant
         await self.hub.attach_replica(self, replica_pk=grant.replica_pk)
-        self.guard = services.session_guard(grant=grant, collection_name=self.collection_name)
+        self.guard = session_guard(grant=grant, collection_name=self.collection_name)
         # Keep the decision true while the session lives (token refresh, periodic re-check).
         scopes = frozenset({"read", "write"} if grant.write_scope else {"read"})
         self.access = SessionAccess(self, scopes=scopes, baseline=access_before)
@@ -412,7 +421,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             return
         metrics.error_record(code=ErrorCode.UNSERVABLE_SKIPPED.code)
         try:
-            await database_sync_to_async(services.unservable_record)(
+            await database_sync_to_async(unservable_record)(
                 collection_id=grant.collection_id,
                 skipped=skipped,
                 via="websocket",
@@ -427,7 +436,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         await self._send_text(encode(self.session.error_message(error)))
         grant = self.grant
         try:
-            await database_sync_to_async(services.error_event_record)(
+            await database_sync_to_async(error_event_record)(
                 error=error,
                 user_id=grant.user.pk if grant is not None else None,
                 replica_pk=grant.replica_pk if grant is not None else None,
@@ -468,7 +477,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             return
         if self.live_joined:
             await self.hub.leave(self, collection_id=grant.collection_id)
-        await database_sync_to_async(services.replica_disconnected)(
+        await database_sync_to_async(replica_disconnected)(
             replica_pk=grant.replica_pk, acked_seq=self.hub.take_ack(grant.replica_pk)
         )
 

@@ -334,7 +334,7 @@ def view_feed(
 ) -> dict[str, Any]:
     """The wire feed of `changes` through a view: documents in it; deletes, and documents a
     change took out of it, as tombstones at their own time (the removals of access changes,
-    replication/session_access.py). The server does not know what a replica holds, so a
+    replication/services/sessions.py). The server does not know what a replica holds, so a
     document outside the view that changed is sent as a removal whether or not it was there."""
     change_set = []
     tombstones: dict[str, int] = {}

@@ -40,7 +40,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from core.shutdown import DRAINING, install_shutdown_handler
-from replication import selectors, services
+from replication import selectors
 from replication.data_views import ViewSession, view_feed
 from replication.doorbell import (
     COLLECTION_CHANGED,
@@ -52,6 +52,8 @@ from replication.doorbell import (
 from replication.markers import Markers
 from replication.protocol.messages import encode_served
 from replication.selectors import Change
+from replication.services.events import unservable_record
+from replication.services.replicas import feed_latency_record_many, replicas_acked
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +218,7 @@ class CollectionFeed:
                 }
             )
             if skipped:  # stored rows that cannot be encoded: left out, never a dead feed
-                await database_sync_to_async(services.unservable_record)(
+                await database_sync_to_async(unservable_record)(
                     collection_id=self.collection_id, skipped=skipped, via="live feed"
                 )
             block = FeedBlock(
@@ -376,14 +378,14 @@ class LiveHub:
         latency, self._latency = self._latency, {}
         if positions:
             try:
-                await database_sync_to_async(services.replicas_acked)(positions=positions)
+                await database_sync_to_async(replicas_acked)(positions=positions)
             except Exception:
                 logger.warning(
                     "could not record %d acknowledged positions", len(positions), exc_info=True
                 )
         if latency:
             try:
-                await database_sync_to_async(services.feed_latency_record_many)(samples=latency)
+                await database_sync_to_async(feed_latency_record_many)(samples=latency)
             except Exception:
                 logger.warning("could not record feed latency", exc_info=True)
 

@@ -43,7 +43,8 @@ from replication.models import (
     Tombstone,
 )
 from replication.ranges import Deltas, bucket_deltas_apply, version_delta
-from replication.services import error_event_record, now_ms
+from replication.services.engine import now_ms
+from replication.services.events import error_event_record
 
 logger = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ def collection_quarantine(
     *, collection_id: int, repair: bool = False, dry_run: bool = False
 ) -> list[Quarantined]:
     """Quarantine (or repair) every unservable document of one collection; see the module."""
-    from replication.services import document_delete, document_put
+    from replication.services.documents import document_delete, document_put
 
     collection = Collection.objects.get(pk=collection_id)
     max_depth = int(settings.DATAGATE["MAX_DOCUMENT_DEPTH"])

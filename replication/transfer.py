@@ -39,7 +39,7 @@ from replication.markers import new_epoch
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
 from replication.protocol.ranges import Header
 from replication.ranges import ranges_replace_from
-from replication.services import collection_get_or_create
+from replication.services.engine import collection_get_or_create
 
 FORMAT = "datagate-collection"
 VERSION = 1

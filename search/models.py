@@ -5,7 +5,7 @@
 vendor-specific full-text structure sits beside it, created by migration 0002: on SQLite an
 FTS5 table kept in step by triggers (rowid = entry id), on PostgreSQL a generated `tsvector`
 column with a GIN index. `search.services.search_index_apply` keeps entries in step with every
-write and delete, inside `replication.services.batch_apply`'s transaction.
+write and delete, inside `replication.services.engine.batch_apply`'s transaction.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Writes of the search index: configuring a collection's fields, and keeping entries in step.
 
-`search_index_apply` is called by `replication.services.batch_apply` inside its transaction, for
-every chunk that changed documents, so the index moves with every write and delete, whoever
-made it (a replica's push, a live feed, the HTTP API, the console).
+`search_index_apply` is called by the write engine (`replication.services.engine.batch_apply`)
+inside its transaction, for every chunk that changed documents, so the index moves with every
+write and delete, whoever made it (a replica's push, a live feed, the HTTP API, the console).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def tenant(db: Any) -> Any:
 
 @pytest.fixture
 def collection(tenant: Any) -> Any:
-    from replication.services import collection_get_or_create
+    from replication.services.engine import collection_get_or_create
 
     return collection_get_or_create(tenant=tenant, name="notes")[0]
 

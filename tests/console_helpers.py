@@ -6,7 +6,8 @@ from typing import Any
 
 from core.errors import DataGateError, ErrorCode
 from replication.models import ErrorEvent, Replica
-from replication.services import error_event_record, replica_connected
+from replication.services.events import error_event_record
+from replication.services.replicas import replica_connected
 
 
 def make_replicas(*, collection: Any, user: Any, count: int, online: bool = True) -> list[Replica]:

@@ -19,7 +19,7 @@ from replication.conflicts import DELETE, WRITE, incoming_wins
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection
 from replication.selectors import changes_since
-from replication.services import ApplyResult, batch_apply
+from replication.services.engine import ApplyResult, batch_apply
 
 PURGED = ErrorCode.PURGED_DELETE.code
 

@@ -22,7 +22,7 @@ from accounts.services import (
     membership_set,
     tenant_get_or_create,
 )
-from replication.services import collection_get_or_create
+from replication.services.engine import collection_get_or_create
 
 pytestmark = pytest.mark.django_db
 

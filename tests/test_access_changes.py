@@ -46,7 +46,7 @@ from accounts.services import (
 )
 from accounts.tokens import token_authenticate, token_still_valid, tokens_still_valid
 from replication.models import Collection
-from replication.services import collection_get_or_create
+from replication.services.engine import collection_get_or_create
 
 pytestmark = pytest.mark.django_db
 

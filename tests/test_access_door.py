@@ -11,7 +11,8 @@ from accounts.access import System
 from accounts.models import KeyRule
 from core.errors import DataGateError, ErrorCode
 from replication.models import Document, Tombstone
-from replication.services import batch_apply, document_delete, document_put
+from replication.services.documents import document_delete, document_put
+from replication.services.engine import batch_apply
 
 SEED = System("test seed")
 

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command, load_command_clas
 from accounts import access
 from accounts.models import KeyRule, Membership, Tenant
 from accounts.tokens import TokenRejected, token_authenticate
-from replication.services import collection_get_or_create
+from replication.services.engine import collection_get_or_create
 
 pytestmark = pytest.mark.django_db
 

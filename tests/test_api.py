@@ -15,7 +15,8 @@ from accounts.access import System
 from accounts.services import collection_perm_grant, key_rule_add, tenant_get_or_create
 from replication.models import ErrorEvent, JournalEntry
 from replication.selectors import changes_since, feed_from_changes
-from replication.services import batch_apply, collection_get_or_create, document_put
+from replication.services.documents import document_put
+from replication.services.engine import batch_apply, collection_get_or_create
 from tests.api_support import fast_cli_application, person
 
 BASE = "/api/v1/tenants/acme/collections/notes"

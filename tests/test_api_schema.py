@@ -29,7 +29,7 @@ from schemathesis.core.result import Err, Ok
 
 from accounts.access import System
 from accounts.services import tenant_get_or_create
-from replication.services import document_put
+from replication.services.documents import document_put
 from search.services import search_index_configure
 from tests.api_support import fast_cli_application, person
 from topics.services import topic_create

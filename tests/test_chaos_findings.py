@@ -14,7 +14,8 @@ from channels.layers import InMemoryChannelLayer
 
 from accounts.access import System
 from replication.models import Collection, Document, Tombstone
-from replication.services import batch_apply, document_delete, now_ms
+from replication.services.documents import document_delete
+from replication.services.engine import batch_apply, now_ms
 from topics.doorbell import TOPIC_MOVED, TopicHub, topic_group
 
 

@@ -19,7 +19,7 @@ from accounts.services import access_token_issue, access_tokens_revoke, membersh
 from core.errors import DataGateError, ErrorCode
 from replication import collection_services
 from replication.models import Collection
-from replication.services import document_put
+from replication.services.documents import document_put
 
 pytestmark = pytest.mark.django_db
 SEED = System("test seed")

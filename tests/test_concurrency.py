@@ -17,7 +17,7 @@ from django.db import connection
 from accounts.access import System
 from replication.models import Collection, JournalEntry
 from replication.selectors import changes_since, collection_state
-from replication.services import batch_apply
+from replication.services.engine import batch_apply
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db(transaction=True)]
 

@@ -20,7 +20,7 @@ from django.urls import reverse
 from accounts.access import System
 from accounts.models import KeyRule
 from replication.models import Document, ErrorEvent, Tombstone
-from replication.services import document_delete, document_put
+from replication.services.documents import document_delete, document_put
 
 pytestmark = pytest.mark.django_db
 

@@ -21,7 +21,7 @@ import pytest
 from accounts.access import System
 from core.errors import ErrorCode
 from replication.models import Document, JournalEntry
-from replication.services import document_put
+from replication.services.documents import document_put
 from tests.console_helpers import connect_replica, record_error
 from tests.services import CHROMIUM_ARGS, require_chromium
 from tests.wire_client import FEED_ACK, WebsocketsTransport, WireReplica

@@ -13,7 +13,8 @@ from django.test import Client
 
 from accounts.access import System
 from core.errors import ErrorCode
-from replication.services import document_put, replica_acked
+from replication.services.documents import document_put
+from replication.services.replicas import replica_acked
 from tests.console_helpers import connect_replica, record_error
 from topics.services import Publication, messages_publish, offset_commit, topic_create
 

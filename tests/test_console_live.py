@@ -13,7 +13,7 @@ from django.test import Client
 
 from accounts.access import System
 from datagate_site.asgi import application
-from replication.services import document_put
+from replication.services.documents import document_put
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ from accounts.access import System
 from accounts.models import AuditEntry
 from accounts.services import membership_set, tenant_get_or_create
 from replication.models import Collection, Document
-from replication.services import document_put
+from replication.services.documents import document_put
 from topics.models import Message
 from topics.services import topic_create
 

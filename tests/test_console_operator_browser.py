@@ -16,7 +16,7 @@ import pytest
 from accounts.access import System
 from accounts.models import AuditEntry
 from replication.models import Collection
-from replication.services import document_put
+from replication.services.documents import document_put
 from tests.test_console_browser import WAIT_MS, ReplicaThread, browser, log_in, shot
 from tests.wire_client import WebsocketsTransport, WireReplica
 from topics.models import Message

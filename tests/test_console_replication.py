@@ -15,7 +15,7 @@ from django.urls import reverse
 from accounts.access import System
 from datagate_site.asgi import application
 from replication.models import FeedLatencyMinute, Replica, ReplicaSession
-from replication.services import document_put
+from replication.services.documents import document_put
 from tests.wire_client import DISCONNECT, CommunicatorTransport, WireReplica
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,7 +13,8 @@ from accounts.access import System
 from accounts.services import membership_set, tenant_get_or_create
 from core.errors import DataGateError, ErrorCode
 from replication.models import MaintenanceRun, Tombstone
-from replication.services import document_delete, document_put, error_event_record
+from replication.services.documents import document_delete, document_put
+from replication.services.events import error_event_record
 from topics.services import Publication, messages_publish, offset_commit, topic_create
 
 pytestmark = pytest.mark.django_db

@@ -27,12 +27,8 @@ from replication.models import (
     ReplicaSession,
     Tombstone,
 )
-from replication.services import (
-    document_put,
-    feed_latency_record,
-    replica_acked,
-    replica_disconnected,
-)
+from replication.services.documents import document_put
+from replication.services.replicas import feed_latency_record, replica_acked, replica_disconnected
 from tests.console_helpers import connect_replica, make_replicas, record_error
 
 pytestmark = pytest.mark.django_db
@@ -248,7 +244,7 @@ def test_dashboard_shows_counts_charts_online_replicas_and_errors(
     document_put(
         actor=System("test"), collection_id=collection.pk, doc_id="n2", body={}, origin="seed"
     )
-    from replication.services import document_delete
+    from replication.services.documents import document_delete
 
     document_delete(actor=System("test"), collection_id=collection.pk, doc_id="n2", origin="seed")
     replica_acked(replica_pk=world["replica"].pk, seq=1, latency_ms=40)

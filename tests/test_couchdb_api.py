@@ -188,7 +188,7 @@ async def test_a_conflict_is_won_by_the_rule_and_the_losing_branch_is_closed(
     # A losing branch that arrives later is closed too, and the winner gets a new seq so
     # that its writer hears about it.
     late = replicated("d", "2-late", "1-aa", v="late")
-    from replication.services import document_put
+    from replication.services.documents import document_put
 
     collection_id = await _collection_id()
     await sync_to_async(document_put)(
@@ -261,7 +261,7 @@ async def test_app_edits_with_new_edits_true_and_single_document_routes(
 async def test_writes_from_other_doors_get_revisions_that_extend_the_history(
     people: dict[str, str],
 ) -> None:
-    from replication.services import document_put
+    from replication.services.documents import document_put
 
     token = people["ann"]
     collection_id = await _collection_id()

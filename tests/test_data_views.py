@@ -17,7 +17,7 @@ from accounts.models import AuditEntry
 from accounts.services import key_rule_add
 from core.errors import DataGateError
 from replication import data_views
-from replication.services import document_put
+from replication.services.documents import document_put
 from tests.api_support import fast_cli_application, person
 
 BASE = "/api/v1/tenants/acme/collections/tasks"
@@ -32,7 +32,7 @@ def _fresh_rate_limits() -> None:
 
 @pytest.fixture
 def tasks(tenant: Any) -> Any:
-    from replication.services import collection_get_or_create
+    from replication.services.engine import collection_get_or_create
 
     found = collection_get_or_create(tenant=tenant, name="tasks")[0]
     rows: dict[str, dict[str, Any]] = {

@@ -198,7 +198,7 @@ def test_a_refused_document_is_rejected_in_the_receipt_and_the_rest_applies(
 ) -> None:
     from accounts.access import System
     from replication.models import Document
-    from replication.services import batch_apply
+    from replication.services.engine import batch_apply
 
     def doc(doc_id: Any, **fields: Any) -> dict[str, Any]:
         return {"_id": doc_id, "_revision": 1, "_modified": T0, **fields}

@@ -20,7 +20,7 @@ from datagate_replica import AsyncReplica
 
 from replication.models import ErrorEvent, JournalEntry, ReplicaSession
 from replication.selectors import collection_state
-from replication.services import collection_get_or_create
+from replication.services.engine import collection_get_or_create
 from tests.g3_client import G3Replica
 from tests.live_server import DaphneServer
 

@@ -1,5 +1,5 @@
 """`batch_apply_many(same_version_is_noop=True)`: what a G3 session's echo of a pulled document
-does to the store (replication/services.py; docs/protocol.md section 10). SQLite and
+does to the store (replication/services/engine.py; docs/protocol.md section 10). SQLite and
 PostgreSQL."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from accounts.access import System
 from core.errors import DataGateError, ErrorCode
 from replication.models import Collection, Document, JournalEntry
-from replication.services import batch_apply_many
+from replication.services.engine import batch_apply_many
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]
 

@@ -19,14 +19,8 @@ from replication.maintenance import DAY_MS, tombstones_collect, tombstones_colle
 from replication.markers import PullStart
 from replication.models import Collection, Document, Replica, Tombstone
 from replication.selectors import changes_since, collection_state
-from replication.services import (
-    batch_apply,
-    collection_get_or_create,
-    now_ms,
-    replica_acked,
-    replica_connected,
-    replica_disconnected,
-)
+from replication.services.engine import batch_apply, collection_get_or_create, now_ms
+from replication.services.replicas import replica_acked, replica_connected, replica_disconnected
 from tests.replica_sim import SimReplica
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]

@@ -17,7 +17,7 @@ from django.db import connection
 from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect
 from replication.models import Collection, Document
-from replication.services import batch_apply, now_ms
+from replication.services.engine import batch_apply, now_ms
 from replication.verify import collection_verify
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db(transaction=True)]

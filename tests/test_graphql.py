@@ -15,7 +15,7 @@ from django.test import Client
 from accounts.access import System
 from accounts.services import key_rule_add
 from replication import data_views
-from replication.services import document_put
+from replication.services.documents import document_put
 from tests.api_support import fast_cli_application, person
 
 # Resolvers reach the database through database_sync_to_async, which closes the test's
@@ -32,7 +32,7 @@ def _fresh_rate_limits() -> None:
 
 @pytest.fixture
 def tasks(tenant: Any) -> Any:
-    from replication.services import collection_get_or_create
+    from replication.services.engine import collection_get_or_create
 
     found = collection_get_or_create(tenant=tenant, name="tasks")[0]
     rows: dict[str, dict[str, Any]] = {

@@ -22,7 +22,8 @@ from websockets.typing import Subprotocol
 from accounts.access import System
 from accounts.services import key_rule_add
 from replication import data_views
-from replication.services import collection_get_or_create, document_put
+from replication.services.documents import document_put
+from replication.services.engine import collection_get_or_create
 from tests.api_support import fast_cli_application, person
 from tests.live_server import DaphneServer
 from tests.wire_client import WebsocketsTransport, WireReplica

@@ -209,7 +209,7 @@ def test_hostile_input_never_takes_data_away(
     from django.test import Client
 
     from accounts.access import System
-    from replication.services import document_put
+    from replication.services.documents import document_put
     from topics.services import topic_create
 
     writer = member("wendy", "writer")
@@ -331,7 +331,7 @@ async def test_a_stored_row_that_cannot_be_encoded_blocks_nobody(
 
     from accounts.access import System
     from replication.models import Collection, Document, ErrorEvent
-    from replication.services import document_put
+    from replication.services.documents import document_put
 
     def put(doc_id: str, body: dict[str, Any], bad: bool = False) -> None:
         document_put(

@@ -17,7 +17,7 @@ from replication.models import Document, ErrorEvent, QuarantinedDocument
 from replication.protocol.messages import encode_served
 from replication.quarantine import collection_quarantine, unservable_rows
 from replication.selectors import changes_since, feed_from_changes
-from replication.services import batch_apply
+from replication.services.engine import batch_apply
 from replication.verify import collection_verify
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]

@@ -16,14 +16,8 @@ from django.utils import timezone
 from accounts.access import System
 from replication.maintenance import journal_prune, journal_size
 from replication.models import Collection, JournalEntry, MaintenanceRun, Replica
-from replication.services import (
-    batch_apply,
-    collection_get_or_create,
-    now_ms,
-    replica_acked,
-    replica_connected,
-    replica_disconnected,
-)
+from replication.services.engine import batch_apply, collection_get_or_create, now_ms
+from replication.services.replicas import replica_acked, replica_connected, replica_disconnected
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]
 

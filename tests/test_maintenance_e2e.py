@@ -18,7 +18,7 @@ from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect
 from replication.models import Replica
 from replication.selectors import collection_state
-from replication.services import batch_apply, now_ms
+from replication.services.engine import batch_apply, now_ms
 from replication.verify import collection_verify
 from tests.live_server import DaphneServer
 from tests.wire_client import WebsocketsTransport, WireReplica

@@ -14,7 +14,7 @@ from django.core.management import call_command
 
 from replication.maintenance import DAY_MS, tombstones_collect
 from replication.selectors import collection_state
-from replication.services import now_ms
+from replication.services.engine import now_ms
 from replication.verify import collection_verify
 from tests.live_server import DaphneServer
 

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from accounts.access import System
 from core import metrics
 from replication.models import Replica
-from replication.services import document_put
+from replication.services.documents import document_put
 from tests.api_support import fast_cli_application, person
 
 

@@ -43,7 +43,8 @@ from replication.ranges import (
     ranges_stored,
     ranges_table,
 )
-from replication.services import batch_apply, batch_apply_many, document_delete, document_put
+from replication.services.documents import document_delete, document_put
+from replication.services.engine import batch_apply, batch_apply_many
 from replication.transfer import collection_export, collection_import
 from replication.verify import collection_verify
 

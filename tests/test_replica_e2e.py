@@ -25,7 +25,7 @@ from datagate_replica.store import Store, state_digest
 
 from accounts.access import System
 from replication.selectors import collection_state
-from replication.services import batch_apply, collection_get_or_create
+from replication.services.engine import batch_apply, collection_get_or_create
 from tests.live_server import DaphneServer
 
 pytestmark = pytest.mark.e2e

@@ -673,7 +673,7 @@ async def test_a_replica_that_never_acks_is_closed_4429(
 async def test_a_change_made_outside_any_session_reaches_live_replicas(
     open_replica: Opener, world: Any
 ) -> None:
-    from replication.services import document_put
+    from replication.services.documents import document_put
 
     replica = await open_replica()
     await replica.sync()
@@ -711,7 +711,7 @@ async def test_a_lost_doorbell_only_delays_the_feed(
 
     from replication.doorbell import collection_group
     from replication.live import get_hub
-    from replication.services import document_put
+    from replication.services.documents import document_put
 
     settings.DATAGATE = {**settings.DATAGATE, "LIVE_POLL_INTERVAL": 0.2}
     replica = await open_replica()

@@ -19,7 +19,7 @@ from replication.scheduler import (
     maintenance_schedule_start,
     maintenance_schedule_stop,
 )
-from replication.services import batch_apply, now_ms
+from replication.services.engine import batch_apply, now_ms
 from tests.live_server import DaphneServer
 
 OLD = now_ms() - 60 * DAY_MS

@@ -11,7 +11,8 @@ from rest_framework.test import APIClient
 
 from accounts.access import System
 from core.errors import DataGateError
-from replication.services import batch_apply, document_delete, document_put, now_ms
+from replication.services.documents import document_delete, document_put
+from replication.services.engine import batch_apply, now_ms
 from search.models import SearchEntry
 from search.selectors import search_documents
 from search.services import (

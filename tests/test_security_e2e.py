@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidHandshake
 
 from accounts.access import System
 from accounts.services import token_revoke
-from replication.services import document_put
+from replication.services.documents import document_put
 from tests.live_server import DaphneServer
 from tests.wire_client import ERROR, Closed, WebsocketsTransport, WireReplica
 

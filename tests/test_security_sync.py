@@ -37,7 +37,8 @@ from accounts.services import (
 from replication.models import ErrorEvent
 from replication.routing import websocket_urlpatterns
 from replication.selectors import collection_state
-from replication.services import collection_get_or_create, document_put
+from replication.services.documents import document_put
+from replication.services.engine import collection_get_or_create
 from tests.wire_client import (
     ERROR,
     FEED,
@@ -639,8 +640,7 @@ def test_a_recheck_costs_a_fixed_number_of_queries(
     world: Any, django_assert_max_num_queries: Any
 ) -> None:
     """Every live session re-checks every few seconds: keep it a handful of small queries."""
-    from replication.services import session_open
-    from replication.session_access import access_recheck
+    from replication.services.sessions import access_recheck, session_open
 
     token = world["issue"](world["writer"], "read write")
     grant = session_open(

@@ -1,4 +1,4 @@
-"""The access sweep of live sessions (replication/session_access.py).
+"""The access sweep of live sessions (replication/services/sessions.py).
 
 A sweep costs a fixed number of queries when nothing changed, however many sessions a process
 holds; a change re-decides only the sessions it touches, once per (user, tenant, collection),
@@ -23,12 +23,14 @@ from accounts.access_changes import access_version
 from accounts.models import AccessMarker
 from accounts.services import key_rule_add, membership_set
 from core.errors import DataGateError, ErrorCode
+from replication.consumer_access import SessionAccess
 from replication.protocol import machine as mc
-from replication.services import SessionGrant, document_put, session_open
-from replication.session_access import (
+from replication.services.documents import document_put
+from replication.services.sessions import (
     AccessUpdate,
-    SessionAccess,
+    SessionGrant,
     SweepItem,
+    session_open,
     sweep_read,
     sweep_recheck,
 )

@@ -19,15 +19,14 @@ from replication.changes import Version, newest_per_id
 from replication.conflicts import DELETE, WRITE
 from replication.models import Collection, Document, JournalEntry, Tombstone
 from replication.selectors import changes_since, collection_state, feed_from_changes
-from replication.services import (
+from replication.services.documents import document_delete, document_put
+from replication.services.engine import (
     batch_apply,
     batch_apply_many,
     collection_get_or_create,
-    document_delete,
-    document_put,
     now_ms,
-    replica_connected,
 )
+from replication.services.replicas import replica_connected
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]
 

@@ -18,7 +18,7 @@ from replication.maintenance import DAY_MS, tombstones_collect
 from replication.markers import PullStart
 from replication.models import Collection, JournalEntry, MaintenanceRun
 from replication.selectors import collection_state
-from replication.services import batch_apply, collection_get_or_create, now_ms
+from replication.services.engine import batch_apply, collection_get_or_create, now_ms
 from replication.transfer import collection_export
 from replication.verify import collection_verify
 from tests.replica_sim import SimReplica

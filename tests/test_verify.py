@@ -17,7 +17,8 @@ from django.utils import timezone
 from accounts.access import System
 from replication.maintenance import DAY_MS, journal_prune, tombstones_collect
 from replication.models import Collection, Document, JournalEntry, Tombstone
-from replication.services import batch_apply, collection_get_or_create, document_put, now_ms
+from replication.services.documents import document_put
+from replication.services.engine import batch_apply, collection_get_or_create, now_ms
 from replication.verify import collection_verify
 
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]

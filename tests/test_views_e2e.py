@@ -23,7 +23,8 @@ from datagate_replica import Replica, SyncError
 from accounts.access import System
 from replication import data_views
 from replication.protocol import mango
-from replication.services import collection_get_or_create, document_put
+from replication.services.documents import document_put
+from replication.services.engine import collection_get_or_create
 from tests.test_replica_e2e import wait_for
 
 pytestmark = pytest.mark.e2e

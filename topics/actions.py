@@ -21,7 +21,7 @@ from accounts.access import (
 from accounts.models import Tenant
 from accounts.tokens import TokenRejected, token_authenticate
 from core.errors import DataGateError, ErrorCode
-from replication.services import error_event_record
+from replication.services.events import error_event_record
 from topics import selectors, services
 from topics.models import Topic
 

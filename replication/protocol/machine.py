@@ -868,7 +868,7 @@ class Session:
         reply = self._message(m.FEED_ACK, {}, message.header.id)
         return [ApplyChunk(message.feed.to_wire(), message.header.id, reply)]
 
-    # --- access during the session (replication/session_access.py) ----------------------
+    # --- access during the session (replication/services/sessions.py) ------------------
 
     def _on_token_refresh(self, message: m.Body) -> list[Effect]:
         assert isinstance(message, m.TokenRefresh)

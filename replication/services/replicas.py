@@ -1,0 +1,167 @@
+"""Replica bookkeeping: connects and disconnects, pushed and acknowledged positions, and the
+live feed's latency per minute that the console charts.
+
+A replica is one client database (a device) of one user in one collection; each connect opens
+a `ReplicaSession` record. Positions never move backwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from replication.models import FeedLatencyMinute, Replica, ReplicaSession
+from replication.services.engine import LOOKUP_BATCH
+
+# A polling replica's connects this close to its last session's end continue that session.
+POLLING_SESSION_GAP = timedelta(seconds=60)
+
+
+def replica_connected(
+    *,
+    collection_id: int,
+    replica_id: str,
+    user_id: int,
+    name: str = "",
+    client_version: str = "",
+    address: str = "",
+    polling: bool = False,
+) -> Replica:
+    """Register a replica's connect: online, and a session record for the console.
+
+    A `polling` replica (Nitrite G3) opens a fresh socket for every sync, once a second by
+    default: its connects within POLLING_SESSION_GAP of its last session's end continue that
+    session record instead of adding one per poll (86,400 rows a day per replica otherwise).
+    """
+    replica, _ = Replica.objects.get_or_create(
+        collection_id=collection_id,
+        user_id=user_id,
+        replica_id=replica_id,
+    )
+    Replica.objects.filter(pk=replica.pk).update(
+        online=True,
+        name=name[:200] or replica.name,
+        client_version=client_version[:100],
+        address=address[:100],
+        sessions_count=F("sessions_count") + 1,
+        last_seen=_now(),  # update() skips auto_now; GC counts replicas seen lately
+    )
+    replica.refresh_from_db()
+    if polling:
+        latest = ReplicaSession.objects.filter(replica=replica).order_by("-started_at").first()
+        if latest is not None and (
+            latest.ended_at is None or latest.ended_at >= _now() - POLLING_SESSION_GAP
+        ):
+            ReplicaSession.objects.filter(pk=latest.pk).update(ended_at=None, address=address[:100])
+            return replica
+    # A replica has one session at a time: a session left open by a crash ends here.
+    ReplicaSession.objects.filter(replica=replica, ended_at__isnull=True).update(ended_at=_now())
+    ReplicaSession.objects.create(
+        replica=replica, address=address[:100], client_version=client_version[:100]
+    )
+    return replica
+
+
+def replica_pushed(*, replica_pk: int, applied: int, rejected: int, last_seq: int | None) -> None:
+    updates: dict[str, Any] = {
+        "pushed_count": F("pushed_count") + applied,
+        "rejected_count": F("rejected_count") + rejected,
+        "last_seen": _now(),
+    }
+    if last_seq is not None:
+        updates["last_pushed_seq"] = last_seq
+    Replica.objects.filter(pk=replica_pk).update(**updates)
+
+
+def replica_acked(
+    *, replica_pk: int, seq: int, pulled: int = 0, latency_ms: int | None = None
+) -> None:
+    """Record the server marker a replica acknowledged; it never moves backwards.
+
+    `latency_ms` (a live feed's time from sent to acked, measured by the consumer) goes into
+    the collection's per-minute feed latency that the console charts.
+    """
+    Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=seq).update(last_acked_seq=seq)
+    Replica.objects.filter(pk=replica_pk).update(
+        pulled_count=F("pulled_count") + pulled, last_seen=_now()
+    )
+    if latency_ms is not None:
+        collection_id = Replica.objects.filter(pk=replica_pk).values_list(
+            "collection_id", flat=True
+        )[0]
+        feed_latency_record(collection_id=collection_id, latency_ms=latency_ms)
+
+
+def feed_latency_record(
+    *, collection_id: int, latency_ms: int, acks: int = 1, total_ms: int | None = None
+) -> None:
+    """Add `acks` feed acks to this minute's row: `latency_ms` is their largest latency and
+    `total_ms` their sum (`latency_ms * acks` when not given)."""
+    latency_ms = max(0, int(latency_ms))
+    total = latency_ms * acks if total_ms is None else max(0, int(total_ms))
+    minute = _now().replace(second=0, microsecond=0)
+    row = FeedLatencyMinute.objects.filter(collection_id=collection_id, minute=minute)
+    updated = row.update(
+        acks=F("acks") + acks,
+        total_ms=F("total_ms") + total,
+        max_ms=Greatest(F("max_ms"), Value(latency_ms)),
+    )
+    if updated:
+        return
+    with transaction.atomic():
+        _, created = FeedLatencyMinute.objects.get_or_create(
+            collection_id=collection_id,
+            minute=minute,
+            defaults={"acks": acks, "total_ms": total, "max_ms": latency_ms},
+        )
+    if not created:  # another process created the row between the update and the insert
+        feed_latency_record(
+            collection_id=collection_id, latency_ms=latency_ms, acks=acks, total_ms=total
+        )
+
+
+def feed_latency_record_many(*, samples: Mapping[int, tuple[int, int, int]]) -> None:
+    """Record live feed acks of many collections: pk -> (acks, total ms, max ms)."""
+    for collection_id, (acks, total_ms, max_ms) in samples.items():
+        if acks > 0:
+            feed_latency_record(
+                collection_id=collection_id, latency_ms=max_ms, acks=acks, total_ms=total_ms
+            )
+
+
+def replicas_acked(*, positions: Mapping[int, int]) -> None:
+    """Record many live replicas' acknowledged positions in one transaction (replica pk ->
+    seq); positions never move backwards."""
+    now = _now()
+    # Live replicas of a collection mostly ack the same feed: one UPDATE per distinct seq.
+    by_seq: dict[int, list[int]] = {}
+    for replica_pk, seq in positions.items():
+        by_seq.setdefault(seq, []).append(replica_pk)
+    with transaction.atomic():
+        for seq, replica_pks in by_seq.items():
+            for start in range(0, len(replica_pks), LOOKUP_BATCH):
+                Replica.objects.filter(
+                    pk__in=replica_pks[start : start + LOOKUP_BATCH], last_acked_seq__lt=seq
+                ).update(last_acked_seq=seq, last_seen=now)
+
+
+def replica_disconnected(*, replica_pk: int, acked_seq: int | None = None) -> None:
+    """Mark a replica offline (and record its last acknowledged position, if given)."""
+    if acked_seq is not None:
+        Replica.objects.filter(pk=replica_pk, last_acked_seq__lt=acked_seq).update(
+            last_acked_seq=acked_seq
+        )
+    Replica.objects.filter(pk=replica_pk).update(online=False, last_seen=_now())
+    ReplicaSession.objects.filter(replica_id=replica_pk, ended_at__isnull=True).update(
+        ended_at=_now()
+    )
+
+
+def _now() -> datetime:
+    return timezone.now()
