@@ -70,6 +70,8 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         self.url_view: str | None = route.get("view")
         # The data view the session syncs (docs/protocol.md section 12), decided at Connect.
         self.view: data_views.ViewSession | None = None
+        # The epoch of the older definition of the view a pull re-syncs from (section 12.1).
+        self.resync_from: int | None = None
         self.pushed = False  # anything applied from this replica (a fresh view pull then
         # reads every change, so that what it pushed outside the view leaves it)
         self.max_frame = int(knobs["MAX_FRAME_BYTES"])
@@ -200,9 +202,31 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             last_seq, purge_seq, epoch = await database_sync_to_async(selectors.collection_head)(
                 collection_id=grant.collection_id
             )
+            resync_epoch = None
             if self.view is not None:
                 epoch = self.view.epoch
-            return self.session.position_done(last_seq=last_seq, purge_seq=purge_seq, epoch=epoch)
+                pull = self.session.pull
+                if pull is not None and pull.start.epoch in self.view.previous:
+                    # Synced through an older definition: re-synced by difference.
+                    resync_epoch = self.resync_from = pull.start.epoch
+            return self.session.position_done(
+                last_seq=last_seq, purge_seq=purge_seq, epoch=epoch, resync_epoch=resync_epoch
+            )
+        if isinstance(effect, mc.ReadDifference):
+            assert self.view is not None and self.session.pull is not None
+            assert self.resync_from is not None
+            old = self.view.previous[self.resync_from]
+            changes, last_id, more = await database_sync_to_async(data_views.view_difference_page)(
+                collection_id=grant.collection_id,
+                old=old,
+                new=self.view.selector,
+                up_to_seq=effect.up_to_seq,
+                after_id=effect.after_id,
+                limit=effect.limit,
+            )
+            return self.session.difference_done(
+                feed=self._feed(changes), count=len(changes), last_id=last_id, more=more
+            )
         if isinstance(effect, mc.ReadChunk):
             if self.view is not None:
                 page = await database_sync_to_async(data_views.view_change_page)(

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import BooleanField, QuerySet
+from django.db.models import BooleanField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from accounts import access
@@ -32,6 +32,10 @@ from replication.doorbell import view_changed_request
 from replication.models import Collection, DataView, Document
 from replication.protocol import mango
 from replication.selectors import Change, ChangePage, change_page
+
+# Past definitions a view keeps (DataView.history): a replica synced through one of them is
+# re-synced by difference; one synced through an older one gets a reset snapshot.
+HISTORY_KEPT = 16
 
 
 def _user_name(actor: Any) -> str:
@@ -182,6 +186,8 @@ def view_update(
     if description is not None:
         view.description = str(description)[:300]
     if changed:
+        past = {"version": view.version, "selector": before["selector"], "fields": before["fields"]}
+        view.history = [*list(view.history or []), past][-HISTORY_KEPT:]
         view.version += 1
     with transaction.atomic():
         view.save()
@@ -290,9 +296,10 @@ class ViewSession:
 
     `key` is the same for every session that sees the same documents through the view (before
     key rules): the live hub classifies each change once per key. `epoch` stands for the
-    collection's epoch in the session's markers: it moves when the view's definition changes,
-    so a replica synced through an older definition gets a reset snapshot of the new one
-    instead of keeping documents the new definition leaves out.
+    collection's epoch in the session's markers: it moves when the view's definition changes.
+    `previous` maps the epochs of the view's kept past definitions to their selectors (bound
+    like `selector`): a replica whose markers carry one of them is re-synced by difference
+    (`view_difference_page`); any other epoch gets a reset snapshot of the definition.
     """
 
     name: str
@@ -300,11 +307,16 @@ class ViewSession:
     key: tuple[Any, ...]
     epoch: int
     view_pk: int = 0
+    previous: dict[int, mango.Selector] = field(default_factory=dict, hash=False, compare=False)
+
+
+def view_epoch_of(*, collection_epoch: int, view_pk: int, version: int) -> int:
+    digest = zlib.crc32(f"{collection_epoch}:{view_pk}:{version}".encode())
+    return 1 + digest % (2**31 - 2)
 
 
 def view_epoch(*, collection_epoch: int, view: DataView) -> int:
-    digest = zlib.crc32(f"{collection_epoch}:{view.pk}:{view.version}".encode())
-    return 1 + digest % (2**31 - 2)
+    return view_epoch_of(collection_epoch=collection_epoch, view_pk=view.pk, version=view.version)
 
 
 def view_session_open(*, user: Any, tenant: Tenant, collection_id: int, name: str) -> ViewSession:
@@ -320,12 +332,24 @@ def view_session_open(*, user: Any, tenant: Tenant, collection_id: int, name: st
             ErrorCode.VIEW_NOT_FOUND, tenant=tenant.slug, collection=collection.name, view=name
         )
     selector = selector_bound(view=view, user=user, tenant=tenant)
+    bindings = view_bindings(user=user, tenant=tenant)
+    previous = {}
+    for past in view.history or []:
+        try:
+            old = mango.parse(past["selector"]).bind(bindings)
+        except (DataGateError, KeyError, TypeError):
+            continue  # a definition no longer valid: its replicas take the reset snapshot
+        epoch = view_epoch_of(
+            collection_epoch=view.collection.epoch, view_pk=view.pk, version=past["version"]
+        )
+        previous[epoch] = old
     return ViewSession(
         name=view.name,
         selector=selector,
         key=binding_key(view=view, selector=selector, user=user, tenant=tenant),
         epoch=view_epoch(collection_epoch=view.collection.epoch, view=view),
         view_pk=view.pk,
+        previous=previous,
     )
 
 
@@ -390,3 +414,42 @@ def view_change_page(
     ]
     covered = changes[-1].seq if len(changes) >= limit else bound
     return ChangePage(changes, covered, int(last_seq), int(epoch))
+
+
+def _matching(selector: mango.Selector) -> RawSQL:
+    sql = mango.to_sql(selector, vendor=connection.vendor, column=_body_column())
+    # Every value and field name is a query parameter (see `documents_matching`).
+    return RawSQL(sql.text, sql.params, output_field=BooleanField())  # noqa: S611
+
+
+def view_difference_page(
+    *,
+    collection_id: int,
+    old: mango.Selector,
+    new: mango.Selector,
+    up_to_seq: int,
+    after_id: str,
+    limit: int,
+) -> tuple[list[Change], str, bool]:
+    """A page of what a replica synced through the `old` definition of a view up to
+    `up_to_seq` lacks or must drop under the `new` one (docs/protocol.md section 12.1): the
+    documents with seq <= `up_to_seq` that one definition selects and the other does not,
+    by id after `after_id`. Returns them as changes (`view_feed` with `new` sends those it
+    selects as documents, the others as removals at their own `_modified`), the last id read
+    and whether another page may follow. Documents changed after `up_to_seq` are not here:
+    the pull reads them through `new` anyway. Deletes are not either: the replica saw them.
+
+    SQL finds the documents either definition selects; the classification is Python's (the
+    same `matches` the live feeds use: tests/test_mango.py checks that both agree)."""
+    rows = Document.objects.filter(
+        collection_id=collection_id, seq__lte=up_to_seq, doc_id__gt=after_id
+    )
+    rows = rows.filter(Q(_matching(old)) | Q(_matching(new))).order_by("doc_id")
+    page = list(rows.values_list("doc_id", "seq", "modified", "revision", "origin", "body")[:limit])
+    changes = [
+        Change(seq, Version(doc_id, WRITE, modified, revision, origin, body))
+        for doc_id, seq, modified, revision, origin, body in page
+        if old.matches(body or {}) != new.matches(body or {})
+    ]
+    last_id = page[-1][0] if page else after_id
+    return changes, last_id, len(page) == limit

@@ -350,7 +350,10 @@ class DataView(models.Model):
     """A named view of a collection: a Mango selector, projected fields, session parameters.
 
     replication/protocol/mango.py parses and evaluates the selector; replication/data_views.py
-    manages views and reads through them. `version` moves on every change of the definition.
+    manages views and reads through them. `version` moves on every change of the definition;
+    `history` keeps the last definitions before it (`{"version", "selector", "fields"}`, oldest
+    first, at most `data_views.HISTORY_KEPT`), so that a replica synced through one of them is
+    re-synced by difference, not from zero (docs/decisions/0016).
     """
 
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="views")
@@ -359,6 +362,7 @@ class DataView(models.Model):
     fields = models.JSONField(default=list, blank=True)
     description = models.CharField(max_length=300, blank=True)
     version = models.PositiveIntegerField(default=1)
+    history = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -182,6 +182,43 @@ def test_nothing_to_pull_goes_straight_to_batch_end() -> None:
     assert end.message["header"]["messageType"] == m.BATCH_END
 
 
+OLD_EPOCH = 55  # the epoch of an older definition of the session's view (rule 9)
+
+
+@pytest.mark.parametrize("head", [4, 9])
+def test_a_view_replica_of_an_older_definition_gets_the_difference_then_its_changes(
+    head: int,
+) -> None:
+    session = connected()
+    start = {"collectionMarker": 4, "tombstoneMarker": OLD_EPOCH}
+    session.receive(client(m.BATCH_END, startMarkers=start))
+    (read,) = session.position_done(last_seq=head, purge_seq=0, epoch=EPOCH, resync_epoch=OLD_EPOCH)
+    assert read == mc.ReadDifference("", 4, 500)
+    (chunk, read) = session.difference_done(feed={"d": 1}, count=2, last_id="b", more=True)
+    body = chunk.message
+    assert "reset" not in body and body["feed"] == {"d": 1} and body["nextOffset"] == 2
+    assert body["startMarkers"] == {"collectionMarker": 4, "tombstoneMarker": EPOCH}
+    assert body["endMarkers"] == {"collectionMarker": head, "tombstoneMarker": EPOCH}
+    assert read == mc.ReadDifference("b", 4, 500)
+    effects = session.difference_done(feed={}, count=0, last_id="b", more=False)
+    if head > 4:  # then the changes after the marker, through the new definition
+        assert effects == [mc.ReadChunk(4, 9, 500)]
+        return
+    assert effects == []  # nothing changed since the marker: batch.end once the chunk is acked
+    (record, end) = session.receive(client(m.BATCH_ACK, body["header"]["id"]))
+    assert record == mc.RecordAck(4, 2)
+    assert end.message["header"]["messageType"] == m.BATCH_END
+    assert end.message["endMarkers"] == {"collectionMarker": 4, "tombstoneMarker": EPOCH}
+
+
+def test_an_epoch_the_shell_cannot_name_still_gets_the_reset_snapshot() -> None:
+    session = connected()
+    start = {"collectionMarker": 4, "tombstoneMarker": OLD_EPOCH}
+    session.receive(client(m.BATCH_END, startMarkers=start))
+    (read,) = session.position_done(last_seq=5, purge_seq=0, epoch=EPOCH, resync_epoch=None)
+    assert read == mc.ReadChunk(0, 5, 500)
+
+
 @pytest.mark.parametrize(
     ("markers", "reset"),
     [

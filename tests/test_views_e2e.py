@@ -127,10 +127,10 @@ def test_a_view_replica_holds_its_users_open_tasks_and_follows_them_live(
     )
     assert _ids(mine) == {"t2", "t5", "t7"}
 
-    # An admin changes the definition: the live session ends, the replica reconnects with the
-    # new definition's markers and gets its documents (docs/decisions/0016). t3 (wendy's, never
-    # sent to this replica) arrives; documents that left as removals (t6) do not come back
-    # until they change (a removal stands against the same version: decision 0016).
+    # An admin changes the definition: the live session ends, the replica reconnects with its
+    # markers and is re-synced by difference (docs/decisions/0016). t3 (wendy's, never sent
+    # to this replica) arrives; documents that left as removals (t6) do not come back until
+    # they change (a removal stands against the same version: decision 0016).
     epoch = mine.markers.epoch
     request = urllib.request.Request(
         f"{daphne.http_url}/api/v1/tenants/acme/collections/tasks/views/open-tasks/",
@@ -143,7 +143,7 @@ def test_a_view_replica_holds_its_users_open_tasks_and_follows_them_live(
     with urllib.request.urlopen(request, timeout=30) as response:
         assert json.loads(response.read())["version"] == 2
     wait_for(lambda: "t3" in _ids(mine), what="the new definition's documents")
-    assert mine.markers.epoch != epoch
+    wait_for(lambda: mine.markers.epoch != epoch, what="the new definition's markers")
     assert "t6" not in _ids(mine)  # left as a removal: it returns with its next change
     mine.stop()
 
@@ -171,6 +171,65 @@ def test_a_view_replica_holds_its_users_open_tasks_and_follows_them_live(
         assert doc_id in listed.stdout
     for doc_id in ("t1", "t8"):
         assert f'"{doc_id}"' not in listed.stdout
+
+
+def _redefine(daphne: Any, token: str, selector: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        f"{daphne.http_url}/api/v1/tenants/acme/collections/tasks/views/open-tasks/",
+        data=json.dumps({"selector": selector}).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return int(json.loads(response.read())["version"])
+
+
+def test_a_changed_view_re_syncs_its_replicas_by_difference(
+    replicas: Callable[..., Replica], tokens: dict[str, str], daphne: Any, tasks: Any
+) -> None:
+    for i in range(20):  # open tasks of rita that both definitions select
+        document_put(
+            actor=SYSTEM,
+            collection_id=tasks.pk,
+            doc_id=f"o{i:02d}",
+            body={"status": "open", "owner": "rita", "title": f"o{i}"},
+            origin="s",
+        )
+    offline = replicas("rita-offline", tokens["rita"], view="open-tasks")
+    live = replicas("rita-live", tokens["rita"], view="open-tasks")
+    old = {"t1", "t4"} | {f"o{i:02d}" for i in range(20)}
+    assert offline.sync().pulled == len(old)
+    assert live.sync().pulled == len(old)
+    live.start()
+    live.wait_live(30)
+    pulled: list[int] = []  # what each pull of the live replica's sessions received so far
+    live.engine.on_progress = lambda count, _total: pulled.append(count)
+    epoch = live.markers.epoch
+
+    # The new definition adds wendy's open task t3 and leaves out t4 ("four").
+    version = _redefine(
+        daphne,
+        tokens["admin"],
+        {
+            "$or": [OPEN_TASKS, {"status": "open", "owner": "wendy"}],
+            "title": {"$ne": "four"},
+        },
+    )
+    assert version == 2
+    new = (old - {"t4"}) | {"t3"}
+    # The live replica: its session ends, it reconnects with its markers, and its pull is the
+    # difference (t3 in, t4 out), not the 22 documents of the view.
+    wait_for(lambda: _ids(live) == new, what="the live replica to hold the new view")
+    wait_for(lambda: live.markers.epoch != epoch, what="the new definition's markers")
+    assert pulled and max(pulled) == 2, pulled
+    # The offline replica, when it next syncs: the same difference, no reset snapshot.
+    report = offline.sync()
+    assert not report.reset
+    assert report.pulled == 2
+    assert _ids(offline) == new
+    assert offline.markers.epoch == live.markers.epoch
+    # Markers go on from there: the next sync receives nothing.
+    assert offline.sync().pulled == 0
 
 
 def test_a_view_that_does_not_exist_refuses_the_connect(

@@ -45,7 +45,12 @@ Rules (PROTOCOL.md section 4, docs/protocol.md):
    the session then syncs the documents in the view (docs/protocol.md section 12). ConnectAck
    echoes the capability `views` (an older server ignores the key and does not echo it, so a
    client can tell); `ranges` is not granted. The machine is the same: the shell reads through
-   the view and its markers carry the view's epoch.
+   the view and its markers carry the view's epoch. When the client's markers carry the epoch
+   of an older definition of the view that the shell can still name (`position_done`'s
+   `resync_epoch`), the pull is not a reset: it starts with the difference between the two
+   definitions over what the client already has (`ReadDifference`, pages by id, the cursor
+   does not move), then goes on from the client's marker as usual, under the new epoch
+   (docs/decisions/0016).
 
 Every (state, message type) pair is either a transition in `TRANSITIONS` or a protocol error
 DG-2006 that names the message and the state (fatal, 4409). After ConnectAck, a frame that is
@@ -147,6 +152,17 @@ class ReadChunk:
 
 
 @dataclass(frozen=True)
+class ReadDifference:
+    """Read the next page of a view's difference (rule 9): documents with seq <= up_to_seq
+    whose membership differs between the client's definition and the current one, by id
+    after `after_id`, at most `limit`; answer `difference_done`."""
+
+    after_id: str
+    up_to_seq: int
+    limit: int
+
+
+@dataclass(frozen=True)
 class ReadVersions:
     """Read what the server holds, readable by the session's user, for these ids (a G3
     session's refused changes); answer with `versions_read`."""
@@ -217,6 +233,7 @@ Effect = (
     | ApplyChunk
     | ReadPosition
     | ReadChunk
+    | ReadDifference
     | ReadVersions
     | ReadFeed
     | RecordAck
@@ -289,6 +306,10 @@ class _Pull:
     in_flight: OrderedDict[str, _PullChunk] = field(default_factory=OrderedDict)
     end_sent: bool = False
     corrections_read: bool = False  # G3: refused changes were read back (rule 7)
+    # A view replica synced through an older definition (rule 9): the documents whose
+    # membership changed are read first, by id after `difference_after`.
+    difference: bool = False
+    difference_after: str = ""
 
 
 @dataclass
@@ -623,20 +644,31 @@ class Session:
 
     # --- pull ---------------------------------------------------------------------------
 
-    def position_done(self, *, last_seq: int, purge_seq: int, epoch: int) -> list[Effect]:
-        """The collection's position at the start of the pull."""
+    def position_done(
+        self, *, last_seq: int, purge_seq: int, epoch: int, resync_epoch: int | None = None
+    ) -> list[Effect]:
+        """The collection's position at the start of the pull. `resync_epoch`: the client's
+        epoch names an older definition of the session's view, whose difference the shell
+        can read (rule 9); the client's position then stands under the new `epoch`."""
         pull = self.pull
         if self.state is not State.PULLING or pull is None:
             return []
         self.epoch = epoch
-        how = pull_start(client=pull.start, last_seq=last_seq, purge_seq=purge_seq, epoch=epoch)
+        client = pull.start
+        difference = resync_epoch is not None and client.epoch == resync_epoch and client.seq > 0
+        if difference:
+            client = Markers(client.seq, epoch)
+        how = pull_start(client=client, last_seq=last_seq, purge_seq=purge_seq, epoch=epoch)
         pull.reset = how is not PullStart.FROM_MARKER
         if pull.reset:
             pull.start = Markers(0, epoch)
             pull.cursor = 0
+        else:
+            pull.start = client
+            pull.difference = difference
         pull.end = Markers(last_seq, epoch)
         pull.position_known = True
-        if pull.cursor >= last_seq and not pull.reset:
+        if pull.cursor >= last_seq and not pull.reset and not pull.difference:
             pull.exhausted = True
             return self._pull_progress()
         return self._next_read()
@@ -647,7 +679,48 @@ class Session:
         if pull.exhausted or pull.reading or len(pull.in_flight) >= self.limits.chunks_in_flight:
             return []
         pull.reading = True
+        if pull.difference:
+            return [ReadDifference(pull.difference_after, pull.start.seq, pull.limit)]
         return [ReadChunk(pull.cursor, pull.end.seq, pull.limit)]
+
+    def difference_done(
+        self, *, feed: dict[str, Any], count: int, last_id: str, more: bool
+    ) -> list[Effect]:
+        """A page of the view's difference was read (rule 9): `count` documents (before any
+        read filter), the last of them `last_id`; `more` when another page may follow. The
+        page goes out as a pull chunk; the pull's cursor does not move."""
+        pull = self.pull
+        if self.state is not State.PULLING or pull is None:
+            return []
+        pull.reading = False
+        effects: list[Effect] = []
+        if count:
+            effects.append(self._pull_chunk(feed, count, pull.cursor))
+        pull.difference_after = last_id
+        if not more:
+            pull.difference = False
+            if pull.cursor >= pull.end.seq:
+                pull.exhausted = True
+        return effects + self._pull_progress()
+
+    def _pull_chunk(self, feed: dict[str, Any], count: int, covered: int) -> Send:
+        pull = self.pull
+        assert pull is not None
+        message_type = m.BATCH_START if pull.chunks_sent == 0 else m.BATCH_CONTINUE
+        body: dict[str, Any] = {
+            "feed": feed,
+            "nextOffset": pull.offset + count,
+            "batchSize": pull.limit,
+            "startMarkers": pull.start.to_wire(),
+            "endMarkers": pull.end.to_wire(),
+        }
+        if pull.reset and pull.chunks_sent == 0:
+            body["reset"] = True
+        message = self._message(message_type, body)
+        pull.in_flight[message["header"]["id"]] = _PullChunk(covered, count)
+        pull.chunks_sent += 1
+        pull.offset += count
+        return Send(message)
 
     def chunk_done(self, *, feed: dict[str, Any], covered: int, count: int) -> list[Effect]:
         """A chunk was read: `count` changes (before any read filter), covering up to `covered`."""
@@ -660,21 +733,7 @@ class Session:
             pull.exhausted = True
         effects: list[Effect] = []
         if count or pull.reset or pull.chunks_sent:
-            message_type = m.BATCH_START if pull.chunks_sent == 0 else m.BATCH_CONTINUE
-            body: dict[str, Any] = {
-                "feed": feed,
-                "nextOffset": pull.offset + count,
-                "batchSize": pull.limit,
-                "startMarkers": pull.start.to_wire(),
-                "endMarkers": pull.end.to_wire(),
-            }
-            if pull.reset and pull.chunks_sent == 0:
-                body["reset"] = True
-            message = self._message(message_type, body)
-            pull.in_flight[message["header"]["id"]] = _PullChunk(covered, count)
-            pull.chunks_sent += 1
-            pull.offset += count
-            effects.append(Send(message))
+            effects.append(self._pull_chunk(feed, count, covered))
         pull.cursor = covered
         effects += self._pull_progress()
         return effects
