@@ -196,7 +196,9 @@ def test_a_view_replica_of_an_older_definition_gets_the_difference_then_its_chan
     assert read == mc.ReadDifference("", 4, 500)
     (chunk, read) = session.difference_done(feed={"d": 1}, count=2, last_id="b", more=True)
     body = chunk.message
-    assert "reset" not in body and body["feed"] == {"d": 1} and body["nextOffset"] == 2
+    assert "reset" not in body
+    assert body["feed"] == {"d": 1}
+    assert body["nextOffset"] == 2
     assert body["startMarkers"] == {"collectionMarker": 4, "tombstoneMarker": EPOCH}
     assert body["endMarkers"] == {"collectionMarker": head, "tombstoneMarker": EPOCH}
     assert read == mc.ReadDifference("b", 4, 500)

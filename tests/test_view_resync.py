@@ -158,7 +158,8 @@ def test_a_changed_definition_keeps_the_old_one_and_a_session_can_name_it(
     assert after.epoch != before.epoch
     assert set(after.previous) == {before.epoch}
     old = after.previous[before.epoch]  # bound for this user, like the session's selector
-    assert old.matches({"owner": "rita"}) and not old.matches({"owner": "wendy"})
+    assert old.matches({"owner": "rita"})
+    assert not old.matches({"owner": "wendy"})
 
 
 @pytest.mark.django_db

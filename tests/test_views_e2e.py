@@ -221,7 +221,8 @@ def test_a_changed_view_re_syncs_its_replicas_by_difference(
     # difference (t3 in, t4 out), not the 22 documents of the view.
     wait_for(lambda: _ids(live) == new, what="the live replica to hold the new view")
     wait_for(lambda: live.markers.epoch != epoch, what="the new definition's markers")
-    assert pulled and max(pulled) == 2, pulled
+    assert pulled, "the reconnected session pulled"
+    assert max(pulled) == 2, pulled
     # The offline replica, when it next syncs: the same difference, no reset snapshot.
     report = offline.sync()
     assert not report.reset
