@@ -2,7 +2,7 @@
 
 DRF's `JSONParser` turns a `ValueError` into a 400 but lets the `RecursionError` of a body
 nested thousands of levels deep through, which answered 500. What the body holds is then
-checked by the one document door (`replication.door`) when a service stores it.
+checked by the one document door (`core.door`) when a service stores it.
 """
 
 from __future__ import annotations

@@ -33,10 +33,10 @@ from api.schema import (
     TenantListSerializer,
 )
 from core import metrics
+from core.door import printable, unencodable
 from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, version_to_wire
 from replication.conflicts import WRITE
-from replication.door import printable, unencodable
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document
 from replication.protocol.messages import encode_served, served_feed

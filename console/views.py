@@ -46,8 +46,8 @@ from console import selectors
 from console.dashboard import dashboard_data, replicas_data
 from console.errorsdoc import errors_doc_html
 from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm
+from core.door import display_json
 from core.errors import DataGateError, ErrorCode
-from replication.door import display_json
 from replication.doorbell import replica_disconnect_request
 from replication.maintenance import (
     journal_prune_all,

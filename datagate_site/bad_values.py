@@ -2,7 +2,7 @@
 
 PostgreSQL refuses NUL in text and a lone surrogate in JSON (SQLite takes both), so a console
 URL such as `?id=%00` raised `DataError` in the view's query. The document door refuses such
-values before anything is stored (replication/door.py); this answers the reads that query with
+values before anything is stored (core/door.py); this answers the reads that query with
 them. The HTTP API maps the same error to DG-8003 in its own handler (api/errors.py).
 """
 

@@ -2,7 +2,7 @@
 
 Pure functions, no Django. A bad change is rejected on its own with its error code; the rest
 of the feed goes on (PROTOCOL.md section 5, docs/errors.md 4xxx). Every document passes the
-one door, `replication.door`, here: whichever interface it came through.
+one door, `core.door`, here: whichever interface it came through.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.door import DEFAULT_LIMITS, DoorLimits, document_text, id_check
+from core.door import printable as _display
 from core.errors import DataGateError, ErrorCode
 from replication.conflicts import DELETE, WRITE, VersionKey, version_key
-from replication.door import DEFAULT_LIMITS, DoorLimits, document_text, id_check
-from replication.door import printable as _display
 
 META_FIELDS = ("_id", "_revision", "_modified", "_origin")
 MAX_INT = 2**63 - 1

@@ -27,8 +27,8 @@ from django.conf import settings
 from django.db import transaction
 
 from accounts.access import System
+from core.door import door_refusal, id_check, printable
 from core.errors import DataGateError
-from replication.door import door_refusal, id_check, printable
 from replication.models import Collection, Document, QuarantinedDocument, Tombstone
 
 ACTOR = System("datagate_quarantine")

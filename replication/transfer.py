@@ -30,10 +30,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Tenant
+from core.door import id_check, limits_from_settings
 from core.errors import DataGateError, ErrorCode
 from replication.changes import MAX_INT, Version, parse_document, version_to_wire
 from replication.conflicts import WRITE
-from replication.door import id_check, limits_from_settings
 from replication.doorbell import ring_on_commit
 from replication.markers import new_epoch
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
@@ -223,7 +223,7 @@ def _parse_row(text: str, line: int) -> _Row:
             version.body,
         )
     if raw.get("kind") == "tombstone":
-        try:  # the door's id rules (replication.door)
+        try:  # the door's id rules (core.door)
             doc_id = id_check(raw.get("id"))
             origin = id_check(raw.get("origin", ""), origin=True, doc_id=doc_id)
         except DataGateError as error:

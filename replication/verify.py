@@ -20,8 +20,8 @@ from typing import Any
 
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
+from core.door import printable
 from core.errors import DataGateError, ErrorCode
-from replication.door import printable
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
 from replication.protocol.ranges import hash_to_wire
 from replication.quarantine import unservable_rows

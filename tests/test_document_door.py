@@ -1,4 +1,4 @@
-"""The one document door (`replication.door`): what it refuses, with which code, through every
+"""The one document door (`core.door`): what it refuses, with which code, through every
 interface that stores documents, and in-process property tests of the door itself."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.door import DoorLimits, document_text, id_check, printable, too_deep
+from core.envelope import decode_frame
 from core.errors import DataGateError, ErrorCode
-from replication.door import DoorLimits, document_text, id_check, printable, too_deep
-from replication.protocol.envelope import decode_frame
 from replication.protocol.messages import encode
 
 T0 = 1_700_000_000_000

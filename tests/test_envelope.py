@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.envelope import Header, decode_frame, make_header
 from core.errors import DataGateError, ErrorCode
-from replication.protocol.envelope import Header, decode_frame, make_header
 
 
 @pytest.mark.parametrize(

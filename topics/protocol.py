@@ -28,8 +28,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from core.envelope import Header, decode_frame, make_header
 from core.errors import DataGateError, ErrorCode
-from replication.protocol.envelope import Header, decode_frame, make_header
 
 PREFIX = "datagate.topic."
 CONNECT = PREFIX + "connect"

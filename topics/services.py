@@ -17,8 +17,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Tenant
+from core.door import document_text, id_check, limits_from_settings
 from core.errors import DataGateError, ErrorCode
-from replication.door import document_text, id_check, limits_from_settings
 from topics.doorbell import ring_on_commit
 from topics.models import ConsumerOffset, Message, Scope, Topic
 
@@ -100,7 +100,7 @@ def messages_publish(
     if not messages:
         return []
     limits = limits_from_settings()
-    for publication in messages:  # the one door (replication.door): all or nothing
+    for publication in messages:  # the one door (core.door): all or nothing
         id_check(publication.message_id)
         document_text(publication.payload, doc_id=publication.message_id, limits=limits)
     stamp = at or timezone.now()

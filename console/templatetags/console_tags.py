@@ -18,7 +18,7 @@ def thousands(value: Any) -> str:
 
 @register.filter
 def pretty_json(value: Any) -> str:
-    from replication.door import display_json
+    from core.door import display_json
 
     return display_json(value, indent=2)
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from replication.door import printable
+from core.door import printable
 from replication.protocol import messages as m
 
 HEADER_KEYS = (

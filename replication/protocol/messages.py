@@ -33,10 +33,10 @@ from pydantic import (
     model_validator,
 )
 
+from core.door import printable, unencodable
+from core.envelope import Header, decode_frame, make_header
 from core.errors import DataGateError, ErrorCode
-from replication.door import printable, unencodable
 from replication.markers import Markers
-from replication.protocol.envelope import Header, decode_frame, make_header
 from replication.protocol.ranges import BUCKETS
 
 # --- message type codes (PROTOCOL.md section 3) --------------------------------------------

@@ -14,9 +14,9 @@ from typing import Any
 from django.db import transaction
 
 from accounts.audit import audit_record
+from core.door import id_check
 from core.errors import DataGateError, ErrorCode
 from replication.conflicts import DELETE, WRITE
-from replication.door import id_check
 from replication.models import Collection, Document, Tombstone
 from replication.services.engine import (
     Actor,

@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 from accounts import access
 from accounts.access import DocumentPolicy, System
 from accounts.models import Tenant
+from core.door import DoorLimits, limits_from_settings
 from core.errors import DataGateError, ErrorCode
 from replication.changes import (
     ParsedFeed,
@@ -40,7 +41,6 @@ from replication.changes import (
     parse_feed,
 )
 from replication.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
-from replication.door import DoorLimits, limits_from_settings
 from replication.doorbell import ring_on_commit
 from replication.models import (
     Collection,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.door import storable
 from core.errors import DataGateError, ErrorCode
-from replication.door import storable
 from replication.models import Collection, ErrorEvent
 
 

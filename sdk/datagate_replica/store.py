@@ -187,7 +187,7 @@ class Settlement:
     rejected: list[RejectedChange] = field(default_factory=list)
 
 
-# The server's document door (replication/door.py, docs/errors.md "Bad input"), checked at
+# The server's document door (core/door.py, docs/errors.md "Bad input"), checked at
 # `put` so that a change the server would refuse never enters the journal.
 MAX_DEPTH = 64
 _BAD_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
