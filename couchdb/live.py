@@ -1,10 +1,11 @@
 """Live `_changes` feeds (longpoll, continuous, eventsource) on the process's one live hub.
 
 A waiting feed does not poll the database. Each collection with CouchDB feeds in this process
-has one `CollectionTail`, a session of `replication.live.LiveHub` like a websocket replica: the
-hub hears the doorbell (or its own periodic check, `LIVE_POLL_INTERVAL`, if a bell is lost),
-reads the new changes once for every local session, and offers the block. The tail keeps the
-last blocks and wakes the feeds waiting on it (docs/decisions/0002).
+has one `CollectionTail`, a session of `replication.live.LiveFeeds` (on the process hub,
+`core.hub`) like a websocket replica: the hub hears the doorbell (or polls every
+`LIVE_POLL_INTERVAL`, if a bell is lost), reads the new changes once for every local session,
+and offers the block. The tail keeps the last blocks and wakes the feeds waiting on it
+(docs/decisions/0002).
 
 The kept blocks also answer the next request of a live PouchDB, which comes back right after
 each answer with the `since` it was given: if the tail covers it, the page is built from the
@@ -20,7 +21,8 @@ import time
 import weakref
 from collections import deque
 
-from replication.live import FeedBlock, LiveHub, get_hub
+from core.hub import process_hub
+from replication.live import FeedBlock, LiveFeeds, live_feeds
 
 # The tail keeps at most this many changes of recent blocks.
 TAIL_CHANGES = 5_000
@@ -78,7 +80,7 @@ class CollectionTail:
         self.kept = 0
         self.waiters: set[FeedWaiter] = set()
         self.last_used = time.monotonic()
-        self.hub: LiveHub | None = None
+        self.feeds: LiveFeeds | None = None
         self.retiring = False
         self._retiring: asyncio.Future[None] | None = None
 
@@ -120,9 +122,9 @@ class CollectionTail:
 
     async def retire(self) -> None:
         _tails(asyncio.get_running_loop()).pop(self.collection_id, None)
-        if self.hub is not None:
-            await self.hub.leave(self, collection_id=self.collection_id)
-            self.hub.unregister(self)
+        if self.feeds is not None:
+            await self.feeds.leave(self, collection_id=self.collection_id)
+            self.feeds.hub.unregister(self)
 
     async def shut_down(self, retry_after_ms: int | None = None) -> None:
         for waiter in list(self.waiters):
@@ -156,9 +158,9 @@ async def tail_for(collection_id: int, from_seq: int, epoch: int) -> CollectionT
     tail = CollectionTail(collection_id)
     tail.epoch = epoch
     tails[collection_id] = tail
-    tail.hub = get_hub()
-    tail.hub.register(tail)
-    offered = await tail.hub.join(tail, collection_id=collection_id, from_seq=from_seq)
+    tail.feeds = live_feeds()
+    process_hub().register(tail)
+    offered = await tail.feeds.join(tail, collection_id=collection_id, from_seq=from_seq)
     if tail.position is None:
         tail.position = offered
     return tail

@@ -1,10 +1,10 @@
-"""GraphQL subscriptions, fed by the same per-process hubs as the sync feeds.
+"""GraphQL subscriptions, fed by the same per-process hub as the sync feeds (`core.hub`).
 
 A `documentChanges` subscription is one more session of the collection's `CollectionFeed` in
-`replication.live.LiveHub`: the hub reads each change from the database once and offers the
+`replication.live.LiveFeeds`: the hub reads each change from the database once and offers the
 same `FeedBlock` to every replica and subscription of the process; the subscription only
 filters it through its reader's key rules and view. `topicMessages` listens to
-`topics.doorbell.TopicHub` the same way the topics websocket does. Neither polls per
+`topics.doorbell.TopicFeeds` the same way the topics websocket does. Neither polls per
 subscriber: a subscription wakes when its hub has something, or every poll interval of the hub
 to re-check its token (docs/graphql.md, "Subscriptions").
 """
@@ -18,13 +18,14 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
+from core.hub import process_hub
 from graphqlapi import selectors
 from graphqlapi.context import GraphQLContext
-from replication.live import FeedBlock, get_hub, poll_interval
+from replication.live import FeedBlock, live_feeds, poll_interval
 from replication.selectors import Change
 from topics import actions
 from topics import selectors as topic_selectors
-from topics.doorbell import DELETED, topic_hub
+from topics.doorbell import DELETED, topic_feeds
 
 # A sentinel on the inbox: the server is shutting down, or an operator disconnected us.
 _CLOSED = object()
@@ -57,7 +58,8 @@ async def document_changes(
     """Every change of the scope after `after_seq` (None: from now on), as its reader sees
     it, in seq order: the changes before the hub's position are read from the database, the
     rest come with the hub's blocks."""
-    hub = get_hub()
+    hub = process_hub()
+    feeds = live_feeds()
     session = SubscriptionSession()
     collection_id = scope.collection.pk
     head = await database_sync_to_async(selectors.live_start)(scope=scope)
@@ -66,7 +68,7 @@ async def document_changes(
     try:
         # Joined at the head, never behind it: a new feed must not re-read old changes for
         # the replicas that join it later. What lies before is read here (the gap below).
-        offered = await hub.join(session, collection_id=collection_id, from_seq=head)
+        offered = await feeds.join(session, collection_id=collection_id, from_seq=head)
         while True:
             if offered > position:  # the hub is ahead of us: read the gap ourselves
                 gap = await database_sync_to_async(selectors.changes_between)(
@@ -97,7 +99,7 @@ async def document_changes(
             offered = position
     finally:
         with contextlib.suppress(Exception):
-            await hub.leave(session, collection_id=collection_id)
+            await feeds.leave(session, collection_id=collection_id)
         hub.unregister(session)
 
 
@@ -110,7 +112,7 @@ async def topic_messages(
 ) -> AsyncIterator[topic_selectors.TopicMessage]:
     """The topic's messages from `start_from` on, as they are published."""
     topic_id = await database_sync_to_async(actions.topic_for_subscribe)(caller=caller, name=topic)
-    hub = topic_hub()
+    hub = topic_feeds()
     moved = asyncio.Event()
     deleted = False
 

@@ -2,8 +2,8 @@
 
 It parses each frame once, hands the message to the session machine and performs the effects
 the machine returns: sends, and database steps, each one `database_sync_to_async` call into
-`services` or `selectors`. Live feeds come from the process's `live.LiveHub`, not from a
-channel-layer subscription per consumer (docs/protocol.md, "Live").
+`services` or `selectors`. Live feeds come from the process hub (`core.hub`, with
+`live.LiveFeeds`), not from a channel-layer subscription per consumer (docs/protocol.md, "Live").
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from core import metrics
 from core.consumer_dispatch import DirectDispatchMixin
 from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from core.errors import DataGateError, ErrorCode
+from core.hub import Hub, process_hub
 from replication import data_views, ranges, selectors
 from replication.consumer_access import SessionAccess, access_baseline
-from replication.live import FeedBlock, LiveHub, get_hub
+from replication.live import FeedBlock, LiveFeeds, live_feeds
 from replication.markers import Markers
 from replication.protocol import machine as mc
 from replication.protocol.messages import encode, encode_served, parse_message, splice
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 allow_protocol_close_codes()
 
 # Not a configured alias: Channels then gives the consumer no layer channel of its own. Live
-# sessions hear about changes through the process's LiveHub, which listens once per process.
+# sessions hear about changes through the process hub (core.hub), which listens once per process.
 NO_CHANNEL_LAYER = "datagate.sessions-listen-through-the-live-hub"
 
 # Chunks applied in one database step (one transaction) at most.
@@ -98,7 +99,8 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         self.applies: deque[mc.ApplyChunk] = deque()
         self.applier: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
-        self.hub: LiveHub = get_hub()
+        self.hub: Hub = process_hub()
+        self.feeds: LiveFeeds = live_feeds()
         await self.base_send({"type": "websocket.accept"})
         metrics.connection_opened(endpoint="sync")
         self.hub.register(self)
@@ -271,8 +273,8 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             )
         if isinstance(effect, mc.RecordAck):
             if self.session.state is mc.State.LIVE:
-                self.hub.feed_acked(self, collection_id=grant.collection_id, seq=effect.seq)
-                self.hub.note_ack(
+                self.feeds.feed_acked(self, collection_id=grant.collection_id, seq=effect.seq)
+                self.feeds.note_ack(
                     replica_pk=grant.replica_pk,
                     seq=effect.seq,
                     collection_id=grant.collection_id,
@@ -284,7 +286,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                 )
             return []
         if isinstance(effect, mc.GoLive):
-            head = await self.hub.join(
+            head = await self.feeds.join(
                 self, collection_id=grant.collection_id, from_seq=effect.from_seq
             )
             self.live_joined = True
@@ -402,7 +404,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             self.session.view = view_name
         self.connect_timer.cancel()
         self.grant = grant
-        await self.hub.attach_replica(self, replica_pk=grant.replica_pk)
+        await self.feeds.attach_replica(self, replica_pk=grant.replica_pk)
         self.guard = session_guard(grant=grant, collection_name=self.collection_name)
         # Keep the decision true while the session lives (token refresh, periodic re-check).
         scopes = frozenset({"read", "write"} if grant.write_scope else {"read"})
@@ -499,10 +501,11 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         grant = self.grant
         if grant is None:
             return
+        self.feeds.detach_replica(self, replica_pk=grant.replica_pk)
         if self.live_joined:
-            await self.hub.leave(self, collection_id=grant.collection_id)
+            await self.feeds.leave(self, collection_id=grant.collection_id)
         await database_sync_to_async(replica_disconnected)(
-            replica_pk=grant.replica_pk, acked_seq=self.hub.take_ack(grant.replica_pk)
+            replica_pk=grant.replica_pk, acked_seq=self.feeds.take_ack(grant.replica_pk)
         )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:

@@ -1,10 +1,11 @@
-"""The live feed hub: one doorbell listener per process, one database read per change.
+"""Collection feeds on the process hub: one database read per change for every live session.
 
 Fan-out is where the time goes (docs/STYLE, "Fan-out"), so live sessions do not each listen to
-the channel layer. Each process (each event loop) has one `LiveHub`. It owns one channel on
-the layer and joins the doorbell group of every collection that has a live session here,
-once, re-joining well within the layer's `group_expiry`. On each bell (or every
-`LIVE_POLL_INTERVAL` seconds, so a lost bell only delays a feed) a collection's `CollectionFeed`
+the channel layer. Each process has one hub (`core.hub.Hub`: one layer channel, one rejoin
+rule, one poll fallback); `LiveFeeds` is its adapter for collections. It joins the doorbell
+group of every collection that has a live session here, once. On each bell (or every
+`LIVE_POLL_INTERVAL` seconds, the hub's poll, so a lost bell only delays a feed) a
+collection's `CollectionFeed`
 reads the new changes from the database once, encodes the feed body once, and offers that
 `FeedBlock` to every local session of the collection. A session that is up to date sends the
 same bytes under its own header; one that is behind, has a full window or filters what its
@@ -20,9 +21,8 @@ more changes instead of the queues growing.
 The database is the truth, the bell only says "collection 7 is at seq 1042"
 (docs/decisions/0002-the-database-is-the-truth.md).
 
-The hub also knows every open session of the process, so that a server shutdown (SIGTERM or
-SIGINT under daphne) can send each a Disconnect and close it with 1001 before daphne cancels
-the applications (`core.shutdown.install_shutdown_handler`).
+Live sessions register with the hub itself (`core.hub.process_hub`), which closes them on a
+server shutdown; `LiveFeeds` only feeds them.
 """
 
 from __future__ import annotations
@@ -30,16 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from core.shutdown import DRAINING, install_shutdown_handler
+from core.hub import Hub, process_hub
 from replication import selectors
 from replication.data_views import ViewSession, view_feed
 from replication.doorbell import (
@@ -77,9 +74,6 @@ def coalesce_max() -> float:
 # A new block goes out once at most this share of the sessions sent the last one still owe its
 # ack: a few slow replicas (a phone on a bad network) do not hold up everyone else.
 COALESCE_STRAGGLERS = 0.1
-
-# How long a shutdown waits for sessions to close after their Disconnect before daphne goes on.
-SHUTDOWN_GRACE = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,19 +121,10 @@ class LiveSession(Protocol):
     async def disconnect_requested(self) -> None: ...
 
 
-def _rejoin_interval() -> float:
-    layers: dict[str, Any] = getattr(settings, "CHANNEL_LAYERS", {})
-    for config in layers.values():
-        expiry = config.get("CONFIG", {}).get("group_expiry")
-        if expiry:
-            return max(1.0, min(float(expiry) / 3, 300.0))
-    return 300.0
-
-
 class CollectionFeed:
     """The live feed of one collection in this process."""
 
-    def __init__(self, hub: LiveHub, collection_id: int, position: int) -> None:
+    def __init__(self, hub: LiveFeeds, collection_id: int, position: int) -> None:
         self.hub = hub
         self.collection_id = collection_id
         self.position = position
@@ -164,6 +149,10 @@ class CollectionFeed:
         if seq > self.position:
             self._wake.set()
 
+    def poke(self) -> None:
+        """The hub's poll: read the database even without a bell (and tick the sessions)."""
+        self._wake.set()
+
     def acked(self, session: LiveSession, seq: int) -> None:
         """`session` acknowledged up to `seq`."""
         if seq >= self.owing_end:
@@ -187,8 +176,7 @@ class CollectionFeed:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self.sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll_interval())
+            await self._wake.wait()
             await self._paced(loop)
             self._wake.clear()
             try:
@@ -243,40 +231,29 @@ class CollectionFeed:
                 return
 
 
-class LiveHub:
-    """One per event loop (= per daphne process): see the module docstring."""
+LIVE_POLL = "live"
 
-    def __init__(self) -> None:
-        self.layer = get_channel_layer()
-        self.channel: str | None = None
+
+class LiveFeeds:
+    """The hub's adapter for collection feeds and operator requests to replicas."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
         self.feeds: dict[int, CollectionFeed] = {}
-        self.sessions: set[LiveSession] = set()
         # Sessions by replica pk, for operator requests (the console's disconnect).
         self.replicas: dict[int, set[LiveSession]] = {}
         self._control_joined = False
-        self._reader: asyncio.Task[None] | None = None
-        self._rejoiner: asyncio.Task[None] | None = None
-        self.shutting_down = False
-        self._all_gone = asyncio.Event()
         self._acks: dict[int, int] = {}
         # collection pk -> (acks, total ms, max ms) of live feed acks not yet written
         self._latency: dict[int, tuple[int, int, int]] = {}
         self._ack_flush: asyncio.TimerHandle | None = None
         self._ack_task: asyncio.Task[None] | None = None
+        hub.on(COLLECTION_CHANGED, self._collection_changed)
+        hub.on(REPLICA_DISCONNECT, self._replica_disconnect)
+        hub.on(VIEW_CHANGED, self._view_changed)
+        hub.every(LIVE_POLL, poll_interval, self._poll)
 
-    # --- sessions ------------------------------------------------------------------------
-
-    def register(self, session: LiveSession) -> None:
-        self.sessions.add(session)
-
-    def unregister(self, session: LiveSession) -> None:
-        self.sessions.discard(session)
-        for replica_pk, held in list(self.replicas.items()):
-            held.discard(session)
-            if not held:
-                del self.replicas[replica_pk]
-        if not self.sessions:
-            self._all_gone.set()
+    # --- feeds ---------------------------------------------------------------------------
 
     async def join(self, session: LiveSession, *, collection_id: int, from_seq: int) -> int:
         """Offer the collection's feed to `session` (it has all up to from_seq) from now on.
@@ -289,7 +266,7 @@ class LiveHub:
             self.feeds[collection_id] = feed
             feed.sessions.add(session)
             feed.start()
-            await self._group_add(collection_id)
+            await self.hub.group_join(collection_group(collection_id))
         else:
             feed.sessions.add(session)
         # Whatever committed between the pull's end and now is read on the next pump.
@@ -305,33 +282,45 @@ class LiveHub:
         if not feed.sessions:
             feed.stop()
             del self.feeds[collection_id]
-            if self.layer is not None and self.channel is not None:
-                with contextlib.suppress(Exception):
-                    await self.layer.group_discard(collection_group(collection_id), self.channel)
+            await self.hub.group_leave(collection_group(collection_id))
+
+    async def _poll(self) -> None:
+        for feed in list(self.feeds.values()):
+            feed.poke()
+
+    def _collection_changed(self, message: dict[str, Any]) -> None:
+        feed = self.feeds.get(message.get("collection", -1))
+        if feed is not None:
+            feed.ring(int(message.get("seq", 0)))
+
+    # --- operator requests -----------------------------------------------------------------
 
     async def attach_replica(self, session: LiveSession, *, replica_pk: int) -> None:
         """`session` serves this replica: operator requests for it reach it from now on."""
         self.replicas.setdefault(replica_pk, set()).add(session)
-        if self._control_joined or self.layer is None:
-            return
-        try:
-            await self._ensure_channel()
-            assert self.layer is not None and self.channel is not None
-            await self.layer.group_add(REPLICA_CONTROL_GROUP, self.channel)
+        if not self._control_joined:
             self._control_joined = True
-        except Exception:
-            logger.warning("could not join the replica control group", exc_info=True)
+            await self.hub.group_join(REPLICA_CONTROL_GROUP)
 
-    def _disconnect_view(self, view_pk: int) -> None:
+    def detach_replica(self, session: LiveSession, *, replica_pk: int) -> None:
+        held = self.replicas.get(replica_pk)
+        if held is not None:
+            held.discard(session)
+            if not held:
+                del self.replicas[replica_pk]
+
+    def _view_changed(self, message: dict[str, Any]) -> None:
         """Sessions on a view whose definition changed end; their replicas reconnect to it."""
-        for session in list(self.sessions):
+        view_pk = int(message.get("view", -1))
+        for session in list(self.hub.sessions):
             view = getattr(session, "view", None)
             if isinstance(view, ViewSession) and view.view_pk == view_pk:
-                task = asyncio.ensure_future(session.disconnect_requested())
+                live = cast(LiveSession, session)
+                task = asyncio.ensure_future(live.disconnect_requested())
                 task.add_done_callback(_log_failure)
 
-    def _disconnect_replica(self, replica_pk: int) -> None:
-        for session in list(self.replicas.get(replica_pk, ())):
+    def _replica_disconnect(self, message: dict[str, Any]) -> None:
+        for session in list(self.replicas.get(int(message.get("replica", -1)), ())):
             task = asyncio.ensure_future(session.disconnect_requested())
             task.add_done_callback(_log_failure)
 
@@ -389,104 +378,12 @@ class LiveHub:
             except Exception:
                 logger.warning("could not record feed latency", exc_info=True)
 
-    # --- the doorbell ----------------------------------------------------------------------
-
-    async def _ensure_channel(self) -> None:
-        if self.layer is not None and self.channel is None:
-            self.channel = await self.layer.new_channel("datagate-live.")
-            self._reader = asyncio.create_task(self._read_bells(), name="live-doorbell")
-            self._rejoiner = asyncio.create_task(self._rejoin(), name="live-rejoin")
-
-    async def _group_add(self, collection_id: int) -> None:
-        if self.layer is None:
-            return
-        try:
-            await self._ensure_channel()
-            assert self.channel is not None
-            await self.layer.group_add(collection_group(collection_id), self.channel)
-        except Exception:
-            # Without the layer, feeds still arrive by polling (LIVE_POLL_INTERVAL).
-            logger.warning(
-                "could not join the doorbell of collection %s", collection_id, exc_info=True
-            )
-
-    async def _read_bells(self) -> None:
-        assert self.layer is not None and self.channel is not None
-        while True:
-            try:
-                message = await self.layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("doorbell receive failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
-                continue
-            if message.get("type") == REPLICA_DISCONNECT:
-                self._disconnect_replica(int(message.get("replica", -1)))
-                continue
-            if message.get("type") == VIEW_CHANGED:
-                self._disconnect_view(int(message.get("view", -1)))
-                continue
-            if message.get("type") != COLLECTION_CHANGED:
-                continue
-            feed = self.feeds.get(message.get("collection", -1))
-            if feed is not None:
-                feed.ring(int(message.get("seq", 0)))
-
-    async def _rejoin(self) -> None:
-        """Re-join every group well within group_expiry, so membership never lapses."""
-        interval = _rejoin_interval()
-        while True:
-            await asyncio.sleep(interval)
-            for collection_id in list(self.feeds):
-                await self._group_add(collection_id)
-            if self._control_joined and self.layer is not None and self.channel is not None:
-                with contextlib.suppress(Exception):
-                    await self.layer.group_add(REPLICA_CONTROL_GROUP, self.channel)
-
-    # --- shutdown ------------------------------------------------------------------------
-
-    def retry_hint_ms(self) -> int:
-        """When a session of a stopping server should come back: uniform over DRAIN_SPREAD,
-        so a process's replicas reconnect spread over a few seconds, not in one instant."""
-        spread = max(0.0, float(settings.DATAGATE["DRAIN_SPREAD"]))
-        return int(random.uniform(0, spread * 1000))  # noqa: S311 - jitter, not security
-
-    async def shut_down(self) -> None:
-        """Drain: refuse new sessions and answer /readyz 503 (`DRAINING`), wait DRAIN_DELAY
-        for the load balancer to notice, then send every session Disconnect with a retry hint
-        and close 1001; wait a little for them to go (docs/deploy.md)."""
-        DRAINING.set()
-        self.shutting_down = True
-        delay = float(settings.DATAGATE["DRAIN_DELAY"])
-        if delay > 0:
-            logger.info("draining: /readyz answers 503; closing sessions in %.1f s", delay)
-            await asyncio.sleep(delay)
-        sessions = list(self.sessions)
-        logger.info("shutting down: closing %d replication sessions", len(sessions))
-        await asyncio.gather(
-            *(s.shut_down(self.retry_hint_ms()) for s in sessions), return_exceptions=True
-        )
-        if self.sessions:
-            self._all_gone.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_gone.wait(), SHUTDOWN_GRACE)
-
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.warning("operator request failed", exc_info=task.exception())
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveHub] = weakref.WeakKeyDictionary()
-
-
-def get_hub() -> LiveHub:
-    """This event loop's hub (one per daphne process; one per test event loop)."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = LiveHub()
-        _hubs[loop] = hub
-        install_shutdown_handler(loop, hub)
-    return hub
+def live_feeds() -> LiveFeeds:
+    """This process's collection feeds (on `core.hub.process_hub()`)."""
+    return process_hub().adapter(LiveFeeds)

@@ -13,10 +13,11 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 
 from accounts.access import System
+from core.hub import Hub
 from replication.models import Collection, Document, Tombstone
 from replication.services.documents import document_delete
 from replication.services.engine import batch_apply, now_ms
-from topics.doorbell import TOPIC_MOVED, TopicHub, topic_group
+from topics.doorbell import TOPIC_MOVED, TopicFeeds, topic_group
 
 
 def push(collection: Collection, doc_id: str, modified: int, **fields: object) -> None:
@@ -99,18 +100,20 @@ async def test_a_topic_subscriber_joins_while_redis_is_down_and_the_hub_rejoins_
     offsets = {7: 3}
     monkeypatch.setattr("topics.selectors.topic_last_offsets", lambda *, topic_ids: dict(offsets))
     layer = FlakyLayer()
-    hub = TopicHub(layer)
+    hub = Hub(layer)
+    feeds = TopicFeeds(hub)
     heard: list[int] = []
 
     def listener(topic_id: int, offset: int) -> None:
         heard.append(offset)
 
-    await hub.join(7, listener)
-    assert hub.unjoined == {7}
+    await feeds.join(7, listener)
+    assert hub.unjoined == {topic_group(7)}
     await eventually(lambda: heard == [3])  # the poll, while the doorbell is down
     layer.down = False
     await eventually(lambda: not hub.unjoined)
     await layer.group_send(topic_group(7), {"type": TOPIC_MOVED, "topic": 7, "offset": 5})
     await eventually(lambda: heard[-1:] == [5])
-    assert hub.bells_heard == 1
-    await hub.leave(7, listener)
+    assert feeds.bells_heard == 1
+    await feeds.leave(7, listener)
+    hub.close()

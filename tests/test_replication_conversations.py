@@ -709,16 +709,17 @@ async def test_a_lost_doorbell_only_delays_the_feed(
 ) -> None:
     from channels.layers import get_channel_layer
 
+    from core.hub import process_hub
     from replication.doorbell import collection_group
-    from replication.live import get_hub
+    from replication.live import live_feeds
     from replication.services.documents import document_put
 
     settings.DATAGATE = {**settings.DATAGATE, "LIVE_POLL_INTERVAL": 0.2}
     replica = await open_replica()
     await replica.sync()
-    hub = get_hub()
+    hub = process_hub()
     for _ in range(400):  # the server joins the live feed right after the batch.end.ack
-        if world["collection"].pk in hub.feeds and hub.channel is not None:
+        if world["collection"].pk in live_feeds().feeds and hub.channel is not None:
             break
         await asyncio.sleep(0.05)
     assert hub.channel is not None

@@ -3,9 +3,10 @@
 Each frame goes through the pure `TopicSession` (topics/protocol.py); the typed message is
 handed to its handler, whose database work is one `database_sync_to_async` call into
 `topics.actions`. Delivery: every subscription has a `SubscriptionWindow`; the process's
-`TopicHub` rings `_on_topic_moved` when a topic moves, and one pump task per connection reads
-from the database what the windows allow and sends it. Nothing is queued in memory beyond a
-window: the database is the truth and a lost bell only waits for the hub's poll.
+`TopicFeeds` (on the process hub, `core.hub`) rings `_on_topic_moved` when a topic moves, and
+one pump task per connection reads from the database what the windows allow and sends it.
+Nothing is queued in memory beyond a window: the database is the truth and a lost bell only
+waits for the hub's poll.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from django.conf import settings
 from core.consumer_dispatch import DirectDispatchMixin
 from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from core.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
-from replication.live import get_hub as process_sessions
+from core.hub import process_hub
 from topics import actions, protocol
-from topics.doorbell import DELETED, TopicHub, topic_hub
+from topics.doorbell import DELETED, TopicFeeds, topic_feeds
 from topics.protocol import Inbound, State, SubscriptionWindow, TopicSession
 from topics.selectors import messages_read
 from topics.services import Publication
@@ -56,7 +57,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         self.commit_share = float(knobs["TOPIC_COMMIT_SHARE"])
         self.caller: actions.Caller | None = None
         self.windows: dict[str, SubscriptionWindow] = {}
-        self.hub: TopicHub | None = None
+        self.hub: TopicFeeds | None = None
         self.pump_task: asyncio.Task[None] | None = None
         self.pump_again = False
         self.handlers: dict[str, Callable[[Inbound], Awaitable[None]]] = {
@@ -71,9 +72,9 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
             protocol.DISCONNECT: self.on_disconnect_message,
         }
         await self.accept()
-        # replication.live's hub knows every session of the process, so that on SIGTERM each
+        # The process hub knows every session of the process, so that on SIGTERM each
         # gets a Disconnect and close 1001 (shut_down below) before daphne stops.
-        self.process_sessions = process_sessions()
+        self.process_sessions = process_hub()
         self.process_sessions.register(self)
         self.timeout_task = asyncio.create_task(
             self._connect_timeout(float(knobs["CONNECT_TIMEOUT"]))
@@ -143,7 +144,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
             user_name=self.caller.user_name,
             transaction_id=inbound.header.transactionId or str(uuid.uuid4()),
         )
-        self.hub = topic_hub()
+        self.hub = topic_feeds()
         await self.reply(
             protocol.CONNECT_ACK,
             inbound,
