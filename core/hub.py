@@ -252,7 +252,7 @@ class Hub:
             logger.info("draining: /readyz answers 503; closing sessions in %.1f s", delay)
             await asyncio.sleep(delay)
         sessions = list(self.sessions)
-        logger.info("shutting down: closing %d sessions", len(sessions))
+        logger.info("shutting down: closing %d replication sessions", len(sessions))
         await asyncio.gather(
             *(s.shut_down(self.retry_hint_ms()) for s in sessions), return_exceptions=True
         )

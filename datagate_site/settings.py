@@ -121,7 +121,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if os.environ.get("REDIS_URL"):
     # Redis pub/sub, not channels_redis's list-based RedisChannelLayer: the layer only rings
     # doorbells (docs/decisions/0002), one per commit, to one listener per process
-    # (replication/live.py). With pub/sub a group is a subscription held by a live connection,
+    # (core/hub.py). With pub/sub a group is a subscription held by a live connection,
     # so a killed process leaves no dead members behind (RedisChannelLayer keeps them for
     # `group_expiry` and keeps delivering to them), and a group send is one PUBLISH whatever
     # the number of processes. Pub/sub is at most once, like every channel layer: a bell lost
