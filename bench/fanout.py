@@ -168,6 +168,7 @@ async def _one_run(
     *,
     receiver_ports: list[int] | None = None,
     pids: list[int] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """One fan-out run. The writer talks to `port`; the receivers' client processes are spread
     over `receiver_ports` (default: `port`); the CPU counted is that of `pids` (default: `pid`)
@@ -213,7 +214,7 @@ async def _one_run(
         writer = Writer(session, datagate=kind == "datagate")
         changes = int(sizes.fanout_rate * sizes.fanout_seconds)
         cpu_before = sum(tree_cpu_seconds(p) for p in measured)
-        with profiled(ctx, pid, f"fanout-{kind}-{replicas}", sizes.fanout_seconds):
+        with profiled(ctx, pid, label or f"fanout-{kind}-{replicas}", sizes.fanout_seconds):
             first_us = await writer.write(count=changes, rate=sizes.fanout_rate, prefix=collection)
         write_seconds = time.time_ns() / 1e9 - first_us / 1e6
         expected = connected * changes

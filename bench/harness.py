@@ -57,6 +57,8 @@ class Sizes:
     servers_connections: int = 2_000
     # bench/processes.py: one daphne against two on PostgreSQL + Redis.
     processes_replicas: tuple[int, ...] = (200, 1000)
+    # bench/connect_path.py: calls of each step of a Connect, in process.
+    connect_path_calls: int = 1_000
 
 
 FULL = Sizes(
@@ -95,6 +97,7 @@ QUICK = Sizes(
     servers_replicas=50,
     servers_connections=200,
     processes_replicas=(50,),
+    connect_path_calls=200,
 )
 # The smallest run that still goes through every step: the harness's own test.
 SMOKE = Sizes(
@@ -121,6 +124,7 @@ SMOKE = Sizes(
     servers_replicas=4,
     servers_connections=20,
     processes_replicas=(4,),
+    connect_path_calls=20,
 )
 SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 

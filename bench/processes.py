@@ -34,6 +34,7 @@ def _run(ctx: PassContext, replicas: int, processes: int) -> dict[str, Any]:
                 pids[0],
                 receiver_ports=[s.port for s in servers],
                 pids=pids,
+                label=f"processes-{processes}-{replicas}",
             )
         )
     finally:

@@ -288,6 +288,42 @@ def processes_rows(entry: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def connect_path_rows(entry: dict[str, Any]) -> list[Row]:
+    if "steps" not in entry:
+        return [("connect path, in process", _problem(entry) or "-", "-", "-", "")]
+    steps = entry["steps"]
+    unit = steps.get("one_query", {})
+    rows: list[Row] = []
+    for key, label in (
+        ("token_check", "token check"),
+        ("access_compilation", "access compilation"),
+        ("replica_upsert", "replica upsert"),
+        ("session_open", "session_open (all of the Connect's checks)"),
+        ("empty_pull", "empty pull (head + one page)"),
+    ):
+        got = steps.get(key, {})
+        rows.append(
+            (
+                f"connect path: {label}",
+                f"{_n(got.get('ms_per_call'), ' ms')}, {_n(got.get('queries_per_call'))} queries",
+                f"one ORM query {_n(unit.get('ms_per_call'), ' ms')}",
+                f"{_n(got.get('ratio_to_one_query'))} queries' time",
+                "",
+            )
+        )
+    rows.append(
+        (
+            "connect path, database side alone",
+            f"{_n(entry.get('database_connects_per_s'))} connects/s "
+            f"({_n(entry.get('database_ms_per_connect'), ' ms')} each)",
+            "-",
+            "-",
+            ">= 500 connects/s through the server",
+        )
+    )
+    return rows
+
+
 ROWS = {
     "push_ingest": push_rows,
     "catch_up": catch_up_rows,
@@ -297,6 +333,7 @@ ROWS = {
     "couchdb": couchdb_rows,
     "servers": servers_rows,
     "processes": processes_rows,
+    "connect_path": connect_path_rows,
 }
 
 

@@ -29,6 +29,7 @@ BENCHMARKS = (
     "views",
     "servers",
     "processes",
+    "connect_path",
 )
 
 

@@ -42,7 +42,14 @@ def _measure(ctx: PassContext, kind: str) -> dict[str, Any]:
     try:
         assert server.process is not None
         result["fanout"] = asyncio.run(
-            _one_run(ctx, "datagate", replicas, server.port, server.process.pid)
+            _one_run(
+                ctx,
+                "datagate",
+                replicas,
+                server.port,
+                server.process.pid,
+                label=f"servers-fanout-{kind}-{replicas}",
+            )
         )
     except Exception as exc:
         result["fanout"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -58,7 +65,7 @@ def _measure(ctx: PassContext, kind: str) -> dict[str, Any]:
                 server.port,
                 server.process.pid,
                 count=ctx.sizes.servers_connections,
-                label=f"connect-{kind}",
+                label=f"servers-connect-{kind}",
             )
         )
     except Exception as exc:
