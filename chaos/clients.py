@@ -172,9 +172,7 @@ class SdkClient(Base):
 
         store.settle = recording_settle  # type: ignore[method-assign]
 
-        on_live = engine._on_live_message
-
-        async def recording_live(conn: Any, message: Any, inflight: Any, report: Any) -> Any:
+        def recording_message(message: Any) -> None:
             if message["header"]["messageType"] == "no2.sync.feed":
                 self.history.record(
                     "feed",
@@ -183,9 +181,8 @@ class SdkClient(Base):
                     start=(message.get("startMarkers") or {}).get("collectionMarker"),
                     end=(message.get("endMarkers") or {}).get("collectionMarker"),
                 )
-            return await on_live(conn, message, inflight, report)
 
-        engine._on_live_message = recording_live  # type: ignore[method-assign]
+        engine.on_message = recording_message
         store.clock._now = lambda: wall_clock_ms() + self.skew_ms
 
     def skew(self, ms: int) -> None:
