@@ -163,12 +163,14 @@ def test_an_empty_session_connects_ends_its_push_pulls_and_waits_for_goodbye() -
     assert kinds(d) == [sm.CONNECT]
     assert d.sent[0].body["capabilities"] == ["ranges"]
     d.server(sm.CONNECT_ACK, **connect_ack())
-    assert kinds(d)[-1] == sm.BATCH_END and d.machine.state == State.ENDING
+    assert kinds(d)[-1] == sm.BATCH_END
+    assert d.machine.state == State.ENDING
     d.pull_to_live()
     assert d.machine.state == State.FINISHING
     assert any(isinstance(e, sm.StoreMarkers) and e.markers == Markers(5, 1) for e in d.effects)
     d.server(sm.DISCONNECT)
-    assert d.machine.done and d.ends == [sm.End(None)]
+    assert d.machine.done
+    assert d.ends == [sm.End(None)]
     assert d.machine.receive({"header": {"messageType": sm.FEED}}) == []
 
 
@@ -181,7 +183,8 @@ def test_the_push_keeps_its_window_and_settles_only_what_a_receipt_lists() -> No
     assert kinds(d)[1:] == [sm.BATCH_START, sm.BATCH_CONTINUE]  # two in flight, not three
     d.ack_oldest(keep=frozenset({"a"}))
     assert kinds(d)[-1] == sm.BATCH_CONTINUE
-    assert d.ack_oldest() and d.ack_oldest()
+    assert d.ack_oldest()
+    assert d.ack_oldest()
     assert kinds(d)[-1] == sm.BATCH_END
     assert d.journal == {"a": 1}  # not in its receipt: sent again by the next session
     assert d.machine.report.pushed == 2
@@ -193,7 +196,8 @@ def test_a_batch_ack_for_no_chunk_in_flight_ends_the_session() -> None:
     d.run(d.machine.start())
     d.server(sm.CONNECT_ACK, **connect_ack())
     d.server(sm.BATCH_ACK, correlation_id="elsewhere", receipt={})
-    assert d.machine.done and "no chunk in flight" in str(d.ends[0].error)
+    assert d.machine.done
+    assert "no chunk in flight" in str(d.ends[0].error)
     assert d.journal == {"a": 1}
 
 
@@ -217,7 +221,8 @@ def test_frames_refused_together_make_suspects_sent_alone_next_time() -> None:
     d.run(d.machine.start())
     d.server(sm.CONNECT_ACK, **connect_ack())
     d.run(d.machine.failed(sm.SyncError("bad", code="DG-2009")))
-    assert d.suspects == {1, 2, 3} and len(d.journal) == 3
+    assert d.suspects == {1, 2, 3}
+    assert len(d.journal) == 3
     again = Driver(push_chunk_size=2)
     again.machine.suspects = set(d.suspects)
     again.journal = dict(d.journal)
@@ -232,7 +237,8 @@ def test_a_draining_server_sends_a_new_session_away_with_its_hint() -> None:
     d.run(d.machine.start())
     d.server(sm.DISCONNECT, retryAfterMs=1500)
     error = d.ends[0].error
-    assert isinstance(error, sm.SyncError) and error.retry_after_ms == 1500
+    assert isinstance(error, sm.SyncError)
+    assert error.retry_after_ms == 1500
 
 
 def test_a_live_session_feeds_both_ways_and_keeps_the_goodbye_hint() -> None:
@@ -240,7 +246,8 @@ def test_a_live_session_feeds_both_ways_and_keeps_the_goodbye_hint() -> None:
     d.run(d.machine.start())
     d.server(sm.CONNECT_ACK, **connect_ack())
     d.pull_to_live()
-    assert d.machine.state == State.LIVE and sm.GoLive() in d.effects
+    assert d.machine.state == State.LIVE
+    assert sm.GoLive() in d.effects
     d.put("x")
     d.run(d.machine.wake())
     assert kinds(d)[-1] == sm.FEED
@@ -251,9 +258,11 @@ def test_a_live_session_feeds_both_ways_and_keeps_the_goodbye_hint() -> None:
         feed={"changeSet": [{"_id": "y", "_revision": 1, "_modified": 9}], "tombstoneMap": {}},
     )
     assert kinds(d)[-1] == sm.FEED_ACK
-    assert d.ack_oldest() and d.journal == {}
+    assert d.ack_oldest()
+    assert d.journal == {}
     d.server(sm.DISCONNECT, retryAfterMs=120_000)
-    assert d.ends == [sm.End(None)] and d.machine.retry_after_ms == sm.MAX_RETRY_HINT_MS
+    assert d.ends == [sm.End(None)]
+    assert d.machine.retry_after_ms == sm.MAX_RETRY_HINT_MS
 
 
 def test_a_live_feed_that_skips_ahead_is_a_gap() -> None:
@@ -286,7 +295,8 @@ def test_every_unexpected_message_ends_the_session_but_in_live_and_finishing(
         if state == State.FINISHING:
             assert d.machine.state == State.FINISHING
         else:
-            assert d.machine.done and f"the server sent {kind}" in str(d.ends[0].error)
+            assert d.machine.done
+            assert f"the server sent {kind}" in str(d.ends[0].error)
 
 
 # -- any sequence of events ------------------------------------------------------------------
