@@ -46,6 +46,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db.models import Q
+from guardian.shortcuts import get_perms
 
 from accounts.models import KeyRule, Membership, Role, RuleEffect, Tenant
 
@@ -109,7 +110,6 @@ def collection_lookup(*, tenant: Tenant, collection_name: str, collection: Any =
 
 def collection_grants(*, user: Any, tenant: Tenant, collection: Any) -> frozenset[str]:
     """The guardian permission codenames the user holds on the collection (own or by group)."""
-    from guardian.shortcuts import get_perms
 
     if collection is None or not _active(user):
         return frozenset()

@@ -36,6 +36,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import F, Model
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from accounts.access import collection_model
 from accounts.models import AccessMarker, KeyRule, Membership, Tenant
@@ -224,7 +225,6 @@ def _tenant_deleted(sender: Any, instance: Tenant, using: str, **kwargs: Any) ->
 
 def connect_receivers() -> None:
     """Connect the receivers (AccountsConfig.ready)."""
-    from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
     _watch(Membership, ("user_id",), lambda row: [user_scope(row["user_id"])], on_create=True)
     _watch(

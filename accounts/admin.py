@@ -1,6 +1,8 @@
 from typing import Any
 
+from django.apps import apps
 from django.contrib import admin
+from guardian.admin import GuardedModelAdminMixin
 
 from accounts.models import AuditEntry, KeyRule, Membership, Tenant
 
@@ -70,8 +72,6 @@ def collection_admin_with_object_permissions() -> None:
     so the registered class is wrapped here, by model name, once every admin module is loaded
     (AccountsConfig.ready runs after the admin's autodiscovery).
     """
-    from django.apps import apps
-    from guardian.admin import GuardedModelAdminMixin
 
     model = apps.get_model("replication", "Collection")
     registered = admin.site._registry.get(model)

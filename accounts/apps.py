@@ -6,6 +6,7 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts and permissions"
 
     def ready(self) -> None:
+        # In ready(): both modules import models, which cannot load before the app registry.
         from accounts.access_changes import connect_receivers
         from accounts.admin import collection_admin_with_object_permissions
 

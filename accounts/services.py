@@ -19,6 +19,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
+from guardian.shortcuts import assign_perm, get_groups_with_perms, get_users_with_perms, remove_perm
 from oauth2_provider.models import (
     get_access_token_model,
     get_application_model,
@@ -347,7 +348,6 @@ def collection_perm_grant(
 
     With `create_collection`, a collection that does not exist yet is created first (key rules
     may name one before it exists; a grant then needs the row to hang on)."""
-    from guardian.shortcuts import assign_perm
 
     collection_admin_check(actor=actor, tenant=tenant, collection_name=collection_name)
     codename = _permission(perm)
@@ -379,8 +379,6 @@ def collection_perm_revoke(
     group: Group | None = None,
     actor: Any = None,
 ) -> None:
-    from guardian.shortcuts import remove_perm
-
     collection_admin_check(actor=actor, tenant=tenant, collection_name=collection_name)
     codename = _permission(perm)
     collection = _collection_required(tenant=tenant, collection_name=collection_name)
@@ -410,7 +408,6 @@ def _subject(*, user: Any, group: Group | None) -> Any:
 
 def collection_perm_list(*, tenant: Tenant, collection_name: str) -> list[tuple[str, str, str]]:
     """(kind, name, permission) for every grant on the collection, users then groups."""
-    from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 
     collection = _collection_required(tenant=tenant, collection_name=collection_name)
     rows: list[tuple[str, str, str]] = []

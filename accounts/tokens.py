@@ -22,6 +22,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
+from accounts.access_changes import batch_size
+
 
 @dataclass(frozen=True)
 class TokenInfo:
@@ -106,7 +108,6 @@ def tokens_still_valid(*, token_ids: Iterable[int]) -> dict[int, str]:
     the tokens of every session of a process: one query per `batch_size()` distinct tokens,
     not one per session. The reasons are the same as `token_still_valid`'s.
     """
-    from accounts.access_changes import batch_size
 
     wanted = sorted(set(token_ids))
     model = get_access_token_model()

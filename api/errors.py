@@ -21,6 +21,7 @@ from rest_framework.response import Response
 
 from core import metrics
 from core.errors import DataGateError, ErrorCode
+from replication.services.events import error_event_record
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,6 @@ def as_datagate_error(exc: Exception, *, method: str = "") -> DataGateError | No
 
 def record(error: DataGateError, request: Any, kwargs: dict[str, Any] | None = None) -> None:
     """Count the error and keep it as an error event for the console."""
-    from replication.services.events import error_event_record
 
     metrics.error_record(code=error.code)
     try:

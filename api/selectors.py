@@ -20,6 +20,7 @@ from core.errors import DataGateError, ErrorCode
 from replication.markers import Markers
 from replication.models import Collection, Document, Replica, Tombstone
 from replication.services.engine import collection_get_or_create
+from search.models import SearchIndex
 
 FILTER_FIELD = re.compile(r"^[^._\s=][^.\s=]*(\.[^.\s=]+)*$")
 MAX_FILTERS = 10
@@ -98,8 +99,6 @@ def collection_for_writer(*, user: Any, tenant_slug: str, name: str) -> Collecti
 
 
 def collection_stats(*, collection: Collection) -> dict[str, Any]:
-    from search.models import SearchIndex
-
     replicas = Replica.objects.filter(collection=collection)
     fields = (
         SearchIndex.objects.filter(collection=collection).values_list("fields", flat=True).first()

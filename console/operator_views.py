@@ -18,9 +18,11 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_http_methods
+from oauth2_provider.models import get_access_token_model, get_application_model
 
 from accounts import access
 from accounts.audit import audit_entries
@@ -50,6 +52,9 @@ from console.views import (
 from core.errors import DataGateError
 from replication import collection_services
 from replication.models import Collection
+from topics.models import Topic
+from topics.selectors import messages_read
+from topics.services import Publication, messages_publish
 
 # Failures an action reports on the page rather than as an error page.
 ACTION_ERRORS = (DataGateError, ValueError, LookupError, ValidationError)
@@ -310,8 +315,6 @@ def _member(tenant_access: TenantAccess, username: str) -> Any:
 
 
 def _tokens(user_ids: list[int]) -> dict[int, list[Any]]:
-    from oauth2_provider.models import get_access_token_model
-
     found: dict[int, list[Any]] = {pk: [] for pk in user_ids}
     rows = (
         get_access_token_model()
@@ -325,9 +328,6 @@ def _tokens(user_ids: list[int]) -> dict[int, list[Any]]:
 
 
 def _applications(user_ids: list[int]) -> list[Any]:
-    from django.db.models import Count
-    from oauth2_provider.models import get_application_model
-
     return list(
         get_application_model()
         .objects.filter(user_id__in=user_ids)
@@ -436,10 +436,6 @@ def members(request: HttpRequest, tenant: str) -> HttpResponse:
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def topic_messages(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    from topics.models import Topic
-    from topics.selectors import messages_read
-    from topics.services import Publication, messages_publish
-
     tenant_access = _tenant_access(request, tenant)
     topic = Topic.objects.filter(tenant=tenant_access.tenant, pk=pk).first()
     if topic is None or not access.access_topic_see(

@@ -28,6 +28,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce, TruncMinute
 from django.utils import timezone
+from oauth2_provider.models import get_access_token_model
 
 from accounts.models import Tenant
 from replication.models import (
@@ -40,6 +41,8 @@ from replication.models import (
     ReplicaSession,
     Tombstone,
 )
+from topics.models import ConsumerOffset
+from topics.selectors import topic_list
 
 CHART_MINUTES = 60
 
@@ -229,7 +232,6 @@ def replica_sessions(*, replica: Replica, limit: int = 50) -> list[ReplicaSessio
 
 def user_applications_with_tokens(*, user: Any) -> list[dict[str, Any]]:
     """The OAuth2 applications the user holds access tokens for, with counts and expiry."""
-    from oauth2_provider.models import get_access_token_model
 
     rows = (
         get_access_token_model()
@@ -400,8 +402,6 @@ class TopicRow:
 
 def topics_overview(*, tenant: Tenant, user_id: int) -> list[TopicRow]:
     """The topics the user can see, with message counts, consumers and the largest lag."""
-    from topics.models import ConsumerOffset
-    from topics.selectors import topic_list
 
     infos = topic_list(tenant=tenant, user_id=user_id)
     stats = {
@@ -425,7 +425,6 @@ def topics_overview(*, tenant: Tenant, user_id: int) -> list[TopicRow]:
 
 def topic_consumers(*, topic: Any) -> Any:
     """Each consumer (user and device) of a topic with its committed offset and `lag`."""
-    from topics.models import ConsumerOffset
 
     return (
         ConsumerOffset.objects.filter(topic=topic)

@@ -59,6 +59,7 @@ from replication.models import Collection, MaintenanceJob
 from replication.services.documents import document_delete, document_put
 from replication.services.events import error_event_record
 from search.selectors import search_documents
+from topics.models import Topic
 
 LOGIN_URL = "console:login"
 PAGE_SIZE = 50
@@ -539,8 +540,6 @@ def topics(request: HttpRequest, tenant: str) -> HttpResponse:
 @console_login_required
 @require_GET
 def topic_detail(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    from topics.models import Topic
-
     access = _tenant_access(request, tenant)
     topic = Topic.objects.filter(tenant=access.tenant, pk=pk).select_related("owner").first()
     if topic is None or not access_topic_see(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+
 RFC_CLOSE_CODES = frozenset({1001, 1009, 1011})
 
 
 def allow_protocol_close_codes() -> None:
+    # Not at module top: daphne pulls in Twisted and autobahn, which importers of core need not.
     try:
         from daphne.ws_protocol import WebSocketProtocol
     except ImportError:  # pragma: no cover - daphne is a dependency
@@ -70,13 +73,12 @@ def install_frame_limit(limit: int | None = None) -> None:
     What the server sends is not limited by autobahn: the server chooses its own chunks.
     Without daphne installed this does nothing.
     """
+    # Not at module top: daphne pulls in Twisted and autobahn, which importers of core need not.
     try:
         from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # pragma: no cover - daphne is a dependency
         return
     if limit is None:
-        from django.conf import settings
-
         limit = int(settings.DATAGATE["MAX_FRAME_BYTES"])
     WebSocketProtocol._datagate_frame_limit = limit
     if getattr(WebSocketProtocol, "_datagate_frame_limit_installed", False):
@@ -120,6 +122,7 @@ def install_frame_limit(limit: int | None = None) -> None:
             if self.state == self.STATE_OPEN:
                 self._fail_connection(self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG, reason)
 
+        # Not at module top: importing the reactor installs Twisted's default one; daphne's first.
         from twisted.internet import reactor
 
         twisted_reactor: Any = reactor

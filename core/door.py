@@ -58,6 +58,7 @@ DEFAULT_LIMITS = DoorLimits()
 
 def limits_from_settings() -> DoorLimits:
     """The limits the running server uses (`DATAGATE_MAX_DOCUMENT_DEPTH`, the frame limit)."""
+    # Not at module top: replication/protocol imports this module and imports no Django.
     from django.conf import settings
 
     knobs = settings.DATAGATE

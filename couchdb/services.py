@@ -22,6 +22,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.utils import timezone
+from oauth2_provider.models import get_access_token_model
 
 from accounts import access
 from accounts.access_changes import access_version, access_versions, session_scopes
@@ -31,10 +33,12 @@ from core.errors import DataGateError, ErrorCode
 from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
+from replication import data_views
 from replication.changes import Version
 from replication.conflicts import DELETE, WRITE, incoming_wins, version_key
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document, Tombstone
+from replication.protocol import mango
 from replication.selectors import change_page
 from replication.services.engine import (
     LOOKUP_BATCH,
@@ -104,8 +108,6 @@ def grant_open(*, raw_token: str | None, tenant_slug: str, name: str) -> Databas
 
 def actor_still_valid(*, actor: Actor) -> bool:
     """Whether the actor's token still authenticates (live feeds re-check it)."""
-    from django.utils import timezone
-    from oauth2_provider.models import get_access_token_model
 
     token = (
         get_access_token_model()
@@ -731,8 +733,6 @@ def selector_passes(selector: Any, change: Any) -> bool:
 def changes_selector(*, grant: DatabaseGrant, raw: Any = None, view: str | None = None) -> Any:
     """The bound selector of `filter=_selector` (`raw`) or `filter=_view` (`view`, a DataGate
     data view of the collection); DG-41xx for a bad one or a view that does not exist."""
-    from replication import data_views
-    from replication.protocol import mango
 
     user = grant.actor.user
     if view is not None:

@@ -8,6 +8,7 @@ knobs live in `DATAGATE` (see `datagate_site/knobs.py`).
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from datagate_site.database import default_database
@@ -33,7 +34,6 @@ def _secret_key() -> str:
     key_file = DATA_DIR / "secret_key"
     if key_file.exists():
         return key_file.read_text().strip()
-    import secrets
 
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(50)

@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+import redis.asyncio as redis_asyncio
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -56,8 +57,6 @@ def _database_check() -> None:
 async def _channel_layer_check() -> None:
     backend = str(settings.CHANNEL_LAYERS["default"]["BACKEND"])
     if "redis" in backend.lower():
-        import redis.asyncio as redis_asyncio
-
         client: Any = redis_asyncio.from_url(
             os.environ["REDIS_URL"], socket_connect_timeout=CHECK_TIMEOUT
         )

@@ -10,6 +10,7 @@ from replication.models import (
     Replica,
     Tombstone,
 )
+from replication.services.documents import document_delete, document_put
 
 
 @admin.register(Collection)
@@ -38,7 +39,6 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         # Admin edits replicate like any other change: through the service, never .save().
-        from replication.services.documents import document_put
 
         document_put(
             actor=request.user,
@@ -49,8 +49,6 @@ class DocumentAdmin(admin.ModelAdmin):
         )
 
     def delete_model(self, request, obj):
-        from replication.services.documents import document_delete
-
         document_delete(
             actor=request.user,
             collection_id=obj.collection_id,

@@ -30,6 +30,7 @@ from accounts.access import System
 from core.door import door_refusal, id_check, printable
 from core.errors import DataGateError
 from replication.models import Collection, Document, QuarantinedDocument, Tombstone
+from replication.services.documents import document_delete, document_put
 
 ACTOR = System("datagate_quarantine")
 ORIGIN = "datagate_quarantine"
@@ -91,7 +92,6 @@ def collection_quarantine(
     *, collection_id: int, repair: bool = False, dry_run: bool = False
 ) -> list[Quarantined]:
     """Quarantine (or repair) every unservable document of one collection; see the module."""
-    from replication.services.documents import document_delete, document_put
 
     collection = Collection.objects.get(pk=collection_id)
     max_depth = int(settings.DATAGATE["MAX_DOCUMENT_DEPTH"])

@@ -29,6 +29,7 @@ from typing import IO, Any, Protocol
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.access import System, access_collection_admin
 from accounts.models import Tenant
 from core.door import id_check, limits_from_settings
 from core.errors import DataGateError, ErrorCode
@@ -260,8 +261,6 @@ def export_read(source: IO[str]) -> tuple[dict[str, Any], list[_Row]]:
 
 
 def _import_allowed(*, actor: Any, tenant: Tenant, name: str) -> None:
-    from accounts.access import System, access_collection_admin
-
     if isinstance(actor, System):
         return
     if actor is None or not hasattr(actor, "is_authenticated"):

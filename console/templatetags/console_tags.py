@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django import template
+
+from core.door import display_json
 
 register = template.Library()
 
@@ -18,15 +21,12 @@ def thousands(value: Any) -> str:
 
 @register.filter
 def pretty_json(value: Any) -> str:
-    from core.door import display_json
-
     return display_json(value, indent=2)
 
 
 @register.filter
 def epoch_ms(value: Any) -> str:
     """Epoch milliseconds as a UTC time: 1700000000000 -> '2023-11-14 22:13:20.000'."""
-    from datetime import UTC, datetime
 
     try:
         moment = datetime.fromtimestamp(int(value) / 1000, tz=UTC)
