@@ -132,9 +132,16 @@ def session_open(
     tenant = Tenant.objects.filter(slug=tenant_slug).first()
     if tenant is None:
         raise not_found
-    if not access.access_collection_read(user=user, tenant=tenant, collection_name=collection_name):
-        raise not_found
     collection = Collection.objects.filter(tenant=tenant, name=collection_name).first()
+    # Decided once: the policy's can_read and can_write are access_collection_read and
+    # access_collection_write (the same role and grants), and the session keeps the policy as
+    # its read filter and per-change write guard. Asking the three apart cost a Connect two more
+    # role look-ups and grant queries (bench/RESULTS.md, "the connect path, profiled").
+    policy = access.document_policy(
+        user=user, tenant=tenant, collection_name=collection_name, collection=collection
+    )
+    if not policy.can_read:
+        raise not_found
     if collection is None:
         may_create = (
             settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
@@ -147,13 +154,13 @@ def session_open(
             collection, _ = collection_get_or_create(tenant=tenant, name=collection_name)
         except ValidationError:
             raise not_found from None
-    may_push = "write" in token.scopes and access.access_collection_write(
-        user=user, tenant=tenant, collection_name=collection_name
-    )
-    # Compiled once: the session's read filter, and its per-change write guard.
-    policy = access.document_policy(
-        user=user, tenant=tenant, collection_name=collection_name, collection=collection
-    )
+        # Grants or key rules may come with the new collection: decide on it, not on its absence.
+        policy = access.document_policy(
+            user=user, tenant=tenant, collection_name=collection_name, collection=collection
+        )
+        if not policy.can_read:
+            raise not_found
+    may_push = "write" in token.scopes and policy.can_write
     replica = replica_connected(
         collection_id=collection.pk,
         replica_id=origin,
