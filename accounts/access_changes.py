@@ -135,7 +135,9 @@ def access_versions(
 ScopesOf = Callable[[Mapping[str, Any]], list[str]]
 
 
-def _watch(model: type[Model], fields: tuple[str, ...], scopes_of: ScopesOf, *, on_create: bool):
+def _watch(
+    model: type[Model], fields: tuple[str, ...], scopes_of: ScopesOf, *, on_create: bool
+) -> None:
     """Bump the scopes of `model`'s rows on save and delete; a save that moves a row (another
     user, tenant or collection) bumps the scopes it had before as well as its new ones."""
     uid = f"accounts.access_changes.{model._meta.label}"

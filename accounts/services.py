@@ -43,7 +43,9 @@ from accounts.models import KeyRule, Membership, Role, RuleEffect, Tenant
 CLI_APPLICATION_NAME = "datagate-cli"
 
 
-def _audit(actor: Any, action: str, target: str, *, tenant: Tenant | None = None, **detail: Any):
+def _audit(
+    actor: Any, action: str, target: str, *, tenant: Tenant | None = None, **detail: Any
+) -> None:
     """An audit entry when the caller named an actor (accounts/audit.py)."""
     if actor is not None:
         audit_record(actor=actor, action=action, target=target, tenant=tenant, detail=detail)

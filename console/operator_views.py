@@ -123,7 +123,9 @@ def collections(request: HttpRequest, tenant: str) -> HttpResponse:
     )
 
 
-def _explain(request: HttpRequest, tenant_access: TenantAccess, coll: Collection, doc_id: str):
+def _explain(
+    request: HttpRequest, tenant_access: TenantAccess, coll: Collection, doc_id: str
+) -> list[dict[str, Any]]:
     """Who may read, write and delete `doc_id`: each member and each grant holder, decided by
     the access door itself (accounts.access), so the answer is what a replica would get."""
     users = get_user_model()
@@ -132,7 +134,7 @@ def _explain(request: HttpRequest, tenant_access: TenantAccess, coll: Collection
     )
     granted = {name for kind, name, _ in _grants(tenant_access, coll) if kind == "user"}
     people = users.objects.filter(pk__in=member_ids) | users.objects.filter(username__in=granted)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for user in people.distinct().order_by("username"):
         policy = access.document_policy(
             user=user, tenant=tenant_access.tenant, collection_name=coll.name, collection=coll

@@ -1,6 +1,7 @@
 """The ASGI application daphne serves: HTTP (Django) and the websocket protocols."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -26,7 +27,7 @@ from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
 install_frame_limit()
 
 
-async def http_app(scope, receive, send):
+async def http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """`/couchdb/` speaks the CouchDB replication protocol (couchdb/asgi.py); the rest is Django."""
     if scope["path"].startswith(COUCHDB_PREFIX):
         await couchdb_app(scope, receive, send)

@@ -1,4 +1,7 @@
+from typing import Any
+
 from django.contrib import admin
+from django.http import HttpRequest
 
 from replication.models import (
     Collection,
@@ -37,7 +40,7 @@ class DocumentAdmin(admin.ModelAdmin):
     list_select_related = ["collection__tenant"]
     readonly_fields = ["collection", "doc_id", "revision", "modified", "origin", "seq"]
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         # Admin edits replicate like any other change: through the service, never .save().
 
         document_put(
@@ -48,7 +51,7 @@ class DocumentAdmin(admin.ModelAdmin):
             origin="server:admin",
         )
 
-    def delete_model(self, request, obj):
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
         document_delete(
             actor=request.user,
             collection_id=obj.collection_id,
@@ -56,13 +59,13 @@ class DocumentAdmin(admin.ModelAdmin):
             origin="server:admin",
         )
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is not None and super().has_delete_permission(request, obj)
 
-    def get_actions(self, request):
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)  # bulk delete would skip the journal
         return actions
@@ -75,10 +78,10 @@ class TombstoneAdmin(admin.ModelAdmin):
     search_fields = ["doc_id"]
     list_select_related = ["collection__tenant"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -89,10 +92,10 @@ class JournalEntryAdmin(admin.ModelAdmin):
     search_fields = ["doc_id", "origin", "message_id"]
     list_select_related = ["collection__tenant"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -142,10 +145,10 @@ class MaintenanceRunAdmin(admin.ModelAdmin):
         "error",
     ]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -157,8 +160,8 @@ class QuarantinedDocumentAdmin(admin.ModelAdmin):
     list_filter = ["reason", "action", "collection__tenant"]
     search_fields = ["doc_id"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
