@@ -78,6 +78,19 @@ class System:
             raise ValueError("System needs a purpose")
 
 
+@dataclass(frozen=True, slots=True)
+class Bearer:
+    """A user acting through an OAuth2 token (a replication session, a CouchDB request): what
+    the user may do, limited to the token's scopes (`access_scope`).
+
+    The write services take it as their `actor` like a user: a change needs the token's
+    `write` scope (DG-1002 without it) as well as the user's own right.
+    """
+
+    user: Any
+    scopes: frozenset[str]
+
+
 DocumentPredicate = Callable[[str], bool]
 
 

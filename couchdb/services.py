@@ -1,7 +1,8 @@
 """The CouchDB door's database work: thin over the store's services, decisions in `revs`.
 
-Every document that enters goes through `replication.services.engine.batch_apply_many`: the same
-validation (`parse_feed`), the same per-change access guard (built from
+Every document that enters goes through the write engine (`replication.services.engine`): the
+same validation (`parse_feed`), the same per-change access decision (the user through the
+request's token, `accounts.access.Bearer`: the token's `write` scope, then
 `accounts.access.document_policy`), the same seqs, journal, search index and doorbell as a
 websocket replica's push. What this module adds is the CouchDB revision bookkeeping
 (`RevisionHistory`, couchdb/revs.py) and the `_local` checkpoints.
@@ -34,7 +35,6 @@ from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
 from replication import data_views
-from replication.changes import Version
 from replication.conflicts import DELETE, WRITE, incoming_wins, version_key
 from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document, Tombstone
@@ -42,7 +42,6 @@ from replication.protocol import mango
 from replication.selectors import change_page
 from replication.services.engine import (
     LOOKUP_BATCH,
-    ChangeGuard,
     batch_apply,
     collection_get_or_create,
     now_ms,
@@ -588,11 +587,11 @@ def _apply(grant: DatabaseGrant, pending: Mapping[str, _Pending]) -> dict[str, D
     if not change_set and not tombstones:
         return {}
     result = batch_apply(
-        actor=grant.actor.user,
+        # The user through the request's token: writes need its `write` scope (DG-1002).
+        actor=access.Bearer(user=grant.actor.user, scopes=grant.actor.scopes),
         collection_id=grant.collection_id,
         feed={"changeSet": change_set, "tombstoneMap": tombstones},
         origin=grant.origin,
-        guard=scope_guard(grant),
         policy=grant.policy,
     )
     rejected = {r.doc_id: r.error for r in result.rejected}
@@ -615,17 +614,6 @@ def _apply(grant: DatabaseGrant, pending: Mapping[str, _Pending]) -> dict[str, D
         )
         transaction.on_commit(remember)
     return rejected
-
-
-def scope_guard(grant: DatabaseGrant) -> ChangeGuard | None:
-    """The token's `write` scope; the actor's access is decided by the write service itself."""
-    if access.access_scope(scopes=grant.actor.scopes, scope="write"):
-        return None
-
-    def guard(version: Version) -> DataGateError | None:
-        return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
-
-    return guard
 
 
 # --- reads -----------------------------------------------------------------------------------

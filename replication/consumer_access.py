@@ -252,7 +252,7 @@ class SessionAccess:
             grant.policy = update.policy
             grant.read_filter = update.policy.read_filter
             grant.may_push = update.may_push
-            grant.write_scope = update.write_scope
+            grant.scopes = frozenset(update.scopes)
             grant.token_id = update.token_id
             if update.user is not None:
                 grant.user = update.user

@@ -33,13 +33,11 @@ from replication.protocol import machine as mc
 from replication.protocol.messages import encode, encode_served, parse_message, splice
 from replication.protocol.ranges import BucketTable
 from replication.selectors import Change
-from replication.services.engine import ChangeGuard
 from replication.services.events import error_event_record, unservable_record
 from replication.services.replicas import replica_acked, replica_disconnected
 from replication.services.sessions import (
     SessionGrant,
     session_chunks_apply,
-    session_guard,
     session_open,
 )
 
@@ -90,7 +88,6 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         )
         self.grant: SessionGrant | None = None
         self.range_buckets: BucketTable | None = None  # a range check's, for its next rounds
-        self.guard: ChangeGuard | None = None
         self.closed = False
         self.cleaned_up = False
         self.live_joined = False
@@ -334,14 +331,13 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
             await asyncio.shield(applier)
 
     async def _apply_queued(self) -> None:
-        grant, guard = self.grant, self.guard
-        assert grant is not None and guard is not None
+        grant = self.grant
+        assert grant is not None
         while self.applies:
             batch = [self.applies.popleft() for _ in range(min(len(self.applies), APPLY_BATCH))]
             try:
                 results = await database_sync_to_async(session_chunks_apply)(
                     grant=grant,
-                    guard=guard,
                     chunks=[(effect.feed, effect.message_id) for effect in batch],
                     origin=self.session.origin or "",
                     collection_name=self.collection_name,
@@ -405,10 +401,8 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
         self.connect_timer.cancel()
         self.grant = grant
         await self.feeds.attach_replica(self, replica_pk=grant.replica_pk)
-        self.guard = session_guard(grant=grant, collection_name=self.collection_name)
         # Keep the decision true while the session lives (token refresh, periodic re-check).
-        scopes = frozenset({"read", "write"} if grant.write_scope else {"read"})
-        self.access = SessionAccess(self, scopes=scopes, baseline=access_before)
+        self.access = SessionAccess(self, scopes=grant.scopes, baseline=access_before)
         self._spawn(self.access.watch())
         if self.closed:  # the socket went away while we were authenticating
             await self._clean_up()

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from accounts.access import System
+from accounts.access import Bearer, System
 from accounts.models import KeyRule
 from core.errors import DataGateError, ErrorCode
-from replication.models import Document, Tombstone
+from replication.models import Document, JournalEntry, Tombstone
 from replication.services.documents import document_delete, document_put
 from replication.services.engine import batch_apply
 
@@ -123,6 +123,43 @@ def test_batch_apply_rejects_per_change_for_a_user_and_applies_the_rest(
     again = batch_apply(actor=SEED, collection_id=collection.pk, feed=feed, origin="seed")
     assert not again.rejected
     assert set(Document.objects.values_list("doc_id", flat=True)) == {"user-alice/a", "user-bob/b"}
+
+
+@pytest.mark.django_db
+def test_a_token_without_write_limits_its_user_in_the_service(
+    collection: Any, member: Any, own_keys: None
+) -> None:
+    alice = member("alice", "writer")
+    change = {"_revision": 1, "_modified": 1_700_000_000_000}
+    feed = {"changeSet": [{"_id": "user-alice/a", **change}, {"_id": "user-bob/b", **change}]}
+    read_only = Bearer(user=alice, scopes=frozenset({"read"}))
+    result = batch_apply(actor=read_only, collection_id=collection.pk, feed=feed, origin="phone")
+    assert result.added == []
+    assert {r.doc_id: r.error.error for r in result.rejected} == {
+        "user-alice/a": ErrorCode.TOKEN_SCOPE,
+        "user-bob/b": ErrorCode.TOKEN_SCOPE,
+    }
+    assert not Document.objects.exists()
+    # With `write`, the token adds nothing to the user: the key rules still decide.
+    writing = Bearer(user=alice, scopes=frozenset({"read", "write"}))
+    result = batch_apply(actor=writing, collection_id=collection.pk, feed=feed, origin="phone")
+    assert result.added == ["user-alice/a"]
+    assert {r.doc_id: r.error.error for r in result.rejected} == {
+        "user-bob/b": ErrorCode.KEY_WRITE_DENIED
+    }
+    entry = JournalEntry.objects.get()
+    assert entry.user_id == alice.pk
+    assert (
+        refused(
+            document_put,
+            actor=read_only,
+            collection_id=collection.pk,
+            doc_id="user-alice/b",
+            body={},
+            origin="t",
+        )
+        is ErrorCode.TOKEN_SCOPE
+    )
 
 
 @pytest.mark.django_db

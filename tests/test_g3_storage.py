@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from accounts.access import System
-from core.errors import DataGateError, ErrorCode
 from replication.models import Collection, Document, JournalEntry
 from replication.services.engine import batch_apply_many
 
@@ -19,13 +18,15 @@ T0 = 1_795_000_000_000
 STORED = {"_id": "1", "_revision": 2, "_modified": T0, "title": "milk"}
 
 
-def read_only(version: Any) -> DataGateError:
-    return DataGateError(ErrorCode.READ_ONLY, user="reader")
-
-
-def push(collection: Collection, *docs: dict[str, Any], origin: str, **options: Any) -> Any:
+def push(
+    collection: Collection,
+    *docs: dict[str, Any],
+    origin: str,
+    actor: Any = None,
+    **options: Any,
+) -> Any:
     (result,) = batch_apply_many(
-        actor=System("test"),
+        actor=System("test") if actor is None else actor,
         collection_id=collection.pk,
         chunks=[({"changeSet": list(docs)}, "m1")],
         origin=origin,
@@ -65,15 +66,16 @@ def test_a_different_version_still_goes_by_the_conflict_rule(
 
 
 def test_a_read_only_users_echo_is_processed_and_a_real_change_refused(
-    stored: Collection,
+    stored: Collection, member: Any
 ) -> None:
+    reader = member("reader", "reader")
     echo, edit = dict(STORED), {**STORED, "_id": "1", "title": "mine", "_revision": 3}
-    result = push(stored, echo, origin="r", guard=read_only, same_version_is_noop=True)
+    result = push(stored, echo, origin="r", actor=reader, same_version_is_noop=True)
     assert (result.added, result.rejected) == (["1"], [])
-    result = push(stored, edit, origin="r", guard=read_only, same_version_is_noop=True)
+    result = push(stored, edit, origin="r", actor=reader, same_version_is_noop=True)
     assert result.added == []
     assert [r.error.code for r in result.rejected] == ["DG-3002"]
     new = {**STORED, "_id": "2"}
-    result = push(stored, new, origin="r", guard=read_only, same_version_is_noop=True)
+    result = push(stored, new, origin="r", actor=reader, same_version_is_noop=True)
     assert [r.doc_id for r in result.rejected] == ["2"]
     assert JournalEntry.objects.count() == 1

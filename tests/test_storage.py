@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.access import System
+from accounts.models import KeyRule
 from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, newest_per_id
 from replication.conflicts import DELETE, WRITE
@@ -284,21 +285,37 @@ def test_a_feed_of_the_wrong_shape_is_refused_whole(collection: Collection) -> N
     assert caught.value.error is ErrorCode.INVALID_MESSAGE
 
 
-def test_a_guard_rejects_changes_with_its_own_code(collection: Collection) -> None:
-    def guard(version: Version) -> DataGateError | None:
-        if version.doc_id.startswith("private/"):
-            return DataGateError(ErrorCode.KEY_WRITE_DENIED, doc_id=version.doc_id)
-        return None
-
+def test_a_refused_change_gets_its_own_code_and_the_rest_apply(
+    collection: Collection, member: Any
+) -> None:
+    KeyRule.objects.create(
+        tenant=collection.tenant,
+        collection_name=collection.name,
+        position=10,
+        pattern="private/*",
+        effect="deny",
+        for_write=True,
+    )
     result = batch_apply(
-        actor=System("test"),
+        actor=member("writer", "writer"),
         collection_id=collection.pk,
         origin="r",
         feed={"changeSet": [doc("private/x"), doc("public/y")]},
-        guard=guard,
     )
     assert codes(result) == {"private/x": ErrorCode.KEY_WRITE_DENIED.code}
     assert list(Document.objects.values_list("doc_id", flat=True)) == ["public/y"]
+
+
+def test_the_engine_takes_no_guard_but_the_actor(collection: Collection) -> None:
+    with pytest.raises(TypeError, match="guard"):
+        batch_apply(  # type: ignore[call-arg]
+            actor=System("test"),
+            collection_id=collection.pk,
+            origin="r",
+            feed={"changeSet": [doc("a")]},
+            guard=lambda version: None,
+        )
+    assert not Document.objects.exists()
 
 
 def test_origin_defaults_to_the_senders_and_meta_fields_are_not_stored(

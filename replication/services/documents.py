@@ -21,6 +21,7 @@ from replication.models import Collection, Document, Tombstone
 from replication.services.engine import (
     Actor,
     ApplyResult,
+    acting_user,
     actor_policy,
     actor_refusal,
     batch_apply,
@@ -106,7 +107,7 @@ def _document_audit(
 ) -> None:
     collection = Collection.objects.select_related("tenant").get(pk=collection_id)
     audit_record(
-        actor=actor,
+        actor=acting_user(actor),
         action=action,
         target=f"{collection}/{doc_id}",
         tenant=collection.tenant,

@@ -29,7 +29,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from accounts import access
-from accounts.access import DocumentPolicy, System
+from accounts.access import Bearer, DocumentPolicy, System
 from accounts.models import Tenant
 from core.door import DoorLimits, limits_from_settings
 from core.errors import DataGateError, ErrorCode
@@ -56,20 +56,28 @@ from search.services import search_index_apply
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
 LOOKUP_BATCH = 500
 
-# Decides whether a change may be made: returns None to allow, or the error to reject it with.
-ChangeGuard = Callable[[Version], DataGateError | None]
+# The per-change access check of one write: None to allow, or the error to reject it with.
+ChangeCheck = Callable[[Version], DataGateError | None]
 
-# Who a write is made for: a user (django.contrib.auth) or accounts.access.System.
+# Who a write is made for: a user (django.contrib.auth), a user through a token
+# (accounts.access.Bearer: the user's access, limited to the token's scopes) or
+# accounts.access.System.
 Actor = Any
+
+
+def acting_user(actor: Actor) -> Any:
+    """The user `actor` acts for (a Bearer's user), or the System itself."""
+    return actor.user if isinstance(actor, Bearer) else actor
 
 
 def actor_user_id(actor: Actor) -> int | None:
     """The user id the journal records for `actor` (None for the system)."""
-    if isinstance(actor, System):
+    user = acting_user(actor)
+    if isinstance(user, System):
         return None
-    if actor is None or not hasattr(actor, "is_authenticated"):
+    if user is None or not hasattr(user, "is_authenticated"):
         raise TypeError(f"actor must be a user or accounts.access.System, not {actor!r}")
-    return actor.pk if actor.is_authenticated else None
+    return user.pk if user.is_authenticated else None
 
 
 def actor_policy(
@@ -85,18 +93,24 @@ def actor_policy(
         return policy
     collection = Collection.objects.select_related("tenant").get(pk=collection_id)
     return access.document_policy(
-        user=actor, tenant=collection.tenant, collection_name=collection.name, collection=collection
+        user=acting_user(actor),
+        tenant=collection.tenant,
+        collection_name=collection.name,
+        collection=collection,
     )
 
 
 def actor_refusal(
     *, actor: Actor, policy: DocumentPolicy | None, kind: int, doc_id: str
 ) -> DataGateError | None:
-    """Why `actor` may not make this change (a write or a delete of `doc_id`), or None."""
+    """Why `actor` may not make this change (a write or a delete of `doc_id`), or None: a
+    Bearer's token without the `write` scope (DG-1002), then the user's own right."""
+    if isinstance(actor, Bearer) and not access.access_scope(scopes=actor.scopes, scope="write"):
+        return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
     if policy is None:
         return None
     if not policy.can_write:
-        return DataGateError(ErrorCode.READ_ONLY, user=actor.get_username())
+        return DataGateError(ErrorCode.READ_ONLY, user=acting_user(actor).get_username())
     if kind == WRITE:
         if policy.may_write(doc_id):
             return None
@@ -106,15 +120,10 @@ def actor_refusal(
     return DataGateError(ErrorCode.KEY_DELETE_DENIED, doc_id=doc_id)
 
 
-def _door(actor: Actor, policy: DocumentPolicy | None, guard: ChangeGuard | None) -> ChangeGuard:
-    """The per-change check of a write: the caller's own `guard` (a token's scope), then the
-    actor's access."""
+def _door(actor: Actor, policy: DocumentPolicy | None) -> ChangeCheck:
+    """The per-change check of a write: the actor's access, and nothing a caller adds."""
 
     def door(version: Version) -> DataGateError | None:
-        if guard is not None:
-            refusal = guard(version)
-            if refusal is not None:
-                return refusal
         return actor_refusal(actor=actor, policy=policy, kind=version.kind, doc_id=version.doc_id)
 
     return door
@@ -310,7 +319,6 @@ def batch_apply(
     origin: str,
     replica_pk: int | None = None,
     message_id: str = "",
-    guard: ChangeGuard | None = None,
     policy: DocumentPolicy | None = None,
     at_ms: int | None = None,
 ) -> ApplyResult:
@@ -319,8 +327,9 @@ def batch_apply(
     Each change is validated on its own; a bad one is rejected with its code and the rest
     apply. A change that loses to the stored version (or is the stored version) changes
     nothing but is still listed as processed, so the sender can drop it from its journal.
-    A change `actor` may not make is rejected (DG-3002, DG-3003, DG-3004); `guard` may add
-    the caller's own refusals (a token's scope), never remove the actor's.
+    A change `actor` may not make is rejected (DG-3002, DG-3003, DG-3004; DG-1002 for an
+    `accounts.access.Bearer` whose token lacks `write`). The decision is the actor's alone:
+    there is no guard a caller adds or forgets.
     """
     return batch_apply_many(
         actor=actor,
@@ -328,7 +337,6 @@ def batch_apply(
         chunks=[(feed, message_id)],
         origin=origin,
         replica_pk=replica_pk,
-        guard=guard,
         policy=policy,
         at_ms=at_ms,
     )[0]
@@ -352,7 +360,7 @@ def _chunk_prepare(
     *,
     origin: str,
     now: int,
-    guard: ChangeGuard,
+    check: ChangeCheck,
     limits: DoorLimits,
 ) -> _Prepared:
     parsed: ParsedFeed = parse_feed(
@@ -366,7 +374,7 @@ def _chunk_prepare(
     allowed: list[Version] = []
     refused_writes: list[tuple[Version, Rejection]] = []
     for version in parsed.versions:
-        refusal = guard(version)
+        refusal = check(version)
         if refusal is not None:
             rejection = Rejection(version.doc_id, refusal)
             result.rejected.append(rejection)
@@ -390,7 +398,6 @@ def batch_apply_many(
     chunks: Sequence[tuple[Mapping[str, Any], str]],
     origin: str,
     replica_pk: int | None = None,
-    guard: ChangeGuard | None = None,
     policy: DocumentPolicy | None = None,
     at_ms: int | None = None,
     same_version_is_noop: bool = False,
@@ -403,7 +410,7 @@ def batch_apply_many(
     one-change feeds, which the consumer queues while earlier ones are in the database, the
     fixed cost per chunk was most of the apply's time (bench/RESULTS.md).
 
-    `actor`, `guard` and `policy` are `batch_apply`'s; `policy`, when given, must be the
+    `actor` and `policy` are `batch_apply`'s; `policy`, when given, must be the
     actor's, decided for this collection (a session's, kept current by its re-checks).
 
     `same_version_is_noop` (a Nitrite G3 session, docs/protocol.md section 10): a write with
@@ -415,13 +422,11 @@ def batch_apply_many(
     would be refused at every sync.
     """
     user_id = actor_user_id(actor)
-    door = _door(
-        actor, actor_policy(actor=actor, collection_id=collection_id, policy=policy), guard
-    )
+    door = _door(actor, actor_policy(actor=actor, collection_id=collection_id, policy=policy))
     now = now_ms() if at_ms is None else at_ms
     limits = limits_from_settings()
     prepared = [
-        _chunk_prepare(feed, message_id, origin=origin, now=now, guard=door, limits=limits)
+        _chunk_prepare(feed, message_id, origin=origin, now=now, check=door, limits=limits)
         for feed, message_id in chunks
     ]
     results = [chunk.result for chunk in prepared]

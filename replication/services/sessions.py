@@ -1,12 +1,13 @@
-"""Replication sessions in the database: open, guard and apply at Connect and push, and the
+"""Replication sessions in the database: the Connect decision, the session's pushes, and the
 re-checks that keep the Connect decision true while the session lives.
 
 A session is authorised once at Connect (`session_open`): the token, its scopes (through
 `accounts.access.access_scope`), the user's right to read the collection, what they may write
 and read (`accounts.access.document_policy`). Its pushes are applied by `session_chunks_apply`
-through the write engine with the user as actor. The rest of this module keeps that decision
-true for as long as the session lives (docs/protocol.md sections 8 and 9, "Token refresh" and
-"Access during a session"):
+through the write engine with the user through the token as actor (`accounts.access.Bearer`:
+the token's `write` scope, then the user's right, per change). The rest of this module keeps
+that decision true for as long as the session lives (docs/protocol.md sections 8 and 9, "Token
+refresh" and "Access during a session"):
 
 - `no2.sync.token.refresh` hands the session a fresh token for the same user (`token_check`). A
   good one is acknowledged (`no2.sync.token.refresh.ack`) and the session goes on with it; a bad
@@ -64,11 +65,10 @@ from accounts.tokens import (
 )
 from core.errors import DataGateError, ErrorCode
 from replication import selectors
-from replication.changes import Rejection, Version
+from replication.changes import Rejection
 from replication.models import Collection
 from replication.services.engine import (
     ApplyResult,
-    ChangeGuard,
     batch_apply_many,
     collection_get_or_create,
 )
@@ -86,13 +86,13 @@ class SessionGrant:
     collection_id: int
     replica_pk: int
     may_push: bool
-    write_scope: bool
+    scopes: frozenset[str]  # the token's (a refresh replaces them); pushes need `write`
     last_seq: int
     epoch: int
     read_filter: Callable[[str], bool] | None
     token_id: int | None = None  # re-checked during the session (`access_recheck`, the sweep)
     # accounts.access.DocumentPolicy, compiled on the first pushed change and again whenever
-    # the session re-checks its access: the per-change guard then needs no query.
+    # the session re-checks its access: the per-change check then needs no query.
     policy: Any = None
     purge_seq: int = 0  # the purge horizon at Connect (connect.ack's `purgeMarker`)
 
@@ -124,7 +124,7 @@ def session_open(
     user_name = user.get_username()
     if url_user is not None and url_user != user_name:
         raise DataGateError(ErrorCode.USER_MISMATCH, fatal=True, user=url_user)
-    if "read" not in token.scopes:
+    if not access.access_scope(scopes=token.scopes, scope="read"):
         raise DataGateError(ErrorCode.TOKEN_SCOPE, fatal=True, scope="read")
     not_found = DataGateError(
         ErrorCode.COLLECTION_NOT_FOUND, fatal=True, tenant=tenant_slug, collection=collection_name
@@ -145,7 +145,7 @@ def session_open(
     if collection is None:
         may_create = (
             settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
-            and "write" in token.scopes
+            and access.access_scope(scopes=token.scopes, scope="write")
             and access.access_collection_create(user=user, tenant=tenant)
         )
         if not may_create:
@@ -160,7 +160,7 @@ def session_open(
         )
         if not policy.can_read:
             raise not_found
-    may_push = "write" in token.scopes and policy.can_write
+    may_push = access.access_scope(scopes=token.scopes, scope="write") and policy.can_write
     replica = replica_connected(
         collection_id=collection.pk,
         replica_id=origin,
@@ -176,7 +176,7 @@ def session_open(
         collection_id=collection.pk,
         replica_pk=replica.pk,
         may_push=may_push,
-        write_scope="write" in token.scopes,
+        scopes=frozenset(token.scopes),
         last_seq=collection.last_seq,
         purge_seq=collection.purge_seq,
         epoch=collection.epoch,
@@ -186,22 +186,9 @@ def session_open(
     )
 
 
-def session_guard(*, grant: SessionGrant, collection_name: str) -> ChangeGuard:
-    """The session's own per-change check, before the user's access (which the services
-    decide for every write, from `grant.policy`): the token's write scope."""
-
-    def guard(version: Version) -> DataGateError | None:
-        if not grant.write_scope:
-            return DataGateError(ErrorCode.TOKEN_SCOPE, scope="write")
-        return None
-
-    return guard
-
-
 def session_chunks_apply(
     *,
     grant: SessionGrant,
-    guard: ChangeGuard,
     chunks: list[tuple[Mapping[str, Any], str]],
     origin: str,
     collection_name: str,
@@ -219,12 +206,13 @@ def session_chunks_apply(
             user=grant.user, tenant=grant.tenant, collection_name=collection_name
         )
     results = batch_apply_many(
-        actor=grant.user,
+        # The user through the session's token: its pushes need the token's `write` scope
+        # as well as the user's right (DG-1002, DG-3002..3004 per change).
+        actor=access.Bearer(user=grant.user, scopes=grant.scopes),
         collection_id=grant.collection_id,
         chunks=chunks,
         origin=origin,
         replica_pk=grant.replica_pk,
-        guard=guard,
         policy=grant.policy,
         same_version_is_noop=same_version_is_noop,
     )
@@ -266,7 +254,6 @@ class AccessUpdate:
     error: DataGateError | None = None
     policy: Any = None
     may_push: bool = False
-    write_scope: bool = False
     token_id: int | None = None
     removals: dict[str, int] = field(default_factory=dict)
     expires_ms: int = 0
@@ -301,8 +288,7 @@ def access_update(
     readable sets changed alike."""
     update = AccessUpdate(
         policy=policy,
-        write_scope="write" in scopes,
-        may_push="write" in scopes and policy.can_write,
+        may_push=access.access_scope(scopes=scopes, scope="write") and policy.can_write,
         token_id=token_id,
         scopes=sorted(scopes),
     )
@@ -361,7 +347,7 @@ def token_check(*, grant: SessionGrant, raw_token: str, collection_name: str) ->
     if info.user.pk != grant.user.pk:
         reason = "the token belongs to another user"
         return AccessUpdate(error=DataGateError(ErrorCode.TOKEN_REFRESH_REFUSED, reason=reason))
-    if "read" not in info.scopes:
+    if not access.access_scope(scopes=info.scopes, scope="read"):
         reason = "the token lacks scope 'read'"
         return AccessUpdate(error=DataGateError(ErrorCode.TOKEN_REFRESH_REFUSED, reason=reason))
     update = access_recheck(
