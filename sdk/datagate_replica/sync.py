@@ -379,10 +379,11 @@ class SyncEngine:
         while queue:
             effect = queue.pop(0)
             try:
-                more = await self._do(conn, machine, effect)
+                queue = await self._do(conn, machine, effect) + queue
             except ConnectionClosed as exc:
-                more = machine.failed(_closed_error(exc))
-            queue = more + queue
+                # The link is gone: what was still to be sent or read goes with it (every store
+                # write a message called for comes before its answer in the queue).
+                queue = machine.failed(_closed_error(exc))
 
     async def _do(
         self, conn: _Session, machine: sm.SyncMachine, effect: sm.Effect

@@ -15,6 +15,7 @@ import pytest
 from datagate_replica import machine as sm
 from datagate_replica.clock import WRITE
 from datagate_replica.machine import State
+from datagate_replica.ranges import BUCKETS
 from datagate_replica.store import Markers, PendingChange, RejectedChange, Settlement, Version
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -280,6 +281,46 @@ def test_a_view_replica_refuses_a_server_that_does_not_serve_views() -> None:
     assert d.sent[0].body["view"] == "open"
     d.server(sm.CONNECT_ACK, **connect_ack())
     assert "does not serve data views" in str(d.ends[0].error)
+
+
+def test_a_reset_is_repaired_by_range_checks_then_pulled_from_their_markers() -> None:
+    d = Driver(stored=Markers(2, 1))
+    d.run(d.machine.start())
+    d.server(sm.CONNECT_ACK, **connect_ack(purgeMarker=3))  # behind the horizon
+    assert d.machine.state == State.CHECKING
+    assert kinds(d)[-1] == sm.RANGE_CHECK
+    answer = {"lo": 0, "hi": BUCKETS, "status": "headers", "headers": [["x", 1, 5, False]]}
+    d.server(sm.RANGE_RESULT, ranges=[answer], markers=Markers(9, 1).to_wire())
+    assert d.sent[-1].message_type == sm.RANGE_FETCH
+    assert d.sent[-1].body == {"ids": ["x"]}
+    feed = {"changeSet": [{"_id": "x", "_revision": 1, "_modified": 5}], "tombstoneMap": {}}
+    d.server(sm.RANGE_DOCS, feed=feed)
+    assert sm.RepairLocal(drop=[], push=[]) in d.effects
+    assert d.sent[-1].message_type == sm.BATCH_END
+    assert d.sent[-1].body["startMarkers"] == Markers(9, 1).to_wire()
+    assert d.machine.report.fetched == 1
+    assert d.machine.report.repaired == 1
+
+
+def test_a_range_check_the_server_cannot_sum_falls_back_to_the_reset() -> None:
+    d = Driver(stored=Markers(2, 1))
+    d.run(d.machine.start())
+    d.server(sm.CONNECT_ACK, **connect_ack(purgeMarker=3))
+    d.run(d.machine.failed(sm.SyncError("too large to sum", code=sm.RANGES_UNAVAILABLE)))
+    assert d.sent[-1].message_type == sm.BATCH_END
+    assert d.sent[-1].body["startMarkers"] == Markers(2, 1).to_wire()
+    assert not d.machine.done
+
+
+def test_verify_says_goodbye_when_nothing_differs() -> None:
+    d = Driver(purpose=sm.Purpose.VERIFY)
+    d.run(d.machine.start())
+    assert d.sent[0].body["capabilities"] == ["ranges"]
+    d.server(sm.CONNECT_ACK, **connect_ack())
+    d.server(sm.RANGE_RESULT, ranges=[{"lo": 0, "hi": BUCKETS, "status": "equal"}])
+    assert kinds(d)[-1] == sm.DISCONNECT
+    assert d.machine.report.equal is True
+    assert d.ends == [sm.End(None)]
 
 
 @pytest.mark.parametrize("state", [s for s in State if s not in (State.LIVE, State.CLOSED)])
