@@ -80,6 +80,7 @@ test: $(VENV)/.installed chromium loadbalancers pouchdb redis-server
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy .
