@@ -3,7 +3,7 @@ that does the job they need; this package re-exports nothing.
 
 - `engine`: the write engine. `batch_apply` / `batch_apply_many` apply chunks of changes
   for an actor (a user or `accounts.access.System`), with the per-database SQL (upserts,
-  stored-state reads), the journal, range summaries, write hooks (the search index) and the
+  stored-state reads), the journal, range summaries, write hooks (search registers its index), the
   doorbell; also `collection_get_or_create`, `now_ms` and the actor's access per change.
 - `documents`: single-document writes for an acting user (`document_put`,
   `document_delete`): the console, the HTTP API, GraphQL, commands.

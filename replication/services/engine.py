@@ -2,7 +2,8 @@
 
 `batch_apply` and `batch_apply_many` apply chunks of changes (PROTOCOL.md sections 4 and 5)
 atomically and idempotently: each change gets a sequence number, lands in the journal, keeps
-the range summaries and the search index in step, and rings the doorbell after commit. Every
+the range summaries in step, runs the write hooks (the search index, registered by
+search/apps.py: replication imports no search) and rings the doorbell after commit. Every
 interface writes through here: the websocket session (`services.sessions`), single documents
 (`services.documents`: the console, the HTTP API, GraphQL, commands), CouchDB, imports.
 
@@ -51,10 +52,22 @@ from replication.models import (
 )
 from replication.protocol.ranges import STORED_SHIFT, VERSION_TAIL
 from replication.ranges import Deltas, bucket_deltas_apply
-from search.services import search_index_apply
 
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
 LOOKUP_BATCH = 500
+
+# What another app keeps in step with every write, inside its transaction (the search index):
+# called with collection_id, upserts as (doc_id, body) pairs and deletes as ids. Registered by
+# the app itself (search/apps.py, `write_hook_register`), so replication imports no such app.
+WriteHook = Callable[..., None]
+_write_hooks: dict[str, WriteHook] = {}
+
+
+def write_hook_register(name: str, hook: WriteHook) -> None:
+    """Call `hook(collection_id=..., upserts=..., deletes=...)` in every write's transaction.
+    Registering a name again replaces its hook (AppConfig.ready may run more than once)."""
+    _write_hooks[name] = hook
+
 
 # The per-change access check of one write: None to allow, or the error to reject it with.
 ChangeCheck = Callable[[Version], DataGateError | None]
@@ -622,7 +635,7 @@ def _final_write(
     tombstones: Mapping[str, _Stored],
 ) -> None:
     """Store each changed id's last winning version: a document or a tombstone row (upserted),
-    dropping the row of the other kind that was stored, and keep the search index in step.
+    dropping the row of the other kind that was stored, and run the write hooks (the search index).
 
     A body is stored as the JSON text the door made of it (`Version.text`): encoding it again
     here was a second pass over every document."""
@@ -674,7 +687,8 @@ def _final_write(
         conflict=("collection_id", "doc_id"),
         update=("deleted_at", "revision", "origin", "seq"),
     )
-    search_index_apply(collection_id=collection_id, upserts=written, deletes=drop_docs)
+    for hook in _write_hooks.values():
+        hook(collection_id=collection_id, upserts=written, deletes=drop_docs)
 
 
 def _stored_json(
