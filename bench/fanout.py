@@ -169,17 +169,24 @@ async def _one_run(
     receiver_ports: list[int] | None = None,
     pids: list[int] | None = None,
     label: str | None = None,
+    collection: str | None = None,
+    receiver_view: str | None = None,
 ) -> dict[str, Any]:
     """One fan-out run. The writer talks to `port`; the receivers' client processes are spread
     over `receiver_ports` (default: `port`); the CPU counted is that of `pids` (default: `pid`)
-    and their child processes."""
+    and their child processes. With `receiver_view` (a data view already defined on
+    `collection`), the receivers sync that view instead of the whole collection
+    (bench/views.py); the writer always writes to the collection."""
     sizes = ctx.sizes
     stamp = time.time_ns()
-    collection = f"fanout-{replicas}-{stamp}"
+    collection = collection or f"fanout-{replicas}-{stamp}"
     ports = receiver_ports or [port]
     measured = pids or [pid]
+    writer_url = ctx.collection_url(port, collection)
     if kind == "datagate":
-        receiver_url = ctx.collection_url(port, collection)
+        receiver_url = writer_url
+        if receiver_view is not None:
+            receiver_url += f"views/{receiver_view}/"
     elif kind == "bare_channels":
         receiver_url = f"ws://127.0.0.1:{port}/bench/fanout/"
     else:
@@ -205,7 +212,7 @@ async def _one_run(
     try:
         if kind == "datagate":
             session = await live_session(
-                receiver_url, token=ctx.token, tenant=TENANT, collection=collection
+                writer_url, token=ctx.token, tenant=TENANT, collection=collection
             )
         else:
             path = "bench/publish/" if kind == "bare_channels" else "publish"

@@ -52,6 +52,10 @@ class Sizes:
     # bench/views.py: catch-up of a data view selecting one document in `views_every`.
     views_docs: int = 100_000
     views_every: int = 100
+    # bench/views.py: live fan-out through a view against the whole collection, alternated
+    # `views_fanout_rounds` times in one pass.
+    views_fanout_replicas: int = 200
+    views_fanout_rounds: int = 2
     # bench/servers.py: daphne, uvicorn and granian side by side.
     servers_replicas: int = 200
     servers_connections: int = 2_000
@@ -94,6 +98,8 @@ QUICK = Sizes(
     ranges_docs=5_000,
     ranges_differences=20,
     views_docs=10_000,
+    views_fanout_replicas=10,
+    views_fanout_rounds=1,
     servers_replicas=50,
     servers_connections=200,
     processes_replicas=(50,),
@@ -121,6 +127,8 @@ SMOKE = Sizes(
     ranges_differences=5,
     views_docs=1_000,
     views_every=10,
+    views_fanout_replicas=4,
+    views_fanout_rounds=1,
     servers_replicas=4,
     servers_connections=20,
     processes_replicas=(4,),

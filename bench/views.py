@@ -8,6 +8,14 @@ fresh view pull (`data_views.view_change_page` through SQL, paged like the webso
 same pages read as a Python scan of every change (what a filter without an index costs, the
 CouchDB way), the whole collection through `change_page` (the floor for reading it all), and
 the SDK's `AsyncReplica(view=...).sync()` against a real daphne, socket to stored markers.
+
+Then live fan-out through a view (the issue: at most 10% more server CPU per delivery than the
+whole collection): `views_fanout_replicas` live replicas, one writer at `fanout_rate` changes a
+second for `fanout_seconds` (bench/fanout.py), each run on a fresh daphne, alternated
+`views_fanout_rounds` times in the same pass: the replicas sync the whole collection, then a
+view of it that every written document matches (`{"n": {"$gte": 0}}`, so both deliver the same
+documents). The figure is the server process's CPU time over the runs divided by the documents
+delivered (and, beside it, by the frames sent).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from bench.push_ingest import _collection, replication_route_missing
 
 NAME = "views"
 SELECTOR = {"status": "open", "owner": "{username}"}
+# Every document the fan-out writer writes has a numeric `n` >= 0 (bench.harness.make_document).
+FANOUT_SELECTOR = {"n": {"$gte": 0}}
 
 
 def _populate(collection_id: int, count: int, every: int) -> float:
@@ -112,6 +122,78 @@ async def _sdk_view_sync(
     return {"seconds": round(seconds, 3), "pulled": report.pulled, "stored": stored}
 
 
+def _fanout(ctx: PassContext, *, through_view: bool) -> dict[str, Any]:
+    """One live fan-out run (bench/fanout.py) on a fresh daphne, the receivers syncing either
+    the whole collection or the view `everything` of it."""
+    from accounts.access import System
+    from accounts.models import Tenant
+    from bench.fanout import _one_run
+    from replication import data_views
+
+    replicas = ctx.sizes.views_fanout_replicas
+    name = f"views-fanout-{'view' if through_view else 'whole'}-{time.time_ns()}"
+    _collection(name)
+    if through_view:
+        data_views.view_create(
+            actor=System("bench"),
+            tenant=Tenant.objects.get(slug=TENANT),
+            collection_name=name,
+            name="everything",
+            selector=FANOUT_SELECTOR,
+        )
+    with running(daphne(ctx, name)) as server:
+        assert server.process is not None
+        return asyncio.run(
+            _one_run(
+                ctx,
+                "datagate",
+                replicas,
+                server.port,
+                server.process.pid,
+                collection=name,
+                receiver_view="everything" if through_view else None,
+            )
+        )
+
+
+def _totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    cpu = sum(r.get("server_cpu_seconds") or 0.0 for r in runs)
+    deliveries = sum(r.get("deliveries") or 0 for r in runs)
+    frames = sum(r.get("frames") or 0 for r in runs)
+    return {
+        "server_cpu_seconds": round(cpu, 2),
+        "deliveries": deliveries,
+        "frames": frames,
+        "server_cpu_ms_per_1k_deliveries": round(cpu * 1e6 / deliveries, 2) if deliveries else None,
+        "server_cpu_ms_per_1k_frames": round(cpu * 1e6 / frames, 1) if frames else None,
+    }
+
+
+def fanout_compare(ctx: PassContext) -> dict[str, Any]:
+    """Whole-collection fan-out and the same through a view, alternated in the same pass (so
+    that a change of the machine's load weighs on both alike). The hub coalesces changes into
+    fewer frames when replicas fall behind, so CPU per frame is given beside CPU per delivery."""
+    whole: list[dict[str, Any]] = []
+    view: list[dict[str, Any]] = []
+    for _ in range(ctx.sizes.views_fanout_rounds):
+        whole.append(_fanout(ctx, through_view=False))
+        view.append(_fanout(ctx, through_view=True))
+    whole_total, view_total = _totals(whole), _totals(view)
+    return {
+        "replicas": ctx.sizes.views_fanout_replicas,
+        "whole_collection": whole_total,
+        "view": view_total,
+        "runs": {"whole_collection": whole, "view": view},
+        "cpu_per_delivery_view_vs_whole": ratio(
+            view_total["server_cpu_ms_per_1k_deliveries"],
+            whole_total["server_cpu_ms_per_1k_deliveries"],
+        ),
+        "cpu_per_frame_view_vs_whole": ratio(
+            view_total["server_cpu_ms_per_1k_frames"], whole_total["server_cpu_ms_per_1k_frames"]
+        ),
+    }
+
+
 def run(ctx: PassContext) -> dict[str, Any]:
     from django.conf import settings
 
@@ -160,12 +242,19 @@ def run(ctx: PassContext) -> dict[str, Any]:
     # The same SDK sync of an empty view: what a catch-up costs before any document (token,
     # Connect, the SDK's file, the SQL read finding nothing).
     result["baseline_sdk_empty_view"] = empty
+    fanout = fanout_compare(ctx)
+    result["fanout"] = fanout
     result["headline"] = (
         f"view of {view_sql['documents']} in {count}: SDK catch-up {sdk['seconds']} s"
         f" ({sdk['stored']} stored; empty view {empty['seconds']} s),"
         f" server read {view_sql['seconds']} s;"
         f" Python scan {python_scan['seconds']} s"
         f" ({ratio(python_scan['seconds'], view_sql['seconds'])}x),"
-        f" whole collection {whole['seconds']} s"
+        f" whole collection {whole['seconds']} s;"
+        f" live fan-out to {fanout['replicas']} replicas: server CPU per 1k deliveries"
+        f" {fanout['view'].get('server_cpu_ms_per_1k_deliveries')} ms through the view,"
+        f" {fanout['whole_collection'].get('server_cpu_ms_per_1k_deliveries')} ms whole"
+        f" ({fanout['cpu_per_delivery_view_vs_whole']}x; per frame"
+        f" {fanout['cpu_per_frame_view_vs_whole']}x)"
     )
     return result
