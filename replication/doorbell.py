@@ -85,8 +85,9 @@ def ring_on_commit(*, collection_id: int, seq: int) -> None:
 # --- operator requests to one replica's session ----------------------------------------------
 
 REPLICA_DISCONNECT = "replica.disconnect"
-# Every process's live hub (replication/live.py) joins this one group once, rather than one
-# group per replica (STYLE.md, "Dead group members"); the process serving the replica acts.
+# Every process's hub (core/hub.py, for replication/live.py) joins this one group once,
+# rather than one group per replica (STYLE.md, "Dead group members"); the process serving
+# the replica acts.
 REPLICA_CONTROL_GROUP = "dg.replicas"
 
 

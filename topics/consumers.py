@@ -353,7 +353,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
             return
         await self.hub.leave(topic_id, self._on_topic_moved)
 
-    # --- server shutdown (called by replication.live's hub) -------------------------------
+    # --- server shutdown (called by the process hub, core.hub) ----------------------------
 
     async def shut_down(self, retry_after_ms: int | None = None) -> None:
         if self.session.state is not protocol.State.CLOSED:
@@ -362,12 +362,6 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self.reply_uncorrelated(protocol.DISCONNECT, **hint)
             await self.close(code=int(CloseCode.GOING_AWAY))
-
-    async def offer(self, block: Any) -> None:
-        """Collection feeds are not for topic sessions."""
-
-    def tick(self, now: float) -> None:
-        """Topic sessions keep no timers in the replication hub."""
 
     # --- frames out -----------------------------------------------------------------------
 
