@@ -17,8 +17,8 @@ from django.db.models.fields.json import KeyTransform
 from accounts import access
 from accounts.models import Membership, Role, Tenant
 from core.errors import DataGateError, ErrorCode
-from replication.markers import Markers
 from replication.models import Collection, Document, Replica, Tombstone
+from replication.protocol.markers import Markers
 from replication.services.engine import collection_get_or_create
 from search.models import SearchIndex
 

@@ -28,8 +28,8 @@ from api.views import (
 )
 from core.errors import DataGateError, ErrorCode
 from replication import data_views
-from replication.markers import Markers, PullStart, pull_start
 from replication.models import DataView
+from replication.protocol.markers import Markers, PullStart, pull_start
 from replication.selectors import collection_position
 
 VIEW_PARAM = OpenApiParameter("view", str, OpenApiParameter.PATH, description="the view's name")

@@ -36,9 +36,9 @@ from core import metrics
 from core.door import printable, unencodable
 from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, version_to_wire
-from replication.conflicts import WRITE
-from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document
+from replication.protocol.conflicts import WRITE
+from replication.protocol.markers import Markers, PullStart, pull_start
 from replication.protocol.messages import encode_served, served_feed
 from replication.selectors import changes_since, collection_position, feed_from_changes
 from replication.services.documents import document_delete, document_put

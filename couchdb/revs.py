@@ -9,7 +9,7 @@ Theory of operation (docs/decisions/0009-couchdb-writes-take-their-place-by-arri
   another door (a websocket replica, the HTTP API, the console) has a newer seq; its revision
   id is derived from it (`synthetic_rev`), deterministically, as a child of the history's head,
   so that every reader computes the same id and PouchDB sees one unbroken path.
-- A conflict is decided by DataGate's rule (replication/conflicts.py), the winner websocket
+- A conflict is decided by DataGate's rule (replication/protocol/conflicts.py), the winner websocket
   replicas get; the loser's branch is closed by a deletion revision (`close_path`), so PouchDB
   replicas pick the same winner and keep no `_conflicts`.
 """

@@ -35,10 +35,10 @@ from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
 from replication import data_views
-from replication.conflicts import DELETE, WRITE, incoming_wins, version_key
-from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document, Tombstone
 from replication.protocol import mango
+from replication.protocol.conflicts import DELETE, WRITE, incoming_wins, version_key
+from replication.protocol.markers import Markers, PullStart, pull_start
 from replication.selectors import change_page
 from replication.services.engine import (
     LOOKUP_BATCH,

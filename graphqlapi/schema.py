@@ -26,8 +26,8 @@ from core import metrics
 from core.errors import DataGateError, ErrorCode
 from graphqlapi import live, selectors
 from graphqlapi.errors import DataGateErrors
-from replication.markers import Markers as WireMarkers
 from replication.models import Collection as CollectionModel
+from replication.protocol.markers import Markers as WireMarkers
 from replication.selectors import Change
 from replication.services.documents import document_delete, document_put
 from topics import actions

@@ -19,10 +19,10 @@ from api import selectors as api_selectors
 from core.errors import DataGateError, ErrorCode
 from replication import data_views
 from replication.changes import Version
-from replication.conflicts import DELETE, WRITE
-from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection, Document
 from replication.protocol import mango
+from replication.protocol.conflicts import DELETE, WRITE
+from replication.protocol.markers import Markers, PullStart, pull_start
 from replication.selectors import Change, change_page, collection_position
 
 ReadFilter = Callable[[str], bool] | None

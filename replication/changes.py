@@ -14,7 +14,7 @@ from typing import Any
 from core.door import DEFAULT_LIMITS, DoorLimits, document_text, id_check
 from core.door import printable as _display
 from core.errors import DataGateError, ErrorCode
-from replication.conflicts import DELETE, WRITE, VersionKey, version_key
+from replication.protocol.conflicts import DELETE, WRITE, VersionKey, version_key
 
 META_FIELDS = ("_id", "_revision", "_modified", "_origin")
 MAX_INT = 2**63 - 1

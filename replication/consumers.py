@@ -28,8 +28,8 @@ from core.hub import Hub, process_hub
 from replication import data_views, ranges, selectors
 from replication.consumer_access import SessionAccess, access_baseline
 from replication.live import FeedBlock, LiveFeeds, live_feeds
-from replication.markers import Markers
 from replication.protocol import machine as mc
+from replication.protocol.markers import Markers
 from replication.protocol.messages import encode, encode_served, parse_message, splice
 from replication.protocol.ranges import BucketTable
 from replication.selectors import Change

@@ -27,10 +27,10 @@ from accounts.audit import audit_record
 from accounts.models import SLUG_VALIDATOR, Tenant
 from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, version_to_wire
-from replication.conflicts import WRITE
 from replication.doorbell import view_changed_request
 from replication.models import Collection, DataView, Document
 from replication.protocol import mango
+from replication.protocol.conflicts import WRITE
 from replication.selectors import Change, ChangePage, change_page
 
 # Past definitions a view keeps (DataView.history): a replica synced through one of them is

@@ -46,7 +46,7 @@ from replication.doorbell import (
     VIEW_CHANGED,
     collection_group,
 )
-from replication.markers import Markers
+from replication.protocol.markers import Markers
 from replication.protocol.messages import encode_served
 from replication.selectors import Change
 from replication.services.events import unservable_record

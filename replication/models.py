@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 
 from accounts.models import SLUG_VALIDATOR, Tenant
-from replication.markers import new_epoch
+from replication.protocol.markers import new_epoch
 
 ID_MAX_LENGTH = 128
 

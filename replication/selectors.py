@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from replication.changes import Version, version_to_wire
-from replication.conflicts import DELETE, WRITE
 from replication.models import Collection, Document, Tombstone
+from replication.protocol.conflicts import DELETE, WRITE
 from replication.protocol.g3 import Held
 
 

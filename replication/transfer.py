@@ -34,10 +34,10 @@ from accounts.models import Tenant
 from core.door import id_check, limits_from_settings
 from core.errors import DataGateError, ErrorCode
 from replication.changes import MAX_INT, Version, parse_document, version_to_wire
-from replication.conflicts import WRITE
 from replication.doorbell import ring_on_commit
-from replication.markers import new_epoch
 from replication.models import Collection, Document, JournalEntry, Operation, Tombstone
+from replication.protocol.conflicts import WRITE
+from replication.protocol.markers import new_epoch
 from replication.protocol.ranges import Header
 from replication.ranges import ranges_replace_from
 from replication.services.engine import collection_get_or_create

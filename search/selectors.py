@@ -16,8 +16,8 @@ from django.db import connection
 
 from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, version_to_wire
-from replication.conflicts import WRITE
 from replication.models import Collection, Document
+from replication.protocol.conflicts import WRITE
 from search.models import SearchIndex
 
 MARK_START = "<mark>"

@@ -15,9 +15,9 @@ from typing import Any
 from accounts.access import System
 from core.errors import ErrorCode
 from replication.changes import Version
-from replication.conflicts import DELETE, WRITE, incoming_wins
-from replication.markers import Markers, PullStart, pull_start
 from replication.models import Collection
+from replication.protocol.conflicts import DELETE, WRITE, incoming_wins
+from replication.protocol.markers import Markers, PullStart, pull_start
 from replication.selectors import changes_since
 from replication.services.engine import ApplyResult, batch_apply
 

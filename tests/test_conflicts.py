@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replication.changes import Version, newest_per_id
-from replication.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
+from replication.protocol.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
 
 
 def _cases_file() -> Path:

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import DataGateError, ErrorCode
-from replication.markers import Markers
 from replication.protocol import g3
 from replication.protocol import machine as mc
 from replication.protocol import messages as m
+from replication.protocol.markers import Markers
 from tests.g3_client import G3_KEYS, parse
 
 EPOCH = 77

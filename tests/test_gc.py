@@ -16,8 +16,8 @@ from django.utils import timezone
 from accounts.access import System
 from core.errors import ErrorCode
 from replication.maintenance import DAY_MS, tombstones_collect, tombstones_collect_all
-from replication.markers import PullStart
 from replication.models import Collection, Document, Replica, Tombstone
+from replication.protocol.markers import PullStart
 from replication.selectors import changes_since, collection_state
 from replication.services.engine import batch_apply, collection_get_or_create, now_ms
 from replication.services.replicas import replica_acked, replica_connected, replica_disconnected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from replication.markers import Markers, PullStart, new_epoch, pull_start
+from replication.protocol.markers import Markers, PullStart, new_epoch, pull_start
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import ErrorCode
-from replication.markers import Markers
 from replication.protocol import machine as mc
 from replication.protocol import messages as m
 from replication.protocol import ranges as server
+from replication.protocol.markers import Markers
 
 EXAMPLES = int(os.environ.get("DATAGATE_HYPOTHESIS_EXAMPLES", "60"))
 

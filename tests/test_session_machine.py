@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import DataGateError, ErrorCode
-from replication.markers import Markers
 from replication.protocol import machine as mc
 from replication.protocol import messages as m
+from replication.protocol.markers import Markers
 
 ALL_TYPES = sorted(m.MESSAGE_TYPES)
 EPOCH = 77

@@ -17,8 +17,8 @@ from accounts.access import System
 from accounts.models import KeyRule
 from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, newest_per_id
-from replication.conflicts import DELETE, WRITE
 from replication.models import Collection, Document, JournalEntry, Tombstone
+from replication.protocol.conflicts import DELETE, WRITE
 from replication.selectors import changes_since, collection_state, feed_from_changes
 from replication.services.documents import document_delete, document_put
 from replication.services.engine import (

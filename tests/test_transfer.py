@@ -15,8 +15,8 @@ from django.core.management import CommandError, call_command
 
 from accounts.access import System
 from replication.maintenance import DAY_MS, tombstones_collect
-from replication.markers import PullStart
 from replication.models import Collection, JournalEntry, MaintenanceRun
+from replication.protocol.markers import PullStart
 from replication.selectors import collection_state
 from replication.services.engine import batch_apply, collection_get_or_create, now_ms
 from replication.transfer import collection_export

@@ -2,7 +2,7 @@
 
 import django.core.validators
 import django.db.models.deletion
-import replication.markers
+import replication.protocol.markers
 from django.conf import settings
 from django.db import migrations, models
 
@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
                 ('name', models.CharField(max_length=64, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', "Use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.")])),
                 ('last_seq', models.BigIntegerField(default=0, help_text='The sequence counter: seq of the latest change.')),
                 ('purge_seq', models.BigIntegerField(default=0, help_text='Purge horizon: tombstones with a seq at or below it may have been collected.')),
-                ('epoch', models.BigIntegerField(default=replication.markers.new_epoch, help_text="The collection's timeline; drawn again when restored from an export.")),
+                ('epoch', models.BigIntegerField(default=replication.protocol.markers.new_epoch, help_text="The collection's timeline; drawn again when restored from an export.")),
                 ('tombstone_ttl_days', models.PositiveIntegerField(blank=True, help_text='Overrides DATAGATE TOMBSTONE_TTL_DAYS when set.', null=True)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='collections', to='accounts.tenant')),

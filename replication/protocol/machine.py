@@ -75,9 +75,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
-from replication.markers import Markers, PullStart, pull_start
 from replication.protocol import g3
 from replication.protocol import messages as m
+from replication.protocol.markers import Markers, PullStart, pull_start
 from replication.protocol.ranges import Ask, Summary, hash_from_wire
 
 

@@ -36,7 +36,7 @@ from pydantic import (
 from core.door import printable, unencodable
 from core.envelope import Header, decode_frame, make_header
 from core.errors import DataGateError, ErrorCode
-from replication.markers import Markers
+from replication.protocol.markers import Markers
 from replication.protocol.ranges import BUCKETS
 
 # --- message type codes (PROTOCOL.md section 3) --------------------------------------------

@@ -16,8 +16,8 @@ from django.db import transaction
 from accounts.audit import audit_record
 from core.door import id_check
 from core.errors import DataGateError, ErrorCode
-from replication.conflicts import DELETE, WRITE
 from replication.models import Collection, Document, Tombstone
+from replication.protocol.conflicts import DELETE, WRITE
 from replication.services.engine import (
     Actor,
     ApplyResult,

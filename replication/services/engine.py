@@ -41,7 +41,6 @@ from replication.changes import (
     newest_per_id,
     parse_feed,
 )
-from replication.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
 from replication.doorbell import ring_on_commit
 from replication.models import (
     Collection,
@@ -50,6 +49,7 @@ from replication.models import (
     Operation,
     Tombstone,
 )
+from replication.protocol.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
 from replication.protocol.ranges import STORED_SHIFT, VERSION_TAIL
 from replication.ranges import Deltas, bucket_deltas_apply
 
