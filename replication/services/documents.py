@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import transaction
 
+from accounts.access import DocumentPolicy
 from accounts.audit import audit_record
 from core.door import id_check
 from core.errors import DataGateError, ErrorCode
@@ -35,6 +36,26 @@ def _next_stamp(current_modified: int | None) -> int:
     if current_modified is not None and stamp <= current_modified:
         stamp = current_modified + 1
     return stamp
+
+
+def _write_allowed(
+    *, actor: Actor, collection_id: int, doc_id: str, kind: int
+) -> DocumentPolicy | None:
+    """The door and the access decision, before anything stored is looked at: an id outside
+    the door's rules is DG-4002, a change the actor may not make raises its DataGateError."""
+    id_check(doc_id)
+    policy = actor_policy(actor=actor, collection_id=collection_id)
+    refusal = actor_refusal(actor=actor, policy=policy, kind=kind, doc_id=doc_id)
+    if refusal is not None:
+        raise refusal
+    return policy
+
+
+def _locked_current(*, collection_id: int, doc_id: str) -> Document | None:
+    """Inside the caller's transaction: lock the collection (writes to it queue behind this
+    one), then read the document's current version."""
+    Collection.objects.select_for_update().only("id").get(pk=collection_id)
+    return Document.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
 
 
 def _revision_expect(*, doc_id: str, expected: int | None, held: int) -> None:
@@ -66,14 +87,9 @@ def document_put(
     only happens if the stored revision is that one (0 means "must not exist"); otherwise
     DG-4009 is raised. An id outside the door's rules is DG-4002 before any query.
     """
-    id_check(doc_id)
-    policy = actor_policy(actor=actor, collection_id=collection_id)
-    refusal = actor_refusal(actor=actor, policy=policy, kind=WRITE, doc_id=doc_id)
-    if refusal is not None:
-        raise refusal
+    policy = _write_allowed(actor=actor, collection_id=collection_id, doc_id=doc_id, kind=WRITE)
     with transaction.atomic():
-        Collection.objects.select_for_update().only("id").get(pk=collection_id)
-        current = Document.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
+        current = _locked_current(collection_id=collection_id, doc_id=doc_id)
         tomb = Tombstone.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
         held_revision = current.revision if current else 0
         _revision_expect(doc_id=doc_id, expected=expected_revision, held=held_revision)
@@ -127,14 +143,9 @@ def document_delete(
     """Delete one document for `actor`; a missing document is not an error. A delete the
     actor may not make raises its DataGateError (DG-3002, DG-3004) first; an id outside the
     door's rules is DG-4002 before any query."""
-    id_check(doc_id)
-    policy = actor_policy(actor=actor, collection_id=collection_id)
-    refusal = actor_refusal(actor=actor, policy=policy, kind=DELETE, doc_id=doc_id)
-    if refusal is not None:
-        raise refusal
+    policy = _write_allowed(actor=actor, collection_id=collection_id, doc_id=doc_id, kind=DELETE)
     with transaction.atomic():
-        Collection.objects.select_for_update().only("id").get(pk=collection_id)
-        current = Document.objects.filter(collection_id=collection_id, doc_id=doc_id).first()
+        current = _locked_current(collection_id=collection_id, doc_id=doc_id)
         held_revision = current.revision if current else 0
         _revision_expect(doc_id=doc_id, expected=expected_revision, held=held_revision)
         if current is None:
