@@ -1,6 +1,6 @@
 """Topics over HTTP: list, publish, read a range, commit an offset (PROTOCOL.md section 7).
 
-Thin shells over `topics.actions`, the same functions the topics websocket runs, so access
+Thin shells over `topics.requests`, the same functions the topics websocket runs, so access
 rules, idempotent publishing and never-backwards commits are the same. Every request needs
 the `topics` scope. Offsets are per (topic, user, device); `device` defaults to "http".
 """
@@ -21,7 +21,14 @@ from accounts.models import Tenant
 from api.schema import TENANT_PARAM
 from api.views import int_param
 from core.errors import DataGateError, ErrorCode
-from topics import actions, selectors
+from topics import selectors
+from topics.requests import (
+    Caller,
+    request_messages_publish,
+    request_offset_commit,
+    request_subscribe,
+    request_topics_list,
+)
 from topics.services import Publication
 
 DEFAULT_DEVICE = "http"
@@ -92,11 +99,11 @@ class CommittedSerializer(serializers.Serializer):
     committed = serializers.IntegerField()
 
 
-def caller_for(request: Request, tenant_slug: str, device: str) -> actions.Caller:
+def caller_for(request: Request, tenant_slug: str, device: str) -> Caller:
     tenant = Tenant.objects.filter(slug=tenant_slug).first()
     if tenant is None or not access_topic_connect(user=request.user, tenant=tenant):
         raise DataGateError(ErrorCode.TOPIC_TENANT_NOT_FOUND, tenant=tenant_slug[:64])
-    return actions.Caller(user=request.user, tenant=tenant, device=device)
+    return Caller(user=request.user, tenant=tenant, device=device)
 
 
 def valid(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
@@ -120,7 +127,7 @@ class TopicListView(TopicsView):
     )
     def get(self, request: Request, tenant: str) -> Response:
         caller = caller_for(request, tenant, DEFAULT_DEVICE)
-        return Response({"topics": actions.topics_list(caller=caller)})
+        return Response({"topics": request_topics_list(caller=caller)})
 
 
 class TopicMessagesView(TopicsView):
@@ -146,7 +153,7 @@ class TopicMessagesView(TopicsView):
         end = request.query_params.get("end")
         up_to = int_param(request, "end", default=0, minimum=1) if end is not None else None
         limit = int_param(request, "limit", default=100, minimum=1, maximum=1000)
-        topic_id = actions.topic_for_subscribe(caller=caller, name=topic)
+        topic_id = request_subscribe(caller=caller, name=topic)
         found = selectors.messages_read(
             topic_id=topic_id, from_offset=start, limit=limit, up_to=up_to
         )
@@ -183,7 +190,7 @@ class TopicMessagesView(TopicsView):
             Publication(message_id=item["messageId"], payload=item.get("payload"))
             for item in body["messages"]
         ]
-        offsets, _ = actions.messages_publish(caller=caller, name=topic, messages=publications)
+        offsets, _ = request_messages_publish(caller=caller, name=topic, messages=publications)
         return Response({"offsets": offsets})
 
 
@@ -198,7 +205,7 @@ class TopicCommitView(TopicsView):
     def post(self, request: Request, tenant: str, topic: str) -> Response:
         body = valid(CommitSerializer, request.data)
         caller = caller_for(request, tenant, body["device"])
-        committed = actions.offset_commit(
+        committed = request_offset_commit(
             caller=caller, name=topic, topic_id=None, offset=body["offset"]
         )
         return Response({"committed": committed})

@@ -23,9 +23,9 @@ from graphqlapi import selectors
 from graphqlapi.context import GraphQLContext
 from replication.live import FeedBlock, live_feeds, poll_interval
 from replication.selectors import Change
-from topics import actions
 from topics import selectors as topic_selectors
 from topics.doorbell import DELETED, topic_feeds
+from topics.requests import Caller, request_subscribe, request_subscribe_position
 
 # A sentinel on the inbox: the server is shutting down, or an operator disconnected us.
 _CLOSED = object()
@@ -105,13 +105,13 @@ async def document_changes(
 
 async def topic_messages(
     context: GraphQLContext,
-    caller: actions.Caller,
+    caller: Caller,
     *,
     topic: str,
     start_from: str | tuple[int, int | None],
 ) -> AsyncIterator[topic_selectors.TopicMessage]:
     """The topic's messages from `start_from` on, as they are published."""
-    topic_id = await database_sync_to_async(actions.topic_for_subscribe)(caller=caller, name=topic)
+    topic_id = await database_sync_to_async(request_subscribe)(caller=caller, name=topic)
     hub = topic_feeds()
     moved = asyncio.Event()
     deleted = False
@@ -125,7 +125,7 @@ async def topic_messages(
     await hub.join(topic_id, listener)
     try:
         # Read after the hub listens, so that no bell is missed.
-        position = await database_sync_to_async(actions.subscription_position)(
+        position = await database_sync_to_async(request_subscribe_position)(
             caller=caller, name=topic, topic_id=topic_id, start_from=start_from, batch_size=None
         )
         next_offset = position.next_offset

@@ -30,8 +30,13 @@ from replication.models import Collection as CollectionModel
 from replication.protocol.markers import Markers as WireMarkers
 from replication.selectors import Change
 from replication.services.documents import document_delete, document_put
-from topics import actions
 from topics import selectors as topic_selectors
+from topics.requests import (
+    Caller,
+    request_messages_publish,
+    request_offset_commit,
+    request_subscribe,
+)
 from topics.services import Publication
 
 MAX_DEPTH = 10
@@ -207,18 +212,18 @@ def _collections(user: Any, tenant: str) -> list[Collection]:
     ]
 
 
-def _caller(user: Any, tenant_slug: str, device: str) -> actions.Caller:
+def _caller(user: Any, tenant_slug: str, device: str) -> Caller:
     tenant = Tenant.objects.filter(slug=tenant_slug).first()
     if tenant is None or not access_topic_connect(user=user, tenant=tenant):
         raise DataGateError(ErrorCode.TOPIC_TENANT_NOT_FOUND, tenant=tenant_slug[:64])
-    return actions.Caller(user=user, tenant=tenant, device=device)
+    return Caller(user=user, tenant=tenant, device=device)
 
 
 def _messages(
     user: Any, tenant: str, topic: str, start: int, end: int | None, first: int, device: str
 ) -> MessagePage:
     caller = _caller(user, tenant, device)
-    topic_id = actions.topic_for_subscribe(caller=caller, name=topic)
+    topic_id = request_subscribe(caller=caller, name=topic)
     found = topic_selectors.messages_read(
         topic_id=topic_id, from_offset=start, limit=first, up_to=end
     )
@@ -296,7 +301,7 @@ def _publish(
         raise DataGateError(ErrorCode.BAD_BODY, detail=f"publish 1 to {limit} messages")
     caller = _caller(user, tenant, device)
     publications = [Publication(message_id=m.message_id, payload=m.payload) for m in messages]
-    offsets, _ = actions.messages_publish(caller=caller, name=topic, messages=publications)
+    offsets, _ = request_messages_publish(caller=caller, name=topic, messages=publications)
     return offsets
 
 
@@ -304,7 +309,7 @@ def _commit(user: Any, tenant: str, topic: str, offset: int, device: str) -> int
     if offset < 0:
         raise DataGateError(ErrorCode.BAD_PARAMETER, name="offset", detail="must be >= 0")
     caller = _caller(user, tenant, device)
-    return actions.offset_commit(caller=caller, name=topic, topic_id=None, offset=offset)
+    return request_offset_commit(caller=caller, name=topic, topic_id=None, offset=offset)
 
 
 def _cursor(after: str | None) -> int:

@@ -2,7 +2,7 @@
 
 Each frame goes through the pure `TopicSession` (topics/protocol.py); the typed message is
 handed to its handler, whose database work is one `database_sync_to_async` call into
-`topics.actions`. Delivery: every subscription has a `SubscriptionWindow`; the process's
+`topics.requests`. Delivery: every subscription has a `SubscriptionWindow`; the process's
 `TopicFeeds` (on the process hub, `core.hub`) rings `_on_topic_moved` when a topic moves, and
 one pump task per connection reads from the database what the windows allow and sends it.
 Nothing is queued in memory beyond a window: the database is the truth and a lost bell only
@@ -27,9 +27,21 @@ from core.consumer_dispatch import DirectDispatchMixin
 from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from core.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 from core.hub import process_hub
-from topics import actions, protocol
+from topics import protocol
 from topics.doorbell import DELETED, TopicFeeds, topic_feeds
 from topics.protocol import Inbound, State, SubscriptionWindow, TopicSession
+from topics.requests import (
+    Caller,
+    request_connect,
+    request_error_record,
+    request_messages_publish,
+    request_offset_commit,
+    request_subscribe,
+    request_subscribe_position,
+    request_topic_create,
+    request_topic_delete,
+    request_topics_list,
+)
 from topics.selectors import messages_read
 from topics.services import Publication
 
@@ -55,7 +67,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         )
         self.max_frame = int(knobs["MAX_FRAME_BYTES"])
         self.commit_share = float(knobs["TOPIC_COMMIT_SHARE"])
-        self.caller: actions.Caller | None = None
+        self.caller: Caller | None = None
         self.windows: dict[str, SubscriptionWindow] = {}
         self.hub: TopicFeeds | None = None
         self.pump_task: asyncio.Task[None] | None = None
@@ -136,7 +148,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     async def on_connect(self, inbound: Inbound) -> None:
         message = inbound.message
         assert isinstance(message, protocol.Connect) and inbound.header is not None
-        self.caller = await database_sync_to_async(actions.caller_authenticate)(
+        self.caller = await database_sync_to_async(request_connect)(
             raw_token=message.authToken, tenant_slug=self.tenant_slug, device=message.device
         )
         self.timeout_task.cancel()
@@ -156,13 +168,13 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         )
 
     async def on_list(self, inbound: Inbound) -> None:
-        topics = await database_sync_to_async(actions.topics_list)(caller=self.caller)
+        topics = await database_sync_to_async(request_topics_list)(caller=self.caller)
         await self.reply(protocol.LIST_ACK, inbound, topics=topics)
 
     async def on_create(self, inbound: Inbound) -> None:
         message = inbound.message
         assert isinstance(message, protocol.Create)
-        info = await database_sync_to_async(actions.topic_create)(
+        info = await database_sync_to_async(request_topic_create)(
             caller=self.caller,
             name=message.topic,
             scope=message.scope,
@@ -175,7 +187,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     async def on_delete(self, inbound: Inbound) -> None:
         message = inbound.message
         assert isinstance(message, protocol.Delete)
-        await database_sync_to_async(actions.topic_delete)(caller=self.caller, name=message.topic)
+        await database_sync_to_async(request_topic_delete)(caller=self.caller, name=message.topic)
         window = self.windows.pop(message.topic, None)
         if window is not None:
             await self._leave(window)
@@ -185,7 +197,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         message = inbound.message
         assert isinstance(message, protocol.Publish)
         publications = [Publication(m.messageId, m.payload) for m in message.messages]
-        offsets, _ = await database_sync_to_async(actions.messages_publish)(
+        offsets, _ = await database_sync_to_async(request_messages_publish)(
             caller=self.caller, name=message.topic, messages=publications
         )
         await self.reply(protocol.PUBLISH_ACK, inbound, topic=message.topic, offsets=offsets)
@@ -196,9 +208,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         name = message.topic
         if name in self.windows:
             raise DataGateError(ErrorCode.ALREADY_SUBSCRIBED, topic=name)
-        topic_id = await database_sync_to_async(actions.topic_for_subscribe)(
-            caller=self.caller, name=name
-        )
+        topic_id = await database_sync_to_async(request_subscribe)(caller=self.caller, name=name)
         start_from: str | tuple[int, int | None]
         if isinstance(message.start_from, protocol.Range):
             start_from = (message.start_from.start, message.start_from.end)
@@ -207,7 +217,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         # Listen first, then read the position: a bell between the two is not missed.
         await self.hub.join(topic_id, self._on_topic_moved)
         try:
-            position = await database_sync_to_async(actions.subscription_position)(
+            position = await database_sync_to_async(request_subscribe_position)(
                 caller=self.caller,
                 name=name,
                 topic_id=topic_id,
@@ -244,7 +254,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         assert isinstance(message, protocol.Commit)
         window = self.windows.get(message.topic)
         try:
-            offset = await database_sync_to_async(actions.offset_commit)(
+            offset = await database_sync_to_async(request_offset_commit)(
                 caller=self.caller,
                 name=message.topic,
                 topic_id=window.topic_id if window is not None else None,
@@ -378,7 +388,7 @@ class TopicsConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     ) -> None:
         """Send an error (recorded as an error event); close the socket if it is fatal."""
         with contextlib.suppress(Exception):
-            await database_sync_to_async(actions.error_record)(
+            await database_sync_to_async(request_error_record)(
                 error=error, caller=self.caller, tenant=self.tenant_slug, topic=topic
             )
         frame = self.session.error_message(error, correlation_id=correlation_id, topic=topic)

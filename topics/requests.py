@@ -1,8 +1,15 @@
-"""What each topics request does, once authenticated: access decisions, then services/selectors.
+"""Topics' request layer: what each request does once the caller is known.
 
-Synchronous functions the websocket consumer runs with one `database_sync_to_async` call each
-(an HTTP API could call them as they are). Every refusal is a `DataGateError` with its code. A
-topic the user may not see is reported exactly like one that does not exist (DG-6002).
+One function per request of the topics protocol (docs/protocol.md section 7), each named
+`request_<request>`. It takes the `Caller` (`request_connect` authenticates one from a token),
+asks `accounts.access` (topics asks it here and nowhere else), then calls `topics.services`
+(writes) and `topics.selectors` (reads). The layer below keeps the storage names
+(`services.topic_create`, ...): no function here shares a name with one there.
+
+Synchronous functions the websocket consumer runs with one `database_sync_to_async` call each;
+the HTTP API and GraphQL call the same functions, so every door gets the same decisions. Every
+refusal is a `DataGateError` with its code. A topic the user may not see is reported exactly
+like one that does not exist (DG-6002).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accounts.access import (
+    access_scope,
     access_topic_connect,
     access_topic_create,
     access_topic_delete,
@@ -57,13 +65,13 @@ class Position:
     batch_size: int
 
 
-def caller_authenticate(*, raw_token: object, tenant_slug: str, device: str) -> Caller:
+def request_connect(*, raw_token: object, tenant_slug: str, device: str) -> Caller:
     """Check the connect's token and the tenant, or raise a fatal error (PROTOCOL.md 4.1)."""
     try:
         info = token_authenticate(raw_token)
     except TokenRejected as exc:
         raise DataGateError(ErrorCode.TOKEN_INVALID, fatal=True, reason=exc.reason) from exc
-    if TOPICS_SCOPE not in info.scopes:
+    if not access_scope(scopes=info.scopes, scope=TOPICS_SCOPE):
         raise DataGateError(ErrorCode.TOKEN_SCOPE, fatal=True, scope=TOPICS_SCOPE)
     tenant = Tenant.objects.filter(slug=tenant_slug).first()
     if tenant is None or not access_topic_connect(user=info.user, tenant=tenant):
@@ -80,12 +88,12 @@ def _visible_topic(caller: Caller, name: str) -> Topic:
     return topic
 
 
-def topics_list(*, caller: Caller) -> list[dict[str, Any]]:
+def request_topics_list(*, caller: Caller) -> list[dict[str, Any]]:
     infos = selectors.topic_list(tenant=caller.tenant, user_id=caller.user_id)
     return [info.to_wire() for info in infos]
 
 
-def topic_create(
+def request_topic_create(
     *,
     caller: Caller,
     name: str,
@@ -109,7 +117,7 @@ def topic_create(
     return next(i.to_wire() for i in infos if i.name == name and i.scope == scope)
 
 
-def topic_delete(*, caller: Caller, name: str) -> int:
+def request_topic_delete(*, caller: Caller, name: str) -> int:
     topic = _visible_topic(caller, name)
     if not access_topic_delete(
         user=caller.user, tenant=caller.tenant, scope=topic.scope, owner_id=topic.owner_id
@@ -119,7 +127,7 @@ def topic_delete(*, caller: Caller, name: str) -> int:
     return int(topic.pk)
 
 
-def messages_publish(
+def request_messages_publish(
     *, caller: Caller, name: str, messages: list[services.Publication]
 ) -> tuple[list[int], int]:
     topic = _visible_topic(caller, name)
@@ -133,7 +141,7 @@ def messages_publish(
     return offsets, int(topic.pk)
 
 
-def topic_for_subscribe(*, caller: Caller, name: str) -> int:
+def request_subscribe(*, caller: Caller, name: str) -> int:
     topic = _visible_topic(caller, name)
     if not access_topic_subscribe(
         user=caller.user, tenant=caller.tenant, scope=topic.scope, owner_id=topic.owner_id
@@ -142,7 +150,7 @@ def topic_for_subscribe(*, caller: Caller, name: str) -> int:
     return int(topic.pk)
 
 
-def subscription_position(
+def request_subscribe_position(
     *,
     caller: Caller,
     name: str,
@@ -172,9 +180,9 @@ def subscription_position(
     return Position(topic_id, next_offset, end, committed, last, size)
 
 
-def offset_commit(*, caller: Caller, name: str, topic_id: int | None, offset: int) -> int:
+def request_offset_commit(*, caller: Caller, name: str, topic_id: int | None, offset: int) -> int:
     if topic_id is None:
-        topic_id = topic_for_subscribe(caller=caller, name=name)
+        topic_id = request_subscribe(caller=caller, name=name)
     return services.offset_commit(
         topic_id=topic_id,
         topic_name=name,
@@ -184,7 +192,9 @@ def offset_commit(*, caller: Caller, name: str, topic_id: int | None, offset: in
     )
 
 
-def error_record(*, error: DataGateError, caller: Caller | None, tenant: str, topic: str) -> None:
+def request_error_record(
+    *, error: DataGateError, caller: Caller | None, tenant: str, topic: str
+) -> None:
     error_event_record(
         error=error,
         user_id=caller.user_id if caller is not None else None,
