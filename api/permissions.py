@@ -1,8 +1,13 @@
 """Scope checks: which OAuth2 scope each HTTP method of a view needs.
 
 A view names its scopes in `read_scope` (GET, HEAD, OPTIONS) and `write_scope` (the rest);
-the defaults are `read` and `write`, and the topics views use `topics` for both. Tenant,
-collection and document rights are decided by `accounts.access`, in the views.
+the defaults are `read` and `write`, and the topics views use `topics` for both.
+
+This is the HTTP API's access module: the one module of `api` that asks `accounts.access` (an
+import-linter contract in pyproject.toml keeps it so). Tenant, collection and document rights
+are decided for the acting user by the reads and services the views call
+(`replication.selectors`, `replication.services.documents`, `replication.data_views`,
+`topics.requests`), the same functions GraphQL calls.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Reads for the HTTP API: what a caller may see, collection stats and document pages.
+"""Reads for the HTTP API: tenants, collection stats and document pages.
 
-Access decisions come from `accounts.access` only; a tenant or collection the caller may not
-read looks exactly like one that does not exist.
+No access decision is made here: what a caller may read of a tenant or a collection comes
+from the reads for an acting user in `replication.selectors` (shared with GraphQL), the token's
+scopes from `api.permissions`.
 """
 
 from __future__ import annotations
@@ -10,16 +11,13 @@ import json
 import re
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTransform
 
-from accounts import access
 from accounts.models import Membership, Role, Tenant
 from core.errors import DataGateError, ErrorCode
 from replication.models import Collection, Document, Replica, Tombstone
 from replication.protocol.markers import Markers
-from replication.services.engine import collection_get_or_create
 from search.models import SearchIndex
 
 FILTER_FIELD = re.compile(r"^[^._\s=][^.\s=]*(\.[^.\s=]+)*$")
@@ -34,68 +32,8 @@ def tenants_visible(*, user: Any) -> list[tuple[Tenant, str]]:
     return [(m.tenant, m.role) for m in memberships.order_by("tenant__slug")]
 
 
-def collections_visible(*, user: Any, slug: str) -> list[Collection]:
-    """The tenant's collections the user may read (by role or by a collection grant), or
-    DG-8001 if the tenant does not exist or the user may read nothing of it."""
-    tenant = Tenant.objects.filter(slug=slug).first()
-    if tenant is None:
-        raise DataGateError(ErrorCode.NOT_FOUND, what=f"tenant {slug[:64]!r}")
-    collections = [
-        c
-        for c in Collection.objects.filter(tenant=tenant).select_related("tenant").order_by("name")
-        if access.access_collection_read(
-            user=user, tenant=tenant, collection_name=c.name, collection=c
-        )
-    ]
-    if not collections and not access.access_tenant_read(user=user, tenant=tenant):
-        raise DataGateError(ErrorCode.NOT_FOUND, what=f"tenant {slug[:64]!r}")
-    return collections
-
-
 def tenant_find(*, slug: str) -> Tenant | None:
     return Tenant.objects.filter(slug=slug).first()
-
-
-def collection_for_reader(*, user: Any, tenant_slug: str, name: str) -> Collection:
-    """The collection, or DG-3001 whether it or its tenant is missing or it is unreadable
-    (never tell which, as on the websocket)."""
-    collection = (
-        Collection.objects.select_related("tenant")
-        .filter(tenant__slug=tenant_slug, name=name)
-        .first()
-    )
-    if collection is None or not access.access_collection_read(
-        user=user, tenant=collection.tenant, collection_name=name, collection=collection
-    ):
-        raise DataGateError(
-            ErrorCode.COLLECTION_NOT_FOUND, tenant=tenant_slug[:64], collection=name[:64]
-        )
-    return collection
-
-
-def collection_for_writer(*, user: Any, tenant_slug: str, name: str) -> Collection:
-    """The collection `user` may write, created on first write if they may create it (the
-    HTTP API and GraphQL); DG-3001 as for a reader, DG-3002 if they may only read it."""
-    tenant = tenant_find(slug=tenant_slug)
-    exists = Collection.objects.filter(tenant=tenant, name=name).exists()
-    if (
-        tenant is not None
-        and not exists
-        and settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
-        and access.access_collection_create(user=user, tenant=tenant)
-    ):
-        try:
-            return collection_get_or_create(tenant=tenant, name=name)[0]
-        except Exception as problem:  # a name the slug validator refuses
-            raise DataGateError(
-                ErrorCode.BAD_PARAMETER, name="collection", detail="not a valid collection name"
-            ) from problem
-    collection = collection_for_reader(user=user, tenant_slug=tenant_slug, name=name)
-    if not access.access_collection_write(
-        user=user, tenant=collection.tenant, collection_name=name, collection=collection
-    ):
-        raise DataGateError(ErrorCode.READ_ONLY, user=user.get_username())
-    return collection
 
 
 def collection_stats(*, collection: Collection) -> dict[str, Any]:

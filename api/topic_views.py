@@ -16,14 +16,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.access import access_topic_connect
-from accounts.models import Tenant
 from api.schema import TENANT_PARAM
 from api.views import int_param
 from core.errors import DataGateError, ErrorCode
 from topics import selectors
 from topics.requests import (
-    Caller,
+    request_connect_user,
     request_messages_publish,
     request_offset_commit,
     request_subscribe,
@@ -99,13 +97,6 @@ class CommittedSerializer(serializers.Serializer):
     committed = serializers.IntegerField()
 
 
-def caller_for(request: Request, tenant_slug: str, device: str) -> Caller:
-    tenant = Tenant.objects.filter(slug=tenant_slug).first()
-    if tenant is None or not access_topic_connect(user=request.user, tenant=tenant):
-        raise DataGateError(ErrorCode.TOPIC_TENANT_NOT_FOUND, tenant=tenant_slug[:64])
-    return Caller(user=request.user, tenant=tenant, device=device)
-
-
 def valid(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataGateError(ErrorCode.BAD_BODY, detail="expected a JSON object")
@@ -126,7 +117,7 @@ class TopicListView(TopicsView):
         responses={200: TopicListSerializer},
     )
     def get(self, request: Request, tenant: str) -> Response:
-        caller = caller_for(request, tenant, DEFAULT_DEVICE)
+        caller = request_connect_user(user=request.user, tenant_slug=tenant, device=DEFAULT_DEVICE)
         return Response({"topics": request_topics_list(caller=caller)})
 
 
@@ -148,7 +139,7 @@ class TopicMessagesView(TopicsView):
         device = request.query_params.get("device", DEFAULT_DEVICE)
         if not 1 <= len(device) <= 128:
             raise DataGateError(ErrorCode.BAD_PARAMETER, name="device", detail="1..128 chars")
-        caller = caller_for(request, tenant, device)
+        caller = request_connect_user(user=request.user, tenant_slug=tenant, device=device)
         start = int_param(request, "start", default=1, minimum=1)
         end = request.query_params.get("end")
         up_to = int_param(request, "end", default=0, minimum=1) if end is not None else None
@@ -185,7 +176,7 @@ class TopicMessagesView(TopicsView):
         limit = int(settings.DATAGATE.get("TOPIC_MAX_PUBLISH", 1000))
         if len(body["messages"]) > limit:
             raise DataGateError(ErrorCode.BAD_BODY, detail=f"at most {limit} messages")
-        caller = caller_for(request, tenant, body["device"])
+        caller = request_connect_user(user=request.user, tenant_slug=tenant, device=body["device"])
         publications = [
             Publication(message_id=item["messageId"], payload=item.get("payload"))
             for item in body["messages"]
@@ -204,7 +195,7 @@ class TopicCommitView(TopicsView):
     )
     def post(self, request: Request, tenant: str, topic: str) -> Response:
         body = valid(CommitSerializer, request.data)
-        caller = caller_for(request, tenant, body["device"])
+        caller = request_connect_user(user=request.user, tenant_slug=tenant, device=body["device"])
         committed = request_offset_commit(
             caller=caller, name=topic, topic_id=None, offset=body["offset"]
         )

@@ -15,7 +15,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import access
 from api import selectors
 from api.schema import CHANGES_PAGE, COLLECTION_PARAM, DOCUMENT_PAGE, LIMIT_PARAM, TENANT_PARAM
 from api.views import (
@@ -30,7 +29,7 @@ from core.errors import DataGateError, ErrorCode
 from replication import data_views
 from replication.models import DataView
 from replication.protocol.markers import Markers, PullStart, pull_start
-from replication.selectors import collection_position
+from replication.selectors import collection_position, collection_read_filter
 
 VIEW_PARAM = OpenApiParameter("view", str, OpenApiParameter.PATH, description="the view's name")
 VIEW_BODY = {
@@ -223,9 +222,7 @@ class ViewChangesView(APIView):
         )
         has_more = page.covered < last_seq
         end = Markers(page.covered, epoch)
-        allowed = access.document_read_filter(
-            user=request.user, tenant=coll.tenant, collection_name=coll.name, collection=coll
-        )
+        allowed = collection_read_filter(user=request.user, collection=coll)
         feed = data_views.view_feed(page.changes, selector=selector, read_filter=allowed)
         next_url = None
         if has_more:

@@ -1,4 +1,9 @@
-"""The HTTP API's views: thin shells over `accounts.access`, the selectors and the services.
+"""The HTTP API's views: thin shells over the selectors and the services.
+
+The token's scope for each method is checked by `api.permissions` (the one API module that
+asks `accounts.access`); what the caller may read of a collection, and whether they may write
+it, comes from the reads and writes for an acting user (`replication.selectors`,
+`replication.services.documents`), the same functions GraphQL calls.
 
 Every write goes through `replication.services` (a seq, the journal, the doorbell, live
 feeds), exactly like a replica's push. Reads apply the same per-session read filter as the
@@ -16,7 +21,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import access
 from api import selectors
 from api.schema import (
     CHANGES_PAGE,
@@ -40,8 +44,16 @@ from replication.models import Collection, Document
 from replication.protocol.conflicts import WRITE
 from replication.protocol.markers import Markers, PullStart, pull_start
 from replication.protocol.messages import encode_served, served_feed
-from replication.selectors import changes_since, collection_position, feed_from_changes
-from replication.services.documents import document_delete, document_put
+from replication.selectors import (
+    changes_since,
+    collection_for_reader,
+    collection_position,
+    collection_read_filter,
+    collections_visible,
+    document_readable,
+    feed_from_changes,
+)
+from replication.services.documents import collection_for_writer, document_delete, document_put
 from replication.services.events import unservable_record
 from search.selectors import search_documents
 
@@ -122,12 +134,12 @@ def served(feed: dict[str, Any], request: Request, collection: Collection) -> di
 
 
 def readable_collection(request: Request, tenant_slug: str, name: str) -> Collection:
-    return selectors.collection_for_reader(user=request.user, tenant_slug=tenant_slug, name=name)
+    return collection_for_reader(user=request.user, tenant_slug=tenant_slug, name=name)
 
 
 def writable_collection(request: Request, tenant_slug: str, name: str) -> Collection:
     """The collection the caller may write, created on first write if they may create it."""
-    return selectors.collection_for_writer(user=request.user, tenant_slug=tenant_slug, name=name)
+    return collection_for_writer(user=request.user, tenant_slug=tenant_slug, name=name)
 
 
 # --- tenants and collections ----------------------------------------------------------------
@@ -157,7 +169,7 @@ class CollectionListView(APIView):
     def get(self, request: Request, tenant: str) -> Response:
         collections = [
             {"name": c.name, "markers": Markers(c.last_seq, c.epoch).to_wire()}
-            for c in selectors.collections_visible(user=request.user, slug=tenant)
+            for c in collections_visible(user=request.user, slug=tenant)
         ]
         return Response({"collections": collections})
 
@@ -213,9 +225,7 @@ class DocumentListView(APIView):
         page = selectors.documents_page(
             collection_id=found.pk, after=after, limit=limit, filters=filters
         )
-        allowed = access.document_read_filter(
-            user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
-        )
+        allowed = collection_read_filter(user=request.user, collection=found)
         documents = [wire_document(d) for d in page if allowed is None or allowed(d.doc_id)]
         documents = served({"changeSet": documents}, request, found)["changeSet"]
         next_after = page[-1].doc_id if len(page) == limit else None
@@ -234,18 +244,7 @@ class DocumentView(APIView):
         if unencodable(doc_id) is not None or "\x00" in doc_id:  # cannot be stored: no query
             raise DataGateError(ErrorCode.NOT_FOUND, what=f"document {doc_id[:64]!r}")
         doc = selectors.document_get(collection_id=found.pk, doc_id=doc_id)
-        if doc is None or not access.access_document_read(
-            user=request.user,
-            tenant=found.tenant,
-            collection_name=found.name,
-            doc_id=doc_id,
-            collection=found,
-        ):
-            raise DataGateError(ErrorCode.NOT_FOUND, what=f"document {doc_id[:64]!r}")
-        allowed = access.document_read_filter(
-            user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
-        )
-        if allowed is not None and not allowed(doc_id):
+        if doc is None or not document_readable(user=request.user, collection=found, doc_id=doc_id):
             raise DataGateError(ErrorCode.NOT_FOUND, what=f"document {doc_id[:64]!r}")
         wire = wire_document(doc)
         reason = unencodable(wire)
@@ -332,7 +331,7 @@ class DocumentView(APIView):
     )
     def delete(self, request: Request, tenant: str, collection: str, doc_id: str) -> Response:
         user = request.user
-        found = selectors.collection_for_reader(user=user, tenant_slug=tenant, name=collection)
+        found = collection_for_reader(user=user, tenant_slug=tenant, name=collection)
         result = document_delete(
             actor=user,
             collection_id=found.pk,
@@ -395,9 +394,7 @@ class ChangesView(APIView):
         )
         has_more = len(changes) == limit and changes[-1].seq < last_seq
         end = Markers(changes[-1].seq if has_more else last_seq, epoch)
-        allowed = access.document_read_filter(
-            user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
-        )
+        allowed = collection_read_filter(user=request.user, collection=found)
         if allowed is not None:
             changes = [c for c in changes if allowed(c.doc_id)]
         next_url = None
@@ -450,9 +447,7 @@ class SearchView(APIView):
             query=query,
             limit=limit,
             offset=offset,
-            read_filter=access.document_read_filter(
-                user=request.user, tenant=found.tenant, collection_name=found.name, collection=found
-            ),
+            read_filter=collection_read_filter(user=request.user, collection=found),
         )
         return Response(
             {

@@ -24,8 +24,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import QueryDict
 
-from accounts.access import access_tenant_read
 from accounts.models import Tenant
+from console.access import tenant_readable
 from console.dashboard import dashboard_fragments, replicas_fragments
 from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
 from replication.doorbell import collection_group
@@ -45,7 +45,7 @@ def _authorize(
     user: Any, tenant_slug: str, collection_name: str | None
 ) -> tuple[Tenant, list[int]]:
     tenant = Tenant.objects.filter(slug=tenant_slug).first()
-    if tenant is None or not access_tenant_read(user=user, tenant=tenant):
+    if tenant is None or not tenant_readable(user=user, tenant=tenant):
         raise PermissionError(tenant_slug)
     collections = Collection.objects.filter(tenant=tenant)
     if collection_name is not None:
@@ -58,7 +58,7 @@ def _authorize(
 def _fragments(
     user: Any, tenant: Tenant, collection_name: str | None, view: QueryDict
 ) -> dict[str, str] | None:
-    if not access_tenant_read(user=user, tenant=tenant):
+    if not tenant_readable(user=user, tenant=tenant):
         return None
     if view.get("view") == "replicas":
         return replicas_fragments(tenant=tenant, params=QueryDict(view.get("query", "")))

@@ -24,7 +24,6 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_http_methods
 from oauth2_provider.models import get_access_token_model, get_application_model
 
-from accounts import access
 from accounts.audit import audit_entries
 from accounts.models import KeyRule, Membership, Role
 from accounts.services import (
@@ -41,14 +40,17 @@ from accounts.services import (
     member_token_issue,
     member_token_revoke,
 )
-from console.views import (
+from console.access import (
     TenantAccess,
-    _collection,
-    _page,
-    _render,
-    _tenant_access,
-    console_login_required,
+    may_administer_collection,
+    may_create_collection,
+    may_publish_topic,
+    member_policy,
+    member_role,
+    tenant_or_404,
+    topic_visible_or_404,
 )
+from console.views import _collection, _page, _render, console_login_required
 from core.errors import DataGateError
 from replication import collection_services
 from replication.models import Collection
@@ -88,8 +90,8 @@ def _need_admin(access_: TenantAccess) -> None:
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def collections(request: HttpRequest, tenant: str) -> HttpResponse:
-    tenant_access = _tenant_access(request, tenant)
-    may_create = access.access_collection_create(user=request.user, tenant=tenant_access.tenant)
+    tenant_access = tenant_or_404(request, tenant)
+    may_create = may_create_collection(request, tenant_access)
     if request.method == "POST":
         if not may_create:
             raise PermissionDenied("Only the tenant's admins and writers create collections.")
@@ -127,7 +129,8 @@ def _explain(
     request: HttpRequest, tenant_access: TenantAccess, coll: Collection, doc_id: str
 ) -> list[dict[str, Any]]:
     """Who may read, write and delete `doc_id`: each member and each grant holder, decided by
-    the access door itself (accounts.access), so the answer is what a replica would get."""
+    the access door itself (`console.access.member_policy`), so the answer is what a replica
+    would get."""
     users = get_user_model()
     member_ids = set(
         Membership.objects.filter(tenant=tenant_access.tenant).values_list("user_id", flat=True)
@@ -136,13 +139,11 @@ def _explain(
     people = users.objects.filter(pk__in=member_ids) | users.objects.filter(username__in=granted)
     rows: list[dict[str, Any]] = []
     for user in people.distinct().order_by("username"):
-        policy = access.document_policy(
-            user=user, tenant=tenant_access.tenant, collection_name=coll.name, collection=coll
-        )
+        policy = member_policy(user=user, tenant_access=tenant_access, coll=coll)
         rows.append(
             {
                 "user": user.get_username(),
-                "role": access.membership_role(user=user, tenant=tenant_access.tenant) or "—",
+                "role": member_role(user=user, tenant=tenant_access.tenant) or "—",
                 "read": policy.may_read(doc_id),
                 "write": policy.may_write(doc_id),
                 "delete": policy.may_delete(doc_id),
@@ -248,11 +249,9 @@ def _collection_action(
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def collection_settings(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    tenant_access = _tenant_access(request, tenant)
+    tenant_access = tenant_or_404(request, tenant)
     coll = _collection(tenant_access, collection)
-    may_admin = access.access_collection_admin(
-        user=request.user, tenant=tenant_access.tenant, collection_name=coll.name, collection=coll
-    )
+    may_admin = may_administer_collection(request, tenant_access, coll)
     if request.method == "POST":
         if not may_admin:
             raise PermissionDenied("Only the collection's admins may change it.")
@@ -289,7 +288,7 @@ def collection_settings(request: HttpRequest, tenant: str, collection: str) -> H
 @console_login_required
 @require_GET
 def collection_export(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    tenant_access = _tenant_access(request, tenant)
+    tenant_access = tenant_or_404(request, tenant)
     coll = _collection(tenant_access, collection)
     out = io.StringIO()
     try:
@@ -342,7 +341,7 @@ def _applications(user_ids: list[int]) -> list[Any]:
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def members(request: HttpRequest, tenant: str) -> HttpResponse:
-    tenant_access = _tenant_access(request, tenant)
+    tenant_access = tenant_or_404(request, tenant)
     _need_admin(tenant_access)
     issued = None
     created_app = None
@@ -438,15 +437,11 @@ def members(request: HttpRequest, tenant: str) -> HttpResponse:
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def topic_messages(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    tenant_access = _tenant_access(request, tenant)
-    topic = Topic.objects.filter(tenant=tenant_access.tenant, pk=pk).first()
-    if topic is None or not access.access_topic_see(
-        user=request.user, tenant=tenant_access.tenant, scope=topic.scope, owner_id=topic.owner_id
-    ):
-        raise Http404("No such topic.")
-    may_publish = access.access_topic_publish(
-        user=request.user, tenant=tenant_access.tenant, scope=topic.scope, owner_id=topic.owner_id
+    tenant_access = tenant_or_404(request, tenant)
+    topic = topic_visible_or_404(
+        request, tenant_access, Topic.objects.filter(tenant=tenant_access.tenant, pk=pk).first()
     )
+    may_publish = may_publish_topic(request, tenant_access, topic)
     if request.method == "POST":
         if not may_publish:
             raise PermissionDenied("You may not publish to this topic.")
@@ -498,7 +493,7 @@ PAGE = 50
 @console_login_required
 @require_GET
 def audit(request: HttpRequest, tenant: str) -> HttpResponse:
-    tenant_access = _tenant_access(request, tenant)
+    tenant_access = tenant_or_404(request, tenant)
     _need_admin(tenant_access)
     entries = audit_entries(
         tenant=tenant_access.tenant,

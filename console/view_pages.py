@@ -15,8 +15,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_http_methods
 
-from accounts import access
-from console.views import _collection, _render, _tenant_access, console_login_required
+from console.access import may_administer_collection, tenant_or_404
+from console.views import _collection, _render, console_login_required
 from core.errors import DataGateError, ErrorCode
 from replication import data_views
 
@@ -71,11 +71,9 @@ def _act(request: HttpRequest, tenant: Any, collection_name: str) -> str:
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def data_views_page(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    tenant_access = _tenant_access(request, tenant)
+    tenant_access = tenant_or_404(request, tenant)
     coll = _collection(tenant_access, collection)
-    may_admin = access.access_collection_admin(
-        user=request.user, tenant=tenant_access.tenant, collection_name=coll.name, collection=coll
-    )
+    may_admin = may_administer_collection(request, tenant_access, coll)
     form: dict[str, str] = {}
     if request.method == "POST":
         if not may_admin:

@@ -1,7 +1,8 @@
 """The console's pages: thin views over `console.selectors`, `replication.services` and
-`accounts.access`.
+`console.access` (the console's access module: the one console module that asks
+`accounts.access`).
 
-Who sees what (every decision is an `access_*` call):
+Who sees what (every decision is asked through `console.access`):
 - a tenant the user has no role in does not exist for them (404, like the sync protocol);
 - readers see everything of their tenants and can do nothing (no buttons; POST answers 403);
 - writers may also create, edit and delete documents;
@@ -17,7 +18,6 @@ or not (the form shows why; the write service itself refuses it, for the acting 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import messages
@@ -30,19 +30,17 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.access import (
-    DocumentPolicy,
-    access_collection_write,
-    access_server_admin,
-    access_tenant_admin,
-    access_tenant_read,
-    access_topic_see,
-    document_policy,
-    tenant_roles,
-)
-from accounts.models import Tenant
 from accounts.services import access_tokens_revoke
 from console import selectors
+from console.access import (
+    TenantAccess,
+    collection_policy,
+    document_readable_or_404,
+    navigation_tenants,
+    server_admin_or_404,
+    tenant_or_404,
+    topic_visible_or_404,
+)
 from console.dashboard import dashboard_data, replicas_data
 from console.errorsdoc import errors_doc_html
 from console.forms import DocumentForm, DocumentSearchForm, ErrorFilterForm
@@ -67,43 +65,11 @@ PAGE_SIZE = 50
 console_login_required = login_required(login_url=LOGIN_URL)
 
 
-@dataclass(frozen=True)
-class TenantAccess:
-    tenant: Tenant
-    can_admin: bool
-    can_write: bool
-
-
-def _tenant_access(request: HttpRequest, slug: str) -> TenantAccess:
-    """The tenant if the user may read it; otherwise it does not exist for them (404)."""
-    tenant = Tenant.objects.filter(slug=slug).first()
-    if tenant is None or not access_tenant_read(user=request.user, tenant=tenant):
-        raise Http404("No such tenant.")
-    return TenantAccess(
-        tenant=tenant,
-        can_admin=access_tenant_admin(user=request.user, tenant=tenant),
-        can_write=access_collection_write(user=request.user, tenant=tenant, collection_name=""),
-    )
-
-
 def _collection(access: TenantAccess, name: str) -> Collection:
     collection = Collection.objects.filter(tenant=access.tenant, name=name).first()
     if collection is None:
         raise Http404("No such collection.")
     return collection
-
-
-def _policy(request: HttpRequest, access: TenantAccess, coll: Collection) -> DocumentPolicy:
-    """What the user may do with the collection's documents, decided once per request."""
-    return document_policy(
-        user=request.user, tenant=access.tenant, collection_name=coll.name, collection=coll
-    )
-
-
-def _readable(policy: DocumentPolicy, doc_id: str) -> None:
-    """A document the user may not read does not exist for them, stored or not."""
-    if not policy.may_read(doc_id):
-        raise Http404("No such document.")
 
 
 # A refusal by the access door (the collection's write right or a key rule): 403.
@@ -119,7 +85,7 @@ def _page(request: HttpRequest, items: Any) -> Page:
 def _render(
     request: HttpRequest, template: str, context: dict[str, Any], status: int = 200
 ) -> HttpResponse:
-    context.setdefault("nav_tenants", tenant_roles(user=request.user))
+    context.setdefault("nav_tenants", navigation_tenants(user=request.user))
     return render(request, template, context, status=status)
 
 
@@ -138,7 +104,7 @@ def root(request: HttpRequest) -> HttpResponse:
 @console_login_required
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    roles = tenant_roles(user=request.user)
+    roles = navigation_tenants(user=request.user)
     if len(roles) == 1:
         return redirect("console:dashboard", tenant=next(iter(roles)).slug)
     return _render(request, "console/index.html", {"nav_tenants": roles})
@@ -147,7 +113,7 @@ def index(request: HttpRequest) -> HttpResponse:
 @console_login_required
 @require_GET
 def dashboard(request: HttpRequest, tenant: str, collection: str | None = None) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     if collection is not None:
         _collection(access, collection)
     live_path = f"/ws/console/{access.tenant.slug}/" + (f"{collection}/" if collection else "")
@@ -162,7 +128,7 @@ def dashboard(request: HttpRequest, tenant: str, collection: str | None = None) 
 @console_login_required
 @require_GET
 def replicas(request: HttpRequest, tenant: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     context = replicas_data(tenant=access.tenant, params=request.GET)
     query = request.GET.urlencode()
     context.update(
@@ -186,7 +152,7 @@ def _replica_or_404(access: TenantAccess, pk: int) -> Any:
 @console_login_required
 @require_GET
 def replica_detail(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     replica = _replica_or_404(access, pk)
     errors = selectors.error_event_list(
         tenant=access.tenant, filters=selectors.ErrorFilters(replica=replica.pk)
@@ -211,7 +177,7 @@ def replica_detail(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 @console_login_required
 @require_POST
 def replica_disconnect(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     if not access.can_admin:
         raise PermissionDenied("Only tenant admins may disconnect replicas.")
     replica = _replica_or_404(access, pk)
@@ -225,7 +191,7 @@ def replica_disconnect(request: HttpRequest, tenant: str, pk: int) -> HttpRespon
 @console_login_required
 @require_POST
 def replica_revoke(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     if not access.can_admin:
         raise PermissionDenied("Only tenant admins may revoke tokens.")
     replica = _replica_or_404(access, pk)
@@ -252,9 +218,9 @@ def replica_revoke(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 @console_login_required
 @require_GET
 def documents(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     coll = _collection(access, collection)
-    policy = _policy(request, access, coll)
+    policy = collection_policy(request, access, coll)
     form = DocumentSearchForm(request.GET or None)
     data = form.cleaned_data if form.is_valid() else {}
     search_error = ""
@@ -306,11 +272,11 @@ def _document_url(view: str, access: TenantAccess, coll: Collection, doc_id: str
 @console_login_required
 @require_GET
 def document_detail(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     coll = _collection(access, collection)
     doc_id = request.GET.get("id", "")
-    policy = _policy(request, access, coll)
-    _readable(policy, doc_id)
+    policy = collection_policy(request, access, coll)
+    document_readable_or_404(policy, doc_id)
     document = selectors.document_get(collection=coll, doc_id=doc_id)
     tombstone = None if document else selectors.tombstone_get(collection=coll, doc_id=doc_id)
     history = selectors.document_history(collection=coll, doc_id=doc_id)
@@ -368,9 +334,9 @@ def _save_document(
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def document_new(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     coll = _collection(access, collection)
-    if not _policy(request, access, coll).can_write:
+    if not collection_policy(request, access, coll).can_write:
         raise PermissionDenied("Readers cannot create documents.")
     form = DocumentForm(request.POST or None, initial={"expected_revision": 0})
     status = 200
@@ -397,11 +363,11 @@ def document_new(request: HttpRequest, tenant: str, collection: str) -> HttpResp
 @console_login_required
 @require_http_methods(["GET", "POST"])
 def document_edit(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     coll = _collection(access, collection)
     doc_id = request.GET.get("id", "")
-    policy = _policy(request, access, coll)
-    _readable(policy, doc_id)
+    policy = collection_policy(request, access, coll)
+    document_readable_or_404(policy, doc_id)
     if not policy.may_write(doc_id):
         raise PermissionDenied("You may not edit this document.")
     document = selectors.document_get(collection=coll, doc_id=doc_id)
@@ -445,10 +411,10 @@ def document_edit(request: HttpRequest, tenant: str, collection: str) -> HttpRes
 @console_login_required
 @require_POST
 def document_remove(request: HttpRequest, tenant: str, collection: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     coll = _collection(access, collection)
     doc_id = request.POST.get("id", "")
-    policy = _policy(request, access, coll)
+    policy = collection_policy(request, access, coll)
     if not policy.can_write:
         raise PermissionDenied("Readers cannot delete documents.")
     raw_revision = request.POST.get("expected_revision", "")
@@ -483,7 +449,7 @@ def document_remove(request: HttpRequest, tenant: str, collection: str) -> HttpR
 @console_login_required
 @require_GET
 def errors(request: HttpRequest, tenant: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     form = ErrorFilterForm(request.GET or None)
     data = form.cleaned_data if form.is_valid() else {}
     filters = selectors.ErrorFilters(
@@ -524,7 +490,7 @@ def error_codes(request: HttpRequest) -> HttpResponse:
 @console_login_required
 @require_GET
 def topics(request: HttpRequest, tenant: str) -> HttpResponse:
-    access = _tenant_access(request, tenant)
+    access = tenant_or_404(request, tenant)
     return _render(
         request,
         "console/topics.html",
@@ -540,12 +506,12 @@ def topics(request: HttpRequest, tenant: str) -> HttpResponse:
 @console_login_required
 @require_GET
 def topic_detail(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    access = _tenant_access(request, tenant)
-    topic = Topic.objects.filter(tenant=access.tenant, pk=pk).select_related("owner").first()
-    if topic is None or not access_topic_see(
-        user=request.user, tenant=access.tenant, scope=topic.scope, owner_id=topic.owner_id
-    ):
-        raise Http404("No such topic.")
+    access = tenant_or_404(request, tenant)
+    topic = topic_visible_or_404(
+        request,
+        access,
+        Topic.objects.filter(tenant=access.tenant, pk=pk).select_related("owner").first(),
+    )
     return _render(
         request,
         "console/topic.html",
@@ -568,15 +534,10 @@ MAINTENANCE_JOBS: dict[str, tuple[MaintenanceJob, Callable[[], list[Any]]]] = {
 }
 
 
-def _maintenance_access(request: HttpRequest) -> None:
-    if not access_server_admin(user=request.user):
-        raise Http404("No such page.")
-
-
 @console_login_required
 @require_GET
 def maintenance(request: HttpRequest) -> HttpResponse:
-    _maintenance_access(request)
+    server_admin_or_404(request)
     runs = maintenance_runs_latest(limit=50)
     last = {job: next((r for r in runs if r.job == job), None) for job in MAINTENANCE_JOBS}
     return _render(
@@ -595,7 +556,7 @@ def maintenance(request: HttpRequest) -> HttpResponse:
 @console_login_required
 @require_POST
 def maintenance_start(request: HttpRequest) -> HttpResponse:
-    _maintenance_access(request)
+    server_admin_or_404(request)
     chosen = MAINTENANCE_JOBS.get(request.POST.get("job", ""))
     if chosen is None:
         messages.error(request, "Unknown job; choose tombstone GC or journal pruning.")

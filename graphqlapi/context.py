@@ -5,6 +5,10 @@ Over HTTP the token is the `Authorization: Bearer ...` header; over the websocke
 browsers cannot set headers on a websocket. The token is checked by `accounts.tokens`, the same
 door as the websocket replicas, the HTTP API and the CouchDB endpoints; each resolver then asks
 for the scope it needs (`read`, `write`, `topics`) and passes the user to the services.
+
+This is GraphQL's access module: the one module of `graphqlapi` that asks `accounts.access`
+(the scope); the rest passes the acting user to the reads and services that decide (an
+import-linter contract in pyproject.toml keeps it so).
 """
 
 from __future__ import annotations

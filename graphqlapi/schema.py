@@ -1,10 +1,12 @@
 """The GraphQL schema at /graphql/ (docs/graphql.md): a thin shell over the services.
 
-Every resolver asks the context for the acting user with the scope it needs, then calls the
+Every resolver asks the context for the acting user with the scope it needs
+(`graphqlapi/context.py`, the one GraphQL module that asks `accounts.access`), then calls the
 same selectors and services as the websocket protocol and the HTTP API, in one
-`database_sync_to_async` call: access decisions stay in `accounts.access`, documents enter
-through the one validation door in `replication.services`, and errors are the catalogue's
-`DataGateError`s, which `graphqlapi.errors` renders with `extensions.code`.
+`database_sync_to_async` call: they decide access for that user (`replication.selectors`,
+`replication.services`, `topics.requests`), documents enter through the one validation door in
+`replication.services`, and errors are the catalogue's `DataGateError`s, which
+`graphqlapi.errors` renders with `extensions.code`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDept
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
-from accounts.access import access_topic_connect
-from accounts.models import Tenant
 from api import selectors as api_selectors
 from core import metrics
 from core.errors import DataGateError, ErrorCode
@@ -28,11 +28,15 @@ from graphqlapi import live, selectors
 from graphqlapi.errors import DataGateErrors
 from replication.models import Collection as CollectionModel
 from replication.protocol.markers import Markers as WireMarkers
-from replication.selectors import Change
-from replication.services.documents import document_delete, document_put
+from replication.selectors import Change, collection_for_reader, collections_visible
+from replication.services.documents import (
+    collection_for_writer,
+    document_delete,
+    document_put,
+)
 from topics import selectors as topic_selectors
 from topics.requests import (
-    Caller,
+    request_connect_user,
     request_messages_publish,
     request_offset_commit,
     request_subscribe,
@@ -208,21 +212,14 @@ class MessageInput:
 def _collections(user: Any, tenant: str) -> list[Collection]:
     return [
         Collection(tenant=tenant, name=c.name, markers=Markers.of(WireMarkers(c.last_seq, c.epoch)))
-        for c in api_selectors.collections_visible(user=user, slug=tenant)
+        for c in collections_visible(user=user, slug=tenant)
     ]
-
-
-def _caller(user: Any, tenant_slug: str, device: str) -> Caller:
-    tenant = Tenant.objects.filter(slug=tenant_slug).first()
-    if tenant is None or not access_topic_connect(user=user, tenant=tenant):
-        raise DataGateError(ErrorCode.TOPIC_TENANT_NOT_FOUND, tenant=tenant_slug[:64])
-    return Caller(user=user, tenant=tenant, device=device)
 
 
 def _messages(
     user: Any, tenant: str, topic: str, start: int, end: int | None, first: int, device: str
 ) -> MessagePage:
-    caller = _caller(user, tenant, device)
+    caller = request_connect_user(user=user, tenant_slug=tenant, device=device)
     topic_id = request_subscribe(caller=caller, name=topic)
     found = topic_selectors.messages_read(
         topic_id=topic_id, from_offset=start, limit=first, up_to=end
@@ -260,9 +257,7 @@ def _put(
             )
     fields.pop("_modified", None)
     fields.pop("_origin", None)
-    found: CollectionModel = api_selectors.collection_for_writer(
-        user=user, tenant_slug=tenant, name=collection
-    )
+    found: CollectionModel = collection_for_writer(user=user, tenant_slug=tenant, name=collection)
     result = document_put(
         actor=user,
         collection_id=found.pk,
@@ -281,7 +276,7 @@ def _put(
 
 
 def _delete(user: Any, tenant: str, collection: str, doc_id: str, expected: int | None) -> bool:
-    found = api_selectors.collection_for_reader(user=user, tenant_slug=tenant, name=collection)
+    found = collection_for_reader(user=user, tenant_slug=tenant, name=collection)
     result = document_delete(
         actor=user,
         collection_id=found.pk,
@@ -299,7 +294,7 @@ def _publish(
     limit = int(settings.DATAGATE.get("TOPIC_MAX_PUBLISH", 1000))
     if not messages or len(messages) > limit:
         raise DataGateError(ErrorCode.BAD_BODY, detail=f"publish 1 to {limit} messages")
-    caller = _caller(user, tenant, device)
+    caller = request_connect_user(user=user, tenant_slug=tenant, device=device)
     publications = [Publication(message_id=m.message_id, payload=m.payload) for m in messages]
     offsets, _ = request_messages_publish(caller=caller, name=topic, messages=publications)
     return offsets
@@ -308,7 +303,7 @@ def _publish(
 def _commit(user: Any, tenant: str, topic: str, offset: int, device: str) -> int:
     if offset < 0:
         raise DataGateError(ErrorCode.BAD_PARAMETER, name="offset", detail="must be >= 0")
-    caller = _caller(user, tenant, device)
+    caller = request_connect_user(user=user, tenant_slug=tenant, device=device)
     return request_offset_commit(caller=caller, name=topic, topic_id=None, offset=offset)
 
 
@@ -411,7 +406,7 @@ class Query:
         user = await _context(info).user_with("topics")
 
         def read() -> list[Topic]:
-            caller = _caller(user, tenant, DEFAULT_DEVICE)
+            caller = request_connect_user(user=user, tenant_slug=tenant, device=DEFAULT_DEVICE)
             infos = topic_selectors.topic_list(tenant=caller.tenant, user_id=caller.user_id)
             return [
                 Topic(
@@ -558,7 +553,9 @@ class Subscription:
                 name="startFrom",
                 detail="latest, beginning, committed or an offset >= 1",
             )
-        caller = await _run(_caller)(user, tenant, _device(device))
+        caller = await _run(request_connect_user)(
+            user=user, tenant_slug=tenant, device=_device(device)
+        )
         async for message in live.topic_messages(context, caller, topic=topic, start_from=start):
             yield Message.of(message)
 

@@ -1,5 +1,6 @@
-"""Reads for GraphQL: what the acting user may see, through the same access decisions as the
-websocket pull and the HTTP API (`accounts.access`, `api.selectors`, `replication.data_views`).
+"""Reads for GraphQL: what the acting user may see, through the same reads for an acting user
+as the HTTP API (`replication.selectors`: the collection and its read filter) and the views of
+the websocket pull (`replication.data_views`). No access decision is made here.
 
 Synchronous: resolvers run each with one `database_sync_to_async` call. A document the user's
 key rules hide is left out exactly as from a pull; a view is always the intersection of its
@@ -14,8 +15,6 @@ from typing import Any
 
 from django.conf import settings
 
-from accounts import access
-from api import selectors as api_selectors
 from core.errors import DataGateError, ErrorCode
 from replication import data_views
 from replication.changes import Version
@@ -23,7 +22,13 @@ from replication.models import Collection, Document
 from replication.protocol import mango
 from replication.protocol.conflicts import DELETE, WRITE
 from replication.protocol.markers import Markers, PullStart, pull_start
-from replication.selectors import Change, change_page, collection_position
+from replication.selectors import (
+    Change,
+    change_page,
+    collection_for_reader,
+    collection_position,
+    collection_read_filter,
+)
 
 ReadFilter = Callable[[str], bool] | None
 
@@ -70,10 +75,8 @@ def reading_scope(
         raise DataGateError(
             ErrorCode.BAD_PARAMETER, name="selector", detail="give a view or a selector, not both"
         )
-    found = api_selectors.collection_for_reader(user=user, tenant_slug=tenant, name=collection)
-    read_filter = access.document_read_filter(
-        user=user, tenant=found.tenant, collection_name=found.name, collection=found
-    )
+    found = collection_for_reader(user=user, tenant_slug=tenant, name=collection)
+    read_filter = collection_read_filter(user=user, collection=found)
     if view is not None:
         data_view = data_views.view_get(
             actor=user, tenant=found.tenant, collection_name=found.name, name=view

@@ -1,4 +1,11 @@
-"""Every read of the storage engine that more than one caller needs."""
+"""Every read of the storage engine that more than one caller needs.
+
+The reads for an acting user that several interfaces share (the HTTP API and GraphQL) decide
+access here, once, through `accounts.access`: which collections of a tenant a user sees, a
+collection they may read, what of it they may read, whether they may read one document. A
+tenant, collection or document the user may not read looks exactly like one that does not
+exist (DG-8001, DG-3001), as on the websocket.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from accounts import access
+from accounts.access import DocumentPredicate
+from accounts.models import Tenant
+from core.errors import DataGateError, ErrorCode
 from replication.changes import Version, version_to_wire
 from replication.models import Collection, Document, Tombstone
 from replication.protocol.conflicts import DELETE, WRITE
@@ -163,3 +174,63 @@ def g3_versions(*, collection_id: int, ids: list[str]) -> dict[str, Held | None]
         for doc_id, body, revision, modified in rows:
             held[doc_id] = Held(body or {}, revision, modified)
     return held
+
+
+# --- reads for an acting user ----------------------------------------------------------------
+
+
+def collections_visible(*, user: Any, slug: str) -> list[Collection]:
+    """The tenant's collections the user may read (by role or by a collection grant), or
+    DG-8001 if the tenant does not exist or the user may read nothing of it."""
+    tenant = Tenant.objects.filter(slug=slug).first()
+    if tenant is None:
+        raise DataGateError(ErrorCode.NOT_FOUND, what=f"tenant {slug[:64]!r}")
+    collections = [
+        c
+        for c in Collection.objects.filter(tenant=tenant).select_related("tenant").order_by("name")
+        if access.access_collection_read(
+            user=user, tenant=tenant, collection_name=c.name, collection=c
+        )
+    ]
+    if not collections and not access.access_tenant_read(user=user, tenant=tenant):
+        raise DataGateError(ErrorCode.NOT_FOUND, what=f"tenant {slug[:64]!r}")
+    return collections
+
+
+def collection_for_reader(*, user: Any, tenant_slug: str, name: str) -> Collection:
+    """The collection, or DG-3001 whether it or its tenant is missing or it is unreadable
+    (never tell which, as on the websocket)."""
+    collection = (
+        Collection.objects.select_related("tenant")
+        .filter(tenant__slug=tenant_slug, name=name)
+        .first()
+    )
+    if collection is None or not access.access_collection_read(
+        user=user, tenant=collection.tenant, collection_name=name, collection=collection
+    ):
+        raise DataGateError(
+            ErrorCode.COLLECTION_NOT_FOUND, tenant=tenant_slug[:64], collection=name[:64]
+        )
+    return collection
+
+
+def collection_read_filter(*, user: Any, collection: Collection) -> DocumentPredicate | None:
+    """Which document ids of `collection` the user may read, decided once per request (key
+    rules): None means all of them. Apply it to every id served."""
+    return access.document_read_filter(
+        user=user, tenant=collection.tenant, collection_name=collection.name, collection=collection
+    )
+
+
+def document_readable(*, user: Any, collection: Collection, doc_id: str) -> bool:
+    """Whether the user may read the document `doc_id` of `collection` (stored or not)."""
+    if not access.access_document_read(
+        user=user,
+        tenant=collection.tenant,
+        collection_name=collection.name,
+        doc_id=doc_id,
+        collection=collection,
+    ):
+        return False
+    allowed = collection_read_filter(user=user, collection=collection)
+    return allowed is None or allowed(doc_id)

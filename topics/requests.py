@@ -1,7 +1,8 @@
 """Topics' request layer: what each request does once the caller is known.
 
 One function per request of the topics protocol (docs/protocol.md section 7), each named
-`request_<request>`. It takes the `Caller` (`request_connect` authenticates one from a token),
+`request_<request>`. It takes the `Caller` (`request_connect` authenticates one from a token,
+`request_connect_user` for an interface that has authenticated the user),
 asks `accounts.access` (topics asks it here and nowhere else), then calls `topics.services`
 (writes) and `topics.selectors` (reads). The layer below keeps the storage names
 (`services.topic_create`, ...): no function here shares a name with one there.
@@ -77,6 +78,16 @@ def request_connect(*, raw_token: object, tenant_slug: str, device: str) -> Call
     if tenant is None or not access_topic_connect(user=info.user, tenant=tenant):
         raise DataGateError(ErrorCode.TOPIC_TENANT_NOT_FOUND, fatal=True, tenant=tenant_slug)
     return Caller(user=info.user, tenant=tenant, device=device)
+
+
+def request_connect_user(*, user: Any, tenant_slug: str, device: str) -> Caller:
+    """The caller of an interface that has authenticated the user already (the HTTP API and
+    GraphQL check the token and its `topics` scope): the tenant must be one whose topics the
+    user may use, or DG-6001 (not fatal: there is no connection to end)."""
+    tenant = Tenant.objects.filter(slug=tenant_slug).first()
+    if tenant is None or not access_topic_connect(user=user, tenant=tenant):
+        raise DataGateError(ErrorCode.TOPIC_TENANT_NOT_FOUND, tenant=tenant_slug[:64])
+    return Caller(user=user, tenant=tenant, device=device)
 
 
 def _visible_topic(caller: Caller, name: str) -> Topic:

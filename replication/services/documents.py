@@ -1,5 +1,8 @@
 """Single-document writes for an acting user: the console, the HTTP API, GraphQL, commands.
 
+`collection_for_writer` is the collection such a write goes to (the HTTP API and GraphQL),
+created on the first write when the user may create collections.
+
 `document_put` and `document_delete` give the document its next revision and a `_modified`
 after what is stored, check `expected_revision` (DG-4009), and write through the write engine
 (`services.engine.batch_apply`) with the same access decision as every other write: a change
@@ -11,14 +14,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
+from accounts import access
 from accounts.access import DocumentPolicy
 from accounts.audit import audit_record
+from accounts.models import Tenant
 from core.door import id_check
 from core.errors import DataGateError, ErrorCode
 from replication.models import Collection, Document, Tombstone
 from replication.protocol.conflicts import DELETE, WRITE
+from replication.selectors import collection_for_reader
 from replication.services.engine import (
     Actor,
     ApplyResult,
@@ -26,8 +33,34 @@ from replication.services.engine import (
     actor_policy,
     actor_refusal,
     batch_apply,
+    collection_get_or_create,
     now_ms,
 )
+
+
+def collection_for_writer(*, user: Any, tenant_slug: str, name: str) -> Collection:
+    """The collection `user` may write, created on first write if they may create it (the
+    HTTP API and GraphQL); DG-3001 as for a reader, DG-3002 if they may only read it."""
+    tenant = Tenant.objects.filter(slug=tenant_slug).first()
+    exists = Collection.objects.filter(tenant=tenant, name=name).exists()
+    if (
+        tenant is not None
+        and not exists
+        and settings.DATAGATE["AUTO_CREATE_COLLECTIONS"]
+        and access.access_collection_create(user=user, tenant=tenant)
+    ):
+        try:
+            return collection_get_or_create(tenant=tenant, name=name)[0]
+        except Exception as problem:  # a name the slug validator refuses
+            raise DataGateError(
+                ErrorCode.BAD_PARAMETER, name="collection", detail="not a valid collection name"
+            ) from problem
+    collection = collection_for_reader(user=user, tenant_slug=tenant_slug, name=name)
+    if not access.access_collection_write(
+        user=user, tenant=collection.tenant, collection_name=name, collection=collection
+    ):
+        raise DataGateError(ErrorCode.READ_ONLY, user=user.get_username())
+    return collection
 
 
 def _next_stamp(current_modified: int | None) -> int:
