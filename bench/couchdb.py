@@ -9,6 +9,11 @@ a catch-up of `couch_catchup_docs` by a fresh PouchDB, and live replication to
 PouchDB's default options (batch_size 100) on both. The client process shares the cores with
 either server, so the figures are comparable with each other, not with other machines.
 
+A third column is the client floor: the same workload against `bench/pouchdb/stub.js`, a Node
+stub that answers every request from answers serialised before they are asked (no storage
+work). Its time is what PouchDB itself needs here; a server's ratio to pouchdb-server can be
+no better than pouchdb-server's time over the floor's (`*_best_possible`).
+
 Needs Node and `npm ci` in bench/pouchdb (`make bench-couchdb` does it); skipped otherwise.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +34,7 @@ NAME = "couchdb"
 HERE = Path(__file__).resolve().parent / "pouchdb"
 WORKLOAD = HERE / "workload.js"
 POUCHDB_SERVER = HERE / "node_modules" / ".bin" / "pouchdb-server"
+STUB = HERE / "stub.js"
 
 
 def _missing() -> str | None:
@@ -56,22 +63,21 @@ def _workload(part: str, options: dict[str, Any], timeout: float) -> dict[str, A
     return result
 
 
-class PouchdbServer:
-    """pouchdb-server in memory, in its own directory (it writes its config and log there)."""
+class NodeServer:
+    """A Node server of this bench in its own directory (pouchdb-server writes its config and
+    log there), on a free port."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, name: str, command: list[str]) -> None:
         self.port = free_port()
-        self.directory = work_dir / "pouchdb-server"
+        self.directory = work_dir / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [str(POUCHDB_SERVER), "--in-memory", "--port", str(self.port), "--no-stdout-logs"],
+            [part.replace("{port}", str(self.port)) for part in command],
             cwd=self.directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
-        import socket
-
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -79,7 +85,7 @@ class PouchdbServer:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError("pouchdb-server did not start within 30 s")
+        raise RuntimeError(f"{name} did not start within 30 s")
 
     @property
     def http_url(self) -> str:
@@ -93,6 +99,17 @@ class PouchdbServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+
+def pouchdb_server(work_dir: Path) -> NodeServer:
+    """pouchdb-server in memory."""
+    command = [str(POUCHDB_SERVER), "--in-memory", "--port", "{port}", "--no-stdout-logs"]
+    return NodeServer(work_dir, "pouchdb-server", command)
+
+
+def floor_stub(work_dir: Path) -> NodeServer:
+    """The client floor's stub (bench/pouchdb/stub.js)."""
+    return NodeServer(work_dir, "floor-stub", ["node", str(STUB), "{port}"])
 
 
 def _parts(ctx: PassContext) -> list[tuple[str, str, dict[str, Any]]]:
@@ -118,12 +135,17 @@ def run(ctx: PassContext) -> dict[str, Any]:
         return {"skipped": missing}
     timeout = 1800.0
     result: dict[str, Any] = {}
-    with running(daphne(ctx, "couchdb")) as server, running(PouchdbServer(ctx.work_dir)) as peer:
+    with (
+        running(daphne(ctx, "couchdb")) as server,
+        running(pouchdb_server(ctx.work_dir)) as peer,
+        running(floor_stub(ctx.work_dir)) as stub,
+    ):
         for part, key, options in _parts(ctx):
             entry: dict[str, Any] = {}
             for label, url, token in (
                 ("datagate", f"{server.http_url}/couchdb/{TENANT}/couch{part}", ctx.token),
                 ("pouchdb_server", f"{peer.http_url}/couch{part}", None),
+                ("client_floor", f"{stub.http_url}/couch{part}", None),
             ):
                 entry[f"{label}_load_before"] = load()
                 entry[label] = _workload(part, {**options, "url": url, "token": token}, timeout)
@@ -136,11 +158,25 @@ def run(ctx: PassContext) -> dict[str, Any]:
         catch_up["pouchdb_server"].get("seconds"), catch_up["datagate"].get("seconds")
     )
     live["ratio_p50"] = ratio(live["pouchdb_server"].get("p50_ms"), live["datagate"].get("p50_ms"))
+    live["ratio_p99"] = ratio(live["pouchdb_server"].get("p99_ms"), live["datagate"].get("p99_ms"))
+    # The best ratio any server could reach: pouchdb-server's figure over the client floor's.
+    push["best_possible"] = ratio(
+        push["client_floor"].get("docs_per_s"), push["pouchdb_server"].get("docs_per_s")
+    )
+    catch_up["best_possible"] = ratio(
+        catch_up["pouchdb_server"].get("seconds"), catch_up["client_floor"].get("seconds")
+    )
+    live["best_possible_p50"] = ratio(
+        live["pouchdb_server"].get("p50_ms"), live["client_floor"].get("p50_ms")
+    )
     result["headline"] = (
         f"push {push['datagate'].get('docs_per_s', 0):,.0f} vs "
         f"{push['pouchdb_server'].get('docs_per_s', 0):,.0f} docs/s; catch-up "
         f"{catch_up['datagate'].get('seconds', 0):.1f} vs "
         f"{catch_up['pouchdb_server'].get('seconds', 0):.1f} s; live p50 "
-        f"{live['datagate'].get('p50_ms')} vs {live['pouchdb_server'].get('p50_ms')} ms"
+        f"{live['datagate'].get('p50_ms')} vs {live['pouchdb_server'].get('p50_ms')} ms "
+        f"(client floor: push {push['client_floor'].get('docs_per_s', 0):,.0f} docs/s, "
+        f"catch-up {catch_up['client_floor'].get('seconds', 0):.1f} s, "
+        f"live p50 {live['client_floor'].get('p50_ms')} ms)"
     )
     return result
