@@ -536,11 +536,15 @@ async def _changes(request: Request, grant: DatabaseGrant) -> None:
     if "heartbeat" in request.query and request.query["heartbeat"] in ("true", ""):
         heartbeat = DEFAULT_TIMEOUT_MS
     timeout = request.integer("timeout")
+    include_docs = request.flag("include_docs")
+    all_docs = request.query.get("style") == "all_docs"
     options = {
-        "include_docs": request.flag("include_docs"),
-        "all_docs": request.query.get("style") == "all_docs",
+        "include_docs": include_docs,
+        "all_docs": all_docs,
         "doc_ids": doc_ids,
         "selector": selector,
+        # A replicator's page: its _bulk_get of these revisions follows (changes_read).
+        "prefetch": all_docs and not include_docs,
     }
     raw_since = request.query.get("since")
     tailed = _from_tail(grant, raw_since, limit, options)

@@ -661,9 +661,15 @@ def changes_read(
     all_docs: bool = False,
     doc_ids: frozenset[str] | None = None,
     selector: Any = None,
+    prefetch: bool = False,
 ) -> ChangesPage:
     """Changes after `since`, in seq order, each id once at its latest change, only ids the
-    actor may read (the last seq still moves past the others)."""
+    actor may read (the last seq still moves past the others).
+
+    With `prefetch` (a replicator's page: `style=all_docs` without `include_docs`), the page
+    reads the listed versions' bodies in the same query and puts their leaves in the leaf
+    cache (couchdb/cache.py), so that the `_bulk_get` the replicator sends next for exactly
+    these revisions is answered without a database step (`docs_get_cached`)."""
     chunk = int(settings.DATAGATE["CHUNK_SIZE"])
     results: list[dict[str, Any]] = []
     position = since
@@ -675,7 +681,8 @@ def changes_read(
             collection_id=grant.collection_id,
             after_seq=position,
             limit=want,
-            bodies=include_docs or selector is not None,  # a selector reads the bodies it matches
+            # A selector reads the bodies it matches; a prefetch keeps them for _bulk_get.
+            bodies=include_docs or prefetch or selector is not None,
         )
         head, epoch = page.head, page.epoch
         changes = [
@@ -704,6 +711,14 @@ def changes_read(
                 row["deleted"] = True
             if include_docs:
                 row["doc"] = doc_render(change.doc_id, view, change.version.body)
+            elif prefetch:
+                cache.remember(
+                    grant.collection_id,
+                    change.doc_id,
+                    change.version.modified,
+                    view,
+                    change.version.body,
+                )
             results.append(row)
         position = page.covered
         if page.covered >= page.head:
@@ -742,10 +757,12 @@ def changes_from_blocks(
     all_docs: bool = False,
     doc_ids: frozenset[str] | None = None,
     selector: Any = None,
+    prefetch: bool = False,
 ) -> ChangesPage | None:
     """The page after `since` built from the live hub's blocks (`replication.live.FeedBlock`,
     read once for every session of the process) and the view cache; None when they do not
-    cover it (a gap, a cache miss, more than `limit`): the caller reads the database then."""
+    cover it (a gap, a cache miss, more than `limit`): the caller reads the database then.
+    (`prefetch` is `changes_read`'s: the writes that made the blocks filled the leaf cache.)"""
     ordered = sorted(blocks, key=lambda b: b.start)
     if not ordered or ordered[0].start > since:
         return None
