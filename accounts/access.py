@@ -45,8 +45,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
-from django.db.models import Q
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
 from guardian.shortcuts import get_perms
+from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from accounts.models import KeyRule, Membership, Role, RuleEffect, Tenant
 
@@ -251,13 +255,6 @@ def rules_compile(rules: Iterable[KeyRule], *, username: str) -> CompiledRules:
     return CompiledRules(regex=re.compile("|".join(parts)))
 
 
-def key_rules_for(*, user: Any, tenant: Tenant, collection_name: str) -> list[KeyRule]:
-    """The collection's rules that apply to `user`, in evaluation order."""
-    subject = Q(user=user) | Q(group__in=user.groups.all()) | Q(user=None, group=None)
-    rules = KeyRule.objects.filter(subject, tenant=tenant, collection_name=collection_name)
-    return sorted(rules, key=lambda r: (r.position, r.effect != RuleEffect.DENY, r.pk))
-
-
 @dataclass(frozen=True)
 class DocumentPolicy:
     """What one user may do with the documents of one collection, decided once.
@@ -304,16 +301,25 @@ def _read_nothing(doc_id: str) -> bool:
 def document_policy(
     *, user: Any, tenant: Tenant, collection_name: str, collection: Any = None
 ) -> DocumentPolicy:
-    """Compile the user's access to the collection's documents (the order in the docstring)."""
+    """Compile the user's access to the collection's documents (the order in the docstring).
+
+    Its inputs (the tenant role, the collection grants, the key rules) are read in one query
+    (`_policy_inputs`): a Connect decides with this, and asking them apart was four queries
+    the ORM composed anew each time (bench/RESULTS.md, "the connect path, profiled").
+    """
+    if not _active(user):
+        return DocumentPolicy(can_read=False, can_write=False)
+    if user.is_superuser:  # a tenant admin everywhere: no grant or rule changes that
+        return DocumentPolicy(can_read=True, can_write=True)
     found = collection_lookup(tenant=tenant, collection_name=collection_name, collection=collection)
-    role = membership_role(user=user, tenant=tenant)
-    grants = collection_grants(user=user, tenant=tenant, collection=found)
+    role, grants, rules = _policy_inputs(
+        user=user, tenant=tenant, collection_name=collection_name, collection=found
+    )
     can_read = role is not None or bool(grants & READ_GRANTS)
     can_write = role in (Role.ADMIN, Role.WRITER) or bool(grants & WRITE_GRANTS)
     exempt = role == Role.ADMIN or PERM_ADMINISTER in grants
     if exempt or not can_read:
         return DocumentPolicy(can_read=can_read, can_write=can_write)
-    rules = key_rules_for(user=user, tenant=tenant, collection_name=collection_name)
     username = user.get_username()
     return DocumentPolicy(
         can_read=can_read,
@@ -322,6 +328,79 @@ def document_policy(
         write_rules=rules_compile([r for r in rules if r.for_write], username=username),
         delete_rules=rules_compile([r for r in rules if r.for_delete], username=username),
     )
+
+
+def _policy_inputs(
+    *, user: Any, tenant: Tenant, collection_name: str, collection: Any
+) -> tuple[str | None, frozenset[str], list[KeyRule]]:
+    """The inputs of an active, non-superuser user's policy, in one query: their role in the
+    tenant (`membership_role`), their grants on the collection, own or by group
+    (`collection_grants`, as guardian's `get_perms` finds them), and the collection's key rules
+    that name them, one of their groups or everyone, in evaluation order.
+
+    One UNION ALL of plain rows, each tagged with what it is. Only quoted names of our own and
+    the installed apps' tables and columns go into the text; every value is a parameter.
+    """
+    q = connection.ops.quote_name
+    through = get_user_model().groups.through._meta
+    # The ids of the user's groups, a subquery of two branches below.
+    my_groups = (
+        f"SELECT {q(through.get_field('group').column)} FROM {q(through.db_table)} "  # noqa: S608
+        f"WHERE {q(through.get_field('user').column)} = %s"
+    )
+    parts = [
+        f"SELECT 'role', {q('role')}, 0, '', FALSE, FALSE, FALSE, 0 "  # noqa: S608
+        f"FROM {q(Membership._meta.db_table)} WHERE {q('user_id')} = %s AND {q('tenant_id')} = %s"
+    ]
+    params: list[Any] = [user.pk, tenant.pk]
+    if collection is not None and collection.tenant_id == tenant.pk:
+        content_type = ContentType.objects.get_for_model(collection_model()).pk
+        perm = q(Permission._meta.db_table)
+        for model, subject in (
+            (get_user_obj_perms_model(), f"{q('user_id')} = %s"),
+            (get_group_obj_perms_model(), f"{q('group_id')} IN ({my_groups})"),
+        ):
+            grant = q(model._meta.db_table)
+            parts.append(
+                f"SELECT 'grant', {perm}.{q('codename')}, 0, '', FALSE, FALSE, FALSE, 0 "  # noqa: S608
+                f"FROM {grant} INNER JOIN {perm} "
+                f"ON {perm}.{q('id')} = {grant}.{q('permission_id')} "
+                f"WHERE {grant}.{subject} AND {grant}.{q('content_type_id')} = %s "
+                f"AND {grant}.{q('object_pk')} = %s"
+            )
+            params += [user.pk, content_type, str(collection.pk)]
+    parts.append(
+        f"SELECT 'rule', {q('pattern')}, {q('position')}, {q('effect')}, {q('for_read')}, "  # noqa: S608
+        f"{q('for_write')}, {q('for_delete')}, {q('id')} FROM {q(KeyRule._meta.db_table)} "
+        f"WHERE {q('tenant_id')} = %s AND {q('collection_name')} = %s AND ({q('user_id')} = %s "
+        f"OR ({q('user_id')} IS NULL AND {q('group_id')} IS NULL) "
+        f"OR {q('group_id')} IN ({my_groups}))"
+    )
+    params += [tenant.pk, collection_name, user.pk, user.pk]
+    role: str | None = None
+    grants: set[str] = set()
+    rules: list[KeyRule] = []
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        for kind, value, position, effect, for_read, for_write, for_delete, pk in cursor:
+            if kind == "role":
+                role = value  # one membership per (user, tenant): a unique constraint
+            elif kind == "grant":
+                grants.add(value)
+            else:
+                rules.append(
+                    KeyRule(
+                        pk=pk,
+                        pattern=value,
+                        position=position,
+                        effect=effect,
+                        for_read=bool(for_read),
+                        for_write=bool(for_write),
+                        for_delete=bool(for_delete),
+                    )
+                )
+    rules.sort(key=lambda r: (r.position, r.effect != RuleEffect.DENY, r.pk))
+    return role, frozenset(grants), rules
 
 
 def access_document_read(

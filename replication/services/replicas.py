@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -39,33 +39,101 @@ def replica_connected(
     default: its connects within POLLING_SESSION_GAP of its last session's end continue that
     session record instead of adding one per poll (86,400 rows a day per replica otherwise).
     """
-    replica, _ = Replica.objects.get_or_create(
+    replica = _replica_upsert(
         collection_id=collection_id,
-        user_id=user_id,
         replica_id=replica_id,
-    )
-    Replica.objects.filter(pk=replica.pk).update(
-        online=True,
-        name=name[:200] or replica.name,
+        user_id=user_id,
+        name=name[:200],
         client_version=client_version[:100],
         address=address[:100],
-        sessions_count=F("sessions_count") + 1,
-        last_seen=_now(),  # update() skips auto_now; GC counts replicas seen lately
     )
-    replica.refresh_from_db()
-    if polling:
+    if polling and replica.sessions_count > 1:
         latest = ReplicaSession.objects.filter(replica=replica).order_by("-started_at").first()
         if latest is not None and (
             latest.ended_at is None or latest.ended_at >= _now() - POLLING_SESSION_GAP
         ):
             ReplicaSession.objects.filter(pk=latest.pk).update(ended_at=None, address=address[:100])
             return replica
-    # A replica has one session at a time: a session left open by a crash ends here.
-    ReplicaSession.objects.filter(replica=replica, ended_at__isnull=True).update(ended_at=_now())
+    # A replica has one session at a time: a session left open by a crash ends here. Only
+    # this function opens sessions, each counted in sessions_count: at 1 there is none yet.
+    if replica.sessions_count > 1:
+        ReplicaSession.objects.filter(replica=replica, ended_at__isnull=True).update(
+            ended_at=_now()
+        )
     ReplicaSession.objects.create(
         replica=replica, address=address[:100], client_version=client_version[:100]
     )
     return replica
+
+
+# What a connect sets on the replica's row; the others keep their defaults on insert.
+_CONNECT_COLUMNS = (
+    "collection_id",
+    "replica_id",
+    "user_id",
+    "name",
+    "client_version",
+    "address",
+    "online",
+    "sessions_count",
+    "first_seen",
+    "last_seen",
+    "last_pushed_seq",
+    "last_acked_seq",
+    "pushed_count",
+    "pulled_count",
+    "rejected_count",
+)
+
+
+def _replica_upsert(
+    *,
+    collection_id: int,
+    replica_id: str,
+    user_id: int,
+    name: str,
+    client_version: str,
+    address: str,
+) -> Replica:
+    """Insert the replica's row or update the existing one, in one statement, and return it.
+
+    `INSERT ... ON CONFLICT (collection, user, replica_id) DO UPDATE ... RETURNING` (the same on
+    SQLite and PostgreSQL): online, one more session, seen now, this connect's client version
+    and address, and its name unless it gave none. No read before the write, so concurrent
+    connects of one replica cannot both insert. `get_or_create`, an update and a re-read were
+    eight queries (bench/connect_path.py).
+    """
+    quote = connection.ops.quote_name
+    now = connection.ops.adapt_datetimefield_value(_now())
+    values = (
+        *(collection_id, replica_id, user_id, name, client_version, address),
+        *(True, 1, now, now, 0, 0, 0, 0, 0),
+    )
+    table = quote(Replica._meta.db_table)
+    returning = ", ".join(quote(f.column) for f in Replica._meta.concrete_fields if f.column)
+    marks = ", ".join(["%s"] * len(_CONNECT_COLUMNS))
+
+    def excluded(column: str) -> str:
+        return f"EXCLUDED.{quote(column)}"
+
+    # Only quoted names of our own table and columns go into the text; values are parameters.
+    sql = (
+        f"INSERT INTO {table} ({', '.join(quote(c) for c in _CONNECT_COLUMNS)}) "  # noqa: S608
+        f"VALUES ({marks}) "
+        f"ON CONFLICT ({quote('collection_id')}, {quote('user_id')}, {quote('replica_id')}) "
+        f"DO UPDATE SET {quote('online')} = {excluded('online')}, "
+        f"{quote('name')} = CASE WHEN {excluded('name')} = '' THEN {table}.{quote('name')} "
+        f"ELSE {excluded('name')} END, "
+        f"{quote('client_version')} = {excluded('client_version')}, "
+        f"{quote('address')} = {excluded('address')}, "
+        f"{quote('sessions_count')} = {table}.{quote('sessions_count')} + 1, "
+        f"{quote('last_seen')} = {excluded('last_seen')} "
+        f"RETURNING {returning}"
+    )
+    # A raw query builds the instance with the fields' own converters (datetimes on SQLite).
+    # All its rows are read: SQLite finishes the statement, and commits it, on the last step.
+    rows = list(Replica.objects.raw(sql, values))
+    return rows[0]
 
 
 def replica_pushed(*, replica_pk: int, applied: int, rejected: int, last_seq: int | None) -> None:
