@@ -37,7 +37,7 @@ nothing changed, however many sessions there are (`sweep_read`):
 Otherwise one more query finds which of the sessions' scopes (the user, the collection, the
 tenant, everyone) moved after their baselines. Sessions untouched by the change take the new
 counter value as their baseline; the others get a new decision (`sweep_recheck`), one
-`document_policy` (about five queries) per distinct (user, tenant, collection), in database
+`document_policy` (one query) per distinct (user, tenant, collection), in database
 steps of `consumer_access.RECHECK_BATCH` decisions so that the other sessions' database steps
 are not held up behind a long sweep.
 
