@@ -305,7 +305,7 @@ def connect_path_rows(entry: dict[str, Any]) -> list[Row]:
         ("access_compilation", "access compilation"),
         ("replica_upsert", "replica upsert"),
         ("session_open", "session_open (all of the Connect's checks)"),
-        ("empty_pull", "empty pull (head + one page)"),
+        ("empty_pull", "empty pull (the position read)"),
     ):
         got = steps.get(key, {})
         rows.append(
