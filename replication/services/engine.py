@@ -16,6 +16,8 @@ to pass (docs/access.md, "One door").
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -313,15 +315,41 @@ def _rows_insert(
             # thread then waits its turn for a CPU too: one chunk held the lock for seconds,
             # and writers queued in BEGIN IMMEDIATE gave up after their 20 s busy timeout
             # ("database is locked", tests/test_concurrency.py on a loaded 2-core machine).
-            row_marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
-            max_params = connection.features.max_query_params or 999  # SQLite's: 999
-            per_statement = max(1, max_params // len(columns))
+            #
+            # The statement goes to the sqlite3 cursor itself, in its own `?` style: Django's
+            # wrapper rewrote every `%s` of it with a regular expression on every call (9% of
+            # a pushing server's CPU, bench/RESULTS.md, issue 21). As many rows per statement
+            # as SQLite's own parameter limit allows (Django assumes SQLite's old 999).
+            per_statement = max(1, _sqlite_max_params() // len(columns))
+            raw = cursor.cursor
             for start in range(0, len(rows), per_statement):
                 batch = rows[start : start + per_statement]
-                cursor.execute(
-                    f"{insert} VALUES {', '.join([row_marks] * len(batch))}{upsert}",
+                sqlite3.Cursor.execute(
+                    raw,
+                    _sqlite_statement(insert, upsert, len(columns), len(batch)),
                     [value for row in batch for value in row],
                 )
+
+
+# SQLite 3.32+ allows 32,766 parameters per statement (the build here: 250,000); a chunk of
+# 500 documents of 7 columns is 3,500.
+SQLITE_PARAMS_CAP = 32_766
+
+
+def _sqlite_max_params() -> int:
+    """The parameters one SQLite statement may carry on this connection (capped)."""
+    raw = connection.connection
+    getlimit = getattr(raw, "getlimit", None)  # Python 3.11+
+    if getlimit is None:
+        return connection.features.max_query_params or 999
+    return min(int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)), SQLITE_PARAMS_CAP)
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_statement(insert: str, upsert: str, columns: int, rows: int) -> str:
+    """`insert` with `rows` rows of `columns` `?` marks, then `upsert` (qmark style)."""
+    row_marks = "(" + ", ".join(["?"] * columns) + ")"
+    return f"{insert} VALUES {', '.join([row_marks] * rows)}{upsert}"
 
 
 def batch_apply(
