@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from core.errors import DataGateError, ErrorCode
 
 ID_MAX_LENGTH = 128
@@ -120,12 +122,23 @@ def id_check(raw: object, *, origin: bool = False, doc_id: str = "") -> str:
 
 
 def document_text(
-    body: Mapping[str, Any] | Any, *, doc_id: str, limits: DoorLimits = DEFAULT_LIMITS
+    body: Mapping[str, Any] | Any,
+    *,
+    doc_id: str,
+    limits: DoorLimits = DEFAULT_LIMITS,
+    json_values: bool = False,
 ) -> str:
     """The compact JSON text of `body` if it may be stored; else raise its DG-401x error.
 
     `body` is a document's fields (without the meta fields) or a topic message's payload.
+    `json_values`: the caller vouches that `body` came out of a JSON decoder (a frame), so
+    it holds only dict (with str keys), list, str, int, float, bool and None; such a body
+    that is plainly fine takes `_fast_text`.
     """
+    if json_values:
+        fast = _fast_text(body, limits)
+        if fast is not None:
+            return fast
     try:
         text = _encode(body)
     except ValueError:  # NaN or Infinity (allow_nan=False); circular is impossible from JSON
@@ -149,6 +162,38 @@ def document_text(
         )
     if text.count("{") + text.count("[") > limits.max_depth and too_deep(body, limits.max_depth):
         raise DataGateError(ErrorCode.DOCUMENT_TOO_DEEP, doc_id=doc_id, limit=limits.max_depth)
+    return text
+
+
+_fast_encode = msgspec.json.Encoder().encode
+
+
+def _fast_text(body: Any, limits: DoorLimits) -> str | None:
+    """msgspec's JSON text of a JSON-decoded `body` when the door would plainly take it, or
+    None: then `document_text`'s own checks decide, exactly as for any other body.
+
+    msgspec encodes about three times as fast as `json`'s encoder (a tenth of a pushing
+    server's CPU went to that encoding, issue 21). What it does differently never gets past
+    the screens below, so a body this takes is one the exact path takes too:
+
+    - NaN and Infinity come out as `null`: any `null` in the text goes the exact way;
+    - a lone surrogate raises (`UnicodeEncodeError`), and so does anything it cannot encode;
+    - floats are written shorter (`1e16`, not `1e+16`), never more than 5 characters for 3,
+      so a text within half the size limit is within the limit on the exact path too;
+    - NUL (`\\u0000`) and more brackets than the depth limit go the exact way (its walks).
+
+    Sets, tuples, bytes, dates and non-str keys, which msgspec encodes and `json` refuses,
+    are no concern: a JSON decoder makes none of them (hence `json_values`).
+    """
+    try:
+        data = _fast_encode(body)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return None
+    if b"null" in data or len(data) > limits.max_bytes // 2:
+        return None
+    text = data.decode("utf-8")
+    if "\\u0000" in text or text.count("{") + text.count("[") > limits.max_depth:
+        return None
     return text
 
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from core.errors import DataGateError, ErrorCode
@@ -48,7 +49,7 @@ def decode_frame(text: str | bytes) -> dict[str, Any]:
     a frame can carry back: a lone surrogate or NUL there is DG-2004.
     """
     try:
-        message = json.loads(text)
+        message = _frame_loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataGateError(ErrorCode.NOT_JSON, detail=str(exc)[:60]) from exc
     except RecursionError:
@@ -57,6 +58,27 @@ def decode_frame(text: str | bytes) -> dict[str, Any]:
         raise DataGateError(ErrorCode.MISSING_HEADER)
     _envelope_check(message)
     return message
+
+
+_fast_loads = msgspec.json.Decoder().decode
+
+
+def _frame_loads(text: str | bytes) -> Any:
+    """`json.loads(text)`, the fast way when it can be.
+
+    msgspec decodes a frame about twice as fast as `json.loads`, into the same plain values
+    (dict, list, str, int, float, bool, None). It refuses more than `json.loads` does:
+    `NaN` and `Infinity`, numbers out of a double's range (`1e999`), escaped lone surrogates,
+    integers of 4,300 digits and more, frames that are not UTF-8, nesting past its own limit.
+    Whatever it refuses is decoded again by `json.loads`, so every frame gets exactly the
+    value, or the error, it always got: the door then refuses `NaN` in its document with
+    DG-4012, and a frame `json.loads` cannot read is DG-2001 as before
+    (tests/test_fast_decode.py compares the two on generated frames).
+    """
+    try:
+        return _fast_loads(text)
+    except (ValueError, RecursionError):  # msgspec.DecodeError and UnicodeError among them
+        return json.loads(text)
 
 
 def _envelope_check(message: dict[str, Any]) -> None:

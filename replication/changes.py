@@ -79,8 +79,11 @@ def parse_document(
     now_ms: int,
     max_skew_ms: int,
     limits: DoorLimits = DEFAULT_LIMITS,
+    json_values: bool = False,
 ) -> Version:
-    """Validate one wire document through the door; raise DataGateError with its own code."""
+    """Validate one wire document through the door; raise DataGateError with its own code.
+
+    `json_values`: `raw` came out of a JSON decoder (see `core.door.document_text`)."""
     if not isinstance(raw, Mapping):
         raise DataGateError(ErrorCode.DOCUMENT_NOT_OBJECT, index=index)
     doc_id = id_check(raw.get("_id"))
@@ -101,7 +104,7 @@ def parse_document(
         if not isinstance(name, str) or name.startswith("_"):
             raise DataGateError(ErrorCode.RESERVED_FIELD, doc_id=doc_id, field=name)
         body[name] = value
-    text = document_text(body, doc_id=doc_id, limits=limits)
+    text = document_text(body, doc_id=doc_id, limits=limits, json_values=json_values)
     _check_skew(doc_id, modified, now_ms, max_skew_ms)  # type: ignore[arg-type]
     return Version(doc_id, WRITE, modified, revision, origin, body, text)  # type: ignore[arg-type]
 
@@ -123,8 +126,12 @@ def parse_feed(
     now_ms: int,
     max_skew_ms: int,
     limits: DoorLimits = DEFAULT_LIMITS,
+    json_values: bool = False,
 ) -> ParsedFeed:
-    """Validate every change of a feed. A feed that is not the right shape raises DG-2004."""
+    """Validate every change of a feed. A feed that is not the right shape raises DG-2004.
+
+    `json_values`: the feed came out of a JSON decoder as it is (a frame's): its documents
+    then take the door's fast encoding when they plainly pass (`core.door.document_text`)."""
     change_set = feed.get("changeSet") or []
     tombstone_map = feed.get("tombstoneMap") or {}
     if not isinstance(change_set, list):
@@ -146,6 +153,7 @@ def parse_feed(
                     now_ms=now_ms,
                     max_skew_ms=max_skew_ms,
                     limits=limits,
+                    json_values=json_values,
                 )
             )
         except DataGateError as error:

@@ -403,6 +403,7 @@ def _chunk_prepare(
     now: int,
     check: ChangeCheck,
     limits: DoorLimits,
+    json_values: bool,
 ) -> _Prepared:
     parsed: ParsedFeed = parse_feed(
         feed,
@@ -410,6 +411,7 @@ def _chunk_prepare(
         now_ms=now,
         max_skew_ms=int(settings.DATAGATE["MAX_CLOCK_SKEW_MS"]),
         limits=limits,
+        json_values=json_values,
     )
     result = ApplyResult(rejected=list(parsed.rejections))
     allowed: list[Version] = []
@@ -442,6 +444,7 @@ def batch_apply_many(
     policy: DocumentPolicy | None = None,
     at_ms: int | None = None,
     same_version_is_noop: bool = False,
+    json_values: bool = False,
 ) -> list[ApplyResult]:
     """Apply several chunks, given as (feed, message id), in order, in one transaction.
 
@@ -461,13 +464,25 @@ def batch_apply_many(
     by the conflict rule's last tie-break that echo would otherwise overwrite the document
     with the wrong origin (a new seq every replica pulls again), and a read-only user's echo
     would be refused at every sync.
+
+    `json_values`: the feeds are as a JSON decoder made them (a websocket frame's), nothing
+    but dicts, lists, str, int, float, bool and None: the door may take its fast encoding
+    (`core.door.document_text`). The outcome is the same either way.
     """
     user_id = actor_user_id(actor)
     door = _door(actor, actor_policy(actor=actor, collection_id=collection_id, policy=policy))
     now = now_ms() if at_ms is None else at_ms
     limits = limits_from_settings()
     prepared = [
-        _chunk_prepare(feed, message_id, origin=origin, now=now, check=door, limits=limits)
+        _chunk_prepare(
+            feed,
+            message_id,
+            origin=origin,
+            now=now,
+            check=door,
+            limits=limits,
+            json_values=json_values,
+        )
         for feed, message_id in chunks
     ]
     results = [chunk.result for chunk in prepared]

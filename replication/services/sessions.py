@@ -215,6 +215,8 @@ def session_chunks_apply(
         replica_pk=grant.replica_pk,
         policy=grant.policy,
         same_version_is_noop=same_version_is_noop,
+        # Every chunk is a decoded frame's feed (replication.consumers, parse_message).
+        json_values=True,
     )
     applied = rejected = 0
     last_seq: int | None = None
