@@ -172,18 +172,18 @@ def test_the_policy_inputs_read_in_one_query_are_what_the_single_lookups_find(
     assert not policy.may_read("private/a")
 
 
-def test_a_connect_costs_seven_queries_and_a_new_replica_six(
+def test_a_connect_costs_six_queries_and_a_new_replica_five(
     collection: Any, member: Any, issue_token: Any
 ) -> None:
     """Pinned so that it cannot grow back (it was 16, bench/RESULTS.md): the token with its
-    user (1), the tenant (1) and the collection (1), the policy's role, grants and key rules
+    user (1), the collection with its tenant (1), the policy's role, grants and key rules
     (1), the replica's upsert (1), the end of a session left open (1, not for a new replica)
     and the session record (1)."""
     token = issue_token(member("ann", "writer"), "read write")
     with CaptureQueriesContext(connection) as queries:
         _open(token, "phone")
-    assert len(queries.captured_queries) == 6, [q["sql"][:80] for q in queries.captured_queries]
+    assert len(queries.captured_queries) == 5, [q["sql"][:80] for q in queries.captured_queries]
     with CaptureQueriesContext(connection) as queries:
         grant = _open(token, "phone")
-    assert len(queries.captured_queries) == 7, [q["sql"][:80] for q in queries.captured_queries]
+    assert len(queries.captured_queries) == 6, [q["sql"][:80] for q in queries.captured_queries]
     assert grant.may_push

@@ -129,10 +129,19 @@ def session_open(
     not_found = DataGateError(
         ErrorCode.COLLECTION_NOT_FOUND, fatal=True, tenant=tenant_slug, collection=collection_name
     )
-    tenant = Tenant.objects.filter(slug=tenant_slug).first()
+    # The collection with its tenant in one query; the tenant alone when the collection is new.
+    collection = (
+        Collection.objects.select_related("tenant")
+        .filter(tenant__slug=tenant_slug, name=collection_name)
+        .first()
+    )
+    tenant = (
+        collection.tenant
+        if collection is not None
+        else Tenant.objects.filter(slug=tenant_slug).first()
+    )
     if tenant is None:
         raise not_found
-    collection = Collection.objects.filter(tenant=tenant, name=collection_name).first()
     # Decided once: the policy's can_read and can_write are access_collection_read and
     # access_collection_write (the same role and grants), and the session keeps the policy as
     # its read filter and per-change write guard. Asking the three apart cost a Connect two more
