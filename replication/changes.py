@@ -7,14 +7,18 @@ one door, `core.door`, here: whichever interface it came through.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 from core.door import DEFAULT_LIMITS, DoorLimits, document_text, id_check
 from core.door import printable as _display
 from core.errors import DataGateError, ErrorCode
 from replication.protocol.conflicts import DELETE, WRITE, VersionKey, version_key
+from replication.protocol.messages import EncodedDocument
 
 META_FIELDS = ("_id", "_revision", "_modified", "_origin")
 MAX_INT = 2**63 - 1
@@ -30,7 +34,9 @@ class Version:
     revision: int
     origin: str
     body: dict[str, Any] | None = None
-    # The body's JSON text as the door encoded it (stored as is), when it came through it.
+    # The body's JSON text: as the door encoded it (stored as is), when it came through it; as
+    # the database holds it, when it was read as text (`selectors.changes_since(as_text=True)`,
+    # body None then: `body_of` decodes it for those who need the values).
     text: str | None = None
 
     def key(self) -> VersionKey:
@@ -189,3 +195,59 @@ def version_to_wire(version: Version) -> dict[str, Any]:
     doc["_modified"] = version.modified
     doc["_origin"] = version.origin
     return doc
+
+
+def body_of(version: Version) -> dict[str, Any] | None:
+    """The body's values: decoded from its text when it was read as text only."""
+    if version.body is None and version.text is not None:
+        body: dict[str, Any] = json.loads(version.text)
+        return body
+    return version.body
+
+
+# Body texts that are not spliced as they are but decoded and encoded again, so that what the
+# encoder would refuse is left out by `encode_served` (docs/decisions/0013): NaN and Infinity
+# (Python's json writes them; rows from before the door), `\\ud800`-style escapes (a lone
+# surrogate, or a pair written by an ASCII-only encoder), and a key starting with `_` (the meta
+# fields would be there twice). The screen also matches harmless text (a value "NaN", a string
+# starting with `_`): such a document is only served the slower way.
+_DECODE_FIRST = re.compile(r'NaN|Infinity|\\u[dD][89a-fA-F]|"_')
+# More brackets than this and the body is decoded first: the encoder's recursion limit decides
+# whether very deep nesting goes out, as before (docs/decisions/0013).
+_SPLICE_MAX_BRACKETS = 256
+
+
+def wire_document(version: Version) -> dict[str, Any] | EncodedDocument:
+    """A write version as a wire document: spliced from its body text when it has one that
+    passes the screen above (the body is not decoded), else as `version_to_wire` makes it.
+
+    The meta fields follow the user's fields, as in `version_to_wire`, so the decoded document
+    is the same. A body read from PostgreSQL's jsonb keeps jsonb's text: its key order (jsonb
+    sorts keys) and its spaces after `:` and `,` (valid JSON, a few bytes more).
+    """
+    text = version.text
+    if (
+        text is None
+        or not text.startswith("{")
+        or not text.endswith("}")
+        or _DECODE_FIRST.search(text) is not None
+        or text.count("{") + text.count("[") > _SPLICE_MAX_BRACKETS
+    ):
+        if version.body is None and text is not None:
+            version = Version(
+                version.doc_id,
+                version.kind,
+                version.modified,
+                version.revision,
+                version.origin,
+                json.loads(text),
+            )
+        return version_to_wire(version)
+    head = text[:-1].rstrip()
+    meta = (
+        f'{head}{"," if head != "{" else ""}"_id":{encode_basestring(version.doc_id)},'
+        f'"_revision":{version.revision},"_modified":{version.modified}'
+    )
+    return EncodedDocument(
+        version.doc_id, f'{meta},"_origin":{encode_basestring(version.origin)}}}', len(meta)
+    )

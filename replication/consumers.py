@@ -242,6 +242,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                     after_seq=effect.after_seq,
                     limit=effect.limit,
                     up_to_seq=effect.up_to_seq,
+                    as_text=True,  # bodies spliced into the chunk, never decoded
                 )
             return self.session.chunk_done(
                 feed=self._feed(page.changes), covered=page.covered, count=len(page.changes)
@@ -260,6 +261,7 @@ class ReplicationConsumer(DirectDispatchMixin, AsyncConsumer):
                 after_seq=effect.after_seq,
                 limit=effect.limit,
                 up_to_seq=effect.up_to_seq,
+                as_text=True,  # spliced; a view's selector decodes them (`view_feed`)
             )
             metrics.feed_record()
             return self.session.feed_done(

@@ -26,7 +26,7 @@ from accounts.access import System
 from accounts.audit import audit_record
 from accounts.models import SLUG_VALIDATOR, Tenant
 from core.errors import DataGateError, ErrorCode
-from replication.changes import Version, version_to_wire
+from replication.changes import Version, body_of, wire_document
 from replication.doorbell import view_changed_request
 from replication.models import Collection, DataView, Document
 from replication.protocol import mango
@@ -366,10 +366,10 @@ def view_feed(
         if read_filter is not None and not read_filter(change.doc_id):
             continue
         version = change.version
-        if change.deleted or not selector.matches(version.body or {}):
+        if change.deleted or not selector.matches(body_of(version) or {}):
             tombstones[change.doc_id] = version.modified
         else:
-            change_set.append(version_to_wire(version))
+            change_set.append(wire_document(version))
     return {"changeSet": change_set, "tombstoneMap": tombstones}
 
 

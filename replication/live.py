@@ -193,8 +193,9 @@ class CollectionFeed:
         """Read what is new since `position` and offer it to every session, page by page."""
         limit = int(settings.DATAGATE["CHUNK_SIZE"])
         while self.sessions:
+            # Bodies as text, spliced into the shared body; views decode them (`view_feed`).
             page = await database_sync_to_async(selectors.change_page)(
-                collection_id=self.collection_id, after_seq=self.position, limit=limit
+                collection_id=self.collection_id, after_seq=self.position, limit=limit, as_text=True
             )
             if page.covered <= self.position:
                 return

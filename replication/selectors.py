@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import TextField
+from django.db.models.functions import Cast
+
 from accounts import access
 from accounts.access import DocumentPredicate
 from accounts.models import Tenant
 from core.errors import DataGateError, ErrorCode
-from replication.changes import Version, version_to_wire
+from replication.changes import Version, wire_document
 from replication.models import Collection, Document, Tombstone
 from replication.protocol.conflicts import DELETE, WRITE
 from replication.protocol.g3 import Held
@@ -47,6 +50,7 @@ def changes_since(
     limit: int,
     up_to_seq: int | None = None,
     bodies: bool = True,
+    as_text: bool = False,
 ) -> list[Change]:
     """The changes with `after_seq < seq <= up_to_seq`, in seq order, at most `limit`.
 
@@ -55,35 +59,56 @@ def changes_since(
     changed before the page was read. Rows are read as plain values, not model instances;
     with `bodies=False` the documents' bodies are not read at all (their versions carry
     None), for callers that list changes without their contents (CouchDB's `_changes`).
+
+    With `as_text=True` each body is read as the JSON text the database holds (`Version.text`,
+    body None) and never decoded: the pull and live feeds splice it into their frames
+    (`changes.wire_document`). Decoding 100,000 bodies only to encode them again was most of
+    a catch-up's time (bench/RESULTS.md, "Issue 21: catch-up").
     """
     docs = Document.objects.filter(collection_id=collection_id, seq__gt=after_seq)
     tombs = Tombstone.objects.filter(collection_id=collection_id, seq__gt=after_seq)
     if up_to_seq is not None:
         docs = docs.filter(seq__lte=up_to_seq)
         tombs = tombs.filter(seq__lte=up_to_seq)
-    fields = ["seq", "doc_id", "modified", "revision", "origin"]
-    doc_rows = docs.order_by("seq").values_list(*fields, *(["body"] if bodies else []))[:limit]
-    doc_changes = (
-        Change(
-            row[0],
-            Version(row[1], WRITE, row[2], row[3], row[4], row[5] if bodies else None),
-        )
-        for row in doc_rows
-    )
-    tomb_rows = tombs.order_by("seq").values_list(
-        "seq", "doc_id", "deleted_at", "revision", "origin"
-    )[:limit]
-    tomb_changes = (
+    tomb_changes = [
         Change(seq, Version(doc_id, DELETE, deleted_at, revision, origin, None))
-        for seq, doc_id, deleted_at, revision, origin in tomb_rows
-    )
+        for seq, doc_id, deleted_at, revision, origin in tombs.order_by("seq").values_list(
+            "seq", "doc_id", "deleted_at", "revision", "origin"
+        )[:limit]
+    ]
+    fields = ["seq", "doc_id", "modified", "revision", "origin"]
+    if not bodies:
+        rows = docs.order_by("seq").values_list(*fields)[:limit]
+        doc_changes = [
+            Change(seq, Version(doc_id, WRITE, modified, revision, origin, None))
+            for seq, doc_id, modified, revision, origin in rows
+        ]
+    elif as_text:
+        rows = (
+            docs.annotate(body_text=Cast("body", TextField()))
+            .order_by("seq")
+            .values_list(*fields, "body_text")[:limit]
+        )
+        doc_changes = [
+            Change(seq, Version(doc_id, WRITE, modified, revision, origin, None, text))
+            for seq, doc_id, modified, revision, origin, text in rows
+        ]
+    else:
+        rows = docs.order_by("seq").values_list(*fields, "body")[:limit]
+        doc_changes = [
+            Change(seq, Version(doc_id, WRITE, modified, revision, origin, body))
+            for seq, doc_id, modified, revision, origin, body in rows
+        ]
+    if not tomb_changes:  # a first catch-up has none: no merge
+        return doc_changes
     merged: Iterator[Change] = heapq.merge(doc_changes, tomb_changes, key=lambda c: c.seq)
     return [change for change, _ in zip(merged, range(limit), strict=False)]
 
 
 def feed_from_changes(changes: list[Change]) -> dict[str, Any]:
-    """The wire `feed` for a list of changes."""
-    change_set = [version_to_wire(c.version) for c in changes if not c.deleted]
+    """The wire `feed` for a list of changes (documents read as text are spliced, not decoded:
+    `changes.wire_document`)."""
+    change_set = [wire_document(c.version) for c in changes if not c.deleted]
     tombstone_map = {c.doc_id: c.version.modified for c in changes if c.deleted}
     return {"changeSet": change_set, "tombstoneMap": tombstone_map}
 
@@ -123,6 +148,7 @@ def change_page(
     limit: int,
     up_to_seq: int | None = None,
     bodies: bool = True,
+    as_text: bool = False,
 ) -> ChangePage:
     """The next page after `after_seq` (at most `limit` changes, up to `up_to_seq`).
 
@@ -141,6 +167,7 @@ def change_page(
         limit=limit,
         up_to_seq=bound,
         bodies=bodies,
+        as_text=as_text,
     )
     covered = changes[-1].seq if len(changes) >= limit else bound
     return ChangePage(changes, covered, int(last_seq), int(epoch))

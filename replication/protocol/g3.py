@@ -100,6 +100,8 @@ def _receipt(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def without_origin(doc: Any) -> Any:
     """A document without `_origin`: G3 would store it as a user field and send it back."""
+    if type(doc) is m.EncodedDocument:
+        return doc.without_origin()
     if isinstance(doc, Mapping) and "_origin" in doc:
         return {key: value for key, value in doc.items() if key != "_origin"}
     return doc

@@ -20,6 +20,7 @@ No Django here.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -370,6 +371,34 @@ def encode(message: dict[str, Any]) -> str:
 _strict = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedDocument:
+    """A wire document already encoded as JSON text (an object), spliced into frames as is.
+
+    The pull and live feeds build these from the body text the database holds
+    (`replication.changes.wire_document`): a document read that way is never decoded and
+    encoded again. Whoever makes one vouches that `text` is one valid JSON object that can be
+    served (docs/decisions/0013); `encode_served` only splices it.
+    """
+
+    doc_id: str
+    text: str
+    # Where `,"_origin":...` starts in `text`, when it ends the object (0: no `_origin`).
+    origin_at: int = 0
+
+    def without_origin(self) -> EncodedDocument:
+        """The same document without its `_origin` (a G3 replica's pull: `g3.without_origin`)."""
+        if not self.origin_at:
+            return self
+        return EncodedDocument(self.doc_id, self.text[: self.origin_at] + "}")
+
+
+# A changeSet slot the spliced documents replace: NUL cannot be in anything else the server
+# puts in a frame's header or markers, and JSON always escapes it.
+_SLOT = "\x00spliced documents\x00"
+_SLOT_TEXT = _strict([_SLOT])
+
+
 def encode_served(message: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     """A frame carrying stored documents, and the (id, reason) of those left out of it.
 
@@ -378,7 +407,15 @@ def encode_served(message: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     the frame and named, so the caller records DG-5005; the markers still move past it. The
     check is one strict UTF-8 encoding of the frame text; documents are looked at one by one
     only when the whole frame fails.
+
+    A feed whose changeSet holds `EncodedDocument`s is spliced: the rest of the frame is
+    encoded once and the documents' texts are joined into it (`_encode_spliced`).
     """
+    feed = message.get("feed")
+    if isinstance(feed, dict):
+        documents = feed.get("changeSet")
+        if documents and any(type(doc) is EncodedDocument for doc in documents):
+            return _encode_spliced(message, feed, documents)
     try:
         text = _strict(message)
         text.encode("utf-8")
@@ -391,6 +428,41 @@ def encode_served(message: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     text = _strict({**message, "feed": kept})
     text.encode("utf-8")
     return text, skipped
+
+
+def _encode_spliced(
+    message: dict[str, Any], feed: dict[str, Any], documents: list[Any]
+) -> tuple[str, list[tuple[str, str]]]:
+    """`encode_served` for a changeSet of `EncodedDocument`s (and plain documents, which a
+    screen sent the decoding way: `replication.changes.wire_document`), in their order."""
+    texts: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for doc in documents:
+        if type(doc) is EncodedDocument:
+            texts.append(doc.text)
+            continue
+        reason = unencodable(doc)
+        if reason is None:
+            texts.append(_strict(doc))
+        else:
+            skipped.append((printable(str(doc.get("_id", ""))), reason))
+    rest, rest_skipped = encode_served({**message, "feed": {**feed, "changeSet": [_SLOT]}})
+    text = rest.replace(_SLOT_TEXT, "[" + ",".join(texts) + "]", 1)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Only an id or origin can bring a lone surrogate into an encoded document (its body
+        # text passed the screen): leave out those documents, as the plain path does.
+        bad: list[tuple[str, str]] = []
+        kept = []
+        for doc in documents:
+            if type(doc) is EncodedDocument and unencodable(doc.text) is not None:
+                bad.append((printable(doc.doc_id), "a lone surrogate"))
+            else:
+                kept.append(doc)
+        text, rest_skipped = _encode_spliced(message, feed, kept)
+        return text, bad + rest_skipped
+    return text, skipped + rest_skipped
 
 
 def served_feed(feed: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -450,6 +522,7 @@ __all__ = [
     "TOKEN_REFRESH",
     "TOKEN_REFRESH_ACK",
     "Body",
+    "EncodedDocument",
     "Message",
     "encode",
     "encode_body",
