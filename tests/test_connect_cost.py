@@ -187,3 +187,55 @@ def test_a_connect_costs_six_queries_and_a_new_replica_five(
         grant = _open(token, "phone")
     assert len(queries.captured_queries) == 6, [q["sql"][:80] for q in queries.captured_queries]
     assert grant.may_push
+
+
+def test_the_token_check_in_one_plain_query_finds_what_the_orm_lookup_finds(
+    make_user: Any,
+) -> None:
+    """token_authenticate reads the user with the token's fields in one plain SQL query; the
+    answers (and `expires`, converted as the ORM converts it) are the ORM lookup's."""
+    import hashlib
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from oauth2_provider.models import get_access_token_model
+
+    from accounts.services import application_create, token_pair_issue
+    from accounts.tokens import TokenRejected, token_authenticate, token_user
+
+    owner, ann = make_user("owner"), make_user("ann")
+    service = application_create(name="indexer", owner=owner, kind="service")
+    application = service.application
+    mine = token_pair_issue(user=ann, scopes=["read", "write"], application=application)
+    plain = token_pair_issue(user=ann, scopes=["read"])
+    model = get_access_token_model()
+    theirs = model.objects.create(
+        user=None,
+        application=application,
+        token="",
+        token_checksum=hashlib.sha256(b"service-token").hexdigest(),
+        expires=timezone.now() + timedelta(hours=1),
+        scope="read topics",
+    )
+    for raw, user in (
+        (mine.access_token, ann),
+        (plain.access_token, ann),
+        ("service-token", owner),
+    ):
+        stored = model.objects.select_related("user", "application__user").get(
+            token_checksum=hashlib.sha256(raw.encode()).hexdigest()
+        )
+        with CaptureQueriesContext(connection) as queries:
+            info = token_authenticate(raw)
+        assert len(queries.captured_queries) == 1
+        assert token_user(stored) == user
+        assert (info.user.pk, info.user.get_username()) == (user.pk, user.get_username())
+        assert info.scopes == frozenset(stored.scope.split())
+        assert info.expires == stored.expires
+        assert (info.token_id, info.application_id) == (stored.pk, stored.application_id)
+    assert theirs.pk
+    model.objects.filter(pk=theirs.pk).update(user=None, application=None)
+    with pytest.raises(TokenRejected, match="not bound to a user"):
+        token_authenticate("service-token")
+    with pytest.raises(TokenRejected, match="unknown or revoked"):
+        token_authenticate("no-such-token")
