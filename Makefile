@@ -43,7 +43,7 @@ chromium:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
-# The real PouchDB client for the CouchDB-protocol tests (tests/test_couchdb_pouchdb.py): pinned
+# The real PouchDB client for the CouchDB-protocol tests (tests/couchdb/test_couchdb_pouchdb.py): pinned
 # in tests/pouchdb/package-lock.json, installed with `npm ci`. Without npm the tests skip, except
 # in CI (CI=true), where a missing npm fails the run.
 POUCHDB_DIR := tests/pouchdb

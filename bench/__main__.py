@@ -49,7 +49,7 @@ def _prepare_postgres(database_url: str, redis_url: str) -> str | None:
     """Recreate the benchmark database and empty the benchmark Redis database; or say why not."""
     from urllib.parse import urlparse
 
-    from tests.services import reachable
+    from tests.support.external_services import reachable
 
     if not reachable(database_url, 5432):
         return f"PostgreSQL is not reachable at {database_url}"

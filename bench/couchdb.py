@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import TENANT, PassContext, daphne, load, ratio, running
-from tests.live_server import free_port
+from tests.support.server_processes import free_port
 
 NAME = "couchdb"
 HERE = Path(__file__).resolve().parent / "pouchdb"

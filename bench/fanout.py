@@ -54,7 +54,7 @@ class BareWebsocketsServer:
     """`python -m bench.bare_websockets PORT` as a process."""
 
     def __init__(self, ctx: PassContext) -> None:
-        from tests.live_server import free_port
+        from tests.support.server_processes import free_port
 
         self.port = free_port()
         self.log = (ctx.work_dir / f"bare-websockets-{self.port}.log").open("ab")

@@ -333,7 +333,7 @@ def make_documents(count: int, *, prefix: str, origin: str) -> list[dict[str, An
 
 def daphne(ctx: PassContext, name: str, application: str = "datagate_site.asgi:application") -> Any:
     """A fresh daphne process on this pass's database and channel layer."""
-    from tests.live_server import DaphneServer
+    from tests.support.server_processes import DaphneServer
 
     return DaphneServer.start(
         tmp_path=ctx.work_dir, extra_env=ctx.server_env, name=name, application=application
@@ -347,8 +347,9 @@ def asgi_server(
     application: str = "datagate_site.asgi:application",
     extra_env: dict[str, str] | None = None,
 ) -> Any:
-    """A fresh `kind` server (daphne, uvicorn or granian: tests/live_server.py SERVERS)."""
-    from tests.live_server import SERVERS
+    """A fresh `kind` server (daphne, uvicorn or granian: SERVERS in
+    tests/support/server_processes.py)."""
+    from tests.support.server_processes import SERVERS
 
     return SERVERS[kind].start(
         tmp_path=ctx.work_dir,

@@ -1,7 +1,7 @@
 """The ASGI server lever (issue 21): the same application under daphne, uvicorn and granian.
 
-For each server (tests/live_server.py SERVERS; uvicorn and granian come with the `servers`
-extra, which `make bench` installs), in the same run and with the same clients:
+For each server (tests/support/server_processes.py SERVERS; uvicorn and granian come with the
+`servers` extra, which `make bench` installs), in the same run and with the same clients:
 
 - fan-out: `servers_replicas` live replicas while one writer changes `fanout_rate` documents a
   second for `fanout_seconds` (bench/fanout.py): p50/p99 from write to arrival, deliveries per

@@ -3,7 +3,7 @@
 Jepsen-style: the clients only record what they attempted and what the server acknowledged;
 the checker decides afterwards, from the whole history and the server's final state, whether
 the promises of docs/guarantees.md held. It is pure (no I/O, no Django), so its rules are
-tested on hand-made histories (tests/test_chaos_checker.py).
+tested on hand-made histories (tests/chaos/test_chaos_checker.py).
 
 The rules, each a kind of `Violation`:
 

@@ -258,7 +258,7 @@ class WireClient(Base):
         self._one_session = asyncio.Lock()  # the run loop and the convergence check share it
 
     async def _open(self) -> Any:
-        from tests.wire_client import WebsocketsTransport, WireReplica
+        from tests.support.wire_replica import WebsocketsTransport, WireReplica
 
         url = f"{self.rng.choice(self.urls).rstrip('/')}/ws/datagate/{TENANT}/{COLLECTION}/"
         transport = await WebsocketsTransport.open(url, close_timeout=2)

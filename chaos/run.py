@@ -311,7 +311,7 @@ class Run:
 
     async def server_state(self) -> tuple[str, dict[str, Any], dict[str, int]]:
         """The server's whole state, read by a fresh replica pulling from zero (no proxy)."""
-        from tests.wire_client import WebsocketsTransport, WireReplica
+        from tests.support.wire_replica import WebsocketsTransport, WireReplica
 
         daphne = self.topology.daphnes[0]
         transport = await WebsocketsTransport.open(

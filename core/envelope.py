@@ -73,7 +73,7 @@ def _frame_loads(text: str | bytes) -> Any:
     Whatever it refuses is decoded again by `json.loads`, so every frame gets exactly the
     value, or the error, it always got: the door then refuses `NaN` in its document with
     DG-4012, and a frame `json.loads` cannot read is DG-2001 as before
-    (tests/test_fast_decode.py compares the two on generated frames).
+    (tests/replication/test_fast_decode.py compares the two on generated frames).
     """
     try:
         return _fast_loads(text)

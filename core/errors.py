@@ -8,7 +8,7 @@ longest reason a websocket close frame can carry.
 Ranges: 1xxx authentication, 2xxx framing and protocol, 3xxx access, 4xxx documents and
 conflicts, 5xxx flow control and server, 6xxx topics, 7xxx maintenance and operator tools,
 8xxx HTTP API, 9xxx the CouchDB replication protocol (couchdb/).
-`tests/test_errors_catalogue.py` checks every code is unique and documented.
+`tests/core/test_errors_catalogue.py` checks every code is unique and documented.
 
 Exception tree:
     DataGateError          any error with a catalogue code

@@ -239,7 +239,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # oauthlib logs issued tokens at DEBUG; never let them reach a log
-        # (tests/test_oauth.py drives every flow at DEBUG and checks).
+        # (tests/accounts/test_oauth.py drives every flow at DEBUG and checks).
         "oauthlib": {"level": "INFO"},
     },
 }

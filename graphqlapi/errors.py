@@ -24,7 +24,7 @@ from core.errors import DataGateError, ErrorCode
 logger = logging.getLogger(__name__)
 
 # What strawberry's limit extensions and graphql-core's own limits (tokens, introspection
-# depth) say when they refuse (graphql-core 3.3, strawberry 0.341; tests/test_graphql.py).
+# depth) say when they refuse (graphql-core 3.3, strawberry 0.341; tests/graphql/test_graphql.py).
 LIMIT_WORDS = (
     "exceeds maximum operation depth",
     "maximum introspection depth exceeded",

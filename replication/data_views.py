@@ -440,7 +440,7 @@ def view_difference_page(
     the pull reads them through `new` anyway. Deletes are not either: the replica saw them.
 
     SQL finds the documents either definition selects; the classification is Python's (the
-    same `matches` the live feeds use: tests/test_mango.py checks that both agree)."""
+    same `matches` the live feeds use: tests/replication/test_mango.py checks that both agree)."""
     rows = Document.objects.filter(
         collection_id=collection_id, seq__lte=up_to_seq, doc_id__gt=after_id
     )

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import IN_CI, reachable
+from tests.support.external_services import IN_CI, reachable
 
 BACKEND = os.environ.get("DATAGATE_TEST_BACKEND", "sqlite")
 
@@ -69,7 +69,7 @@ def member(make_user: Any, tenant: Any) -> Any:
 @pytest.fixture
 def daphne(transactional_db: Any, tmp_path: Any) -> Any:
     """A real daphne process on the test database (in-memory channel layer). Stopped after."""
-    from tests.live_server import DaphneServer
+    from tests.support.server_processes import DaphneServer
 
     server = DaphneServer.start(tmp_path=tmp_path)
     yield server

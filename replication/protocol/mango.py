@@ -5,7 +5,7 @@ No Django. A view (replication/data_views.py) stores a selector; this module tur
 once per change and view binding) or translates it into a SQL condition on the document's
 `body` column (catch-up reads through an index instead of a scan; SQLite JSON1 or PostgreSQL
 jsonb). Both must give the same answer for every stored document:
-`tests/test_mango.py` checks it with hypothesis on both backends.
+`tests/replication/test_mango.py` checks it with hypothesis on both backends.
 
 Semantics (docs/protocol.md, "Views"), a subset of CouchDB's, chosen so that Python and both SQL
 dialects agree exactly:

@@ -314,7 +314,8 @@ def _rows_insert(
             # reader, the event loop) can take it back first, and on a busy machine this
             # thread then waits its turn for a CPU too: one chunk held the lock for seconds,
             # and writers queued in BEGIN IMMEDIATE gave up after their 20 s busy timeout
-            # ("database is locked", tests/test_concurrency.py on a loaded 2-core machine).
+            # ("database is locked", tests/replication/test_concurrency.py on a loaded 2-core
+            # machine).
             #
             # The statement goes to the sqlite3 cursor itself, in its own `?` style: Django's
             # wrapper rewrote every `%s` of it with a regular expression on every call (9% of

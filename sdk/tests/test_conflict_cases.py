@@ -1,7 +1,7 @@
 """The SDK's copy of the conflict rule runs every case of spec/conflicts.json.
 
-The server's tests (tests/test_conflicts.py) run the same file against the server's copy, so
-the two cannot drift. The file is read by path: the SDK imports nothing of the server.
+The server's tests (tests/replication/test_conflicts.py) run the same file against the server's
+copy, so the two cannot drift. The file is read by path: the SDK imports nothing of the server.
 """
 
 from __future__ import annotations

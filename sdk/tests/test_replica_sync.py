@@ -2,7 +2,7 @@
 
 No DataGate server here: each test plays the server's side of one conversation, message by
 message, and checks what the replica sends and stores. The end-to-end tests against a real
-daphne live in tests/test_replica_e2e.py.
+daphne live in tests/replication/test_replica_e2e.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-// The real PouchDB 9 client, driven one JSON command a line on stdin (tests/pouchdb_driver.py).
+// The real PouchDB 9 client, driven one JSON command a line on stdin (tests/support/pouchdb_driver.py).
 // Answers one JSON line per command on stdout: {"id": n, "ok": result} or {"id": n, "error": {...}}.
 'use strict';
 
