@@ -36,6 +36,7 @@ from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
 from replication import data_views
+from replication.changes import body_of
 from replication.models import Collection, Document, Tombstone
 from replication.protocol import mango
 from replication.protocol.conflicts import DELETE, WRITE, incoming_wins, version_key
@@ -747,14 +748,14 @@ def changes_read(
             if view.deleted:
                 row["deleted"] = True
             if include_docs:
-                row["doc"] = doc_render(change.doc_id, view, change.version.body)
+                row["doc"] = doc_render(change.doc_id, view, body_of(change.version))
             elif prefetch:
                 cache.remember(
                     grant.collection_id,
                     change.doc_id,
                     change.version.modified,
                     view,
-                    change.version.body,
+                    body_of(change.version),
                 )
             results.append(row)
         position = page.covered
@@ -767,7 +768,7 @@ def selector_passes(selector: Any, change: Any) -> bool:
     """`filter=_selector` and `filter=_view`: a change passes when its document matches the
     (bound) Mango selector. Deletes always pass, so a filtered replica drops what was deleted
     (CouchDB's own `_selector` loses them: a tombstone's body matches nothing)."""
-    return selector is None or change.deleted or selector.matches(change.version.body or {})
+    return selector is None or change.deleted or selector.matches(body_of(change.version) or {})
 
 
 def changes_selector(*, grant: DatabaseGrant, raw: Any = None, view: str | None = None) -> Any:
@@ -833,7 +834,7 @@ def changes_from_blocks(
             if view.deleted:
                 row["deleted"] = True
             if include_docs:
-                row["doc"] = doc_render(change.doc_id, view, change.version.body)
+                row["doc"] = doc_render(change.doc_id, view, body_of(change.version))
             results.append(row)
         position = block.end
     if limit is not None and len(results) > limit:
