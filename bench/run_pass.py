@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -101,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         if name not in BENCHMARKS:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
         print(f"[{args.backend}] {name} ...", file=sys.stderr, flush=True)
+        # What earlier benchmarks left in this client process must not be scanned again by a
+        # full collection in the middle of this one's timings (a 100-150 ms pause at --quick
+        # sizes, which is what made the SDK's catch-up look 2x slower in issue 15's A/B).
+        gc.collect()
+        gc.freeze()
         started = time.monotonic()
         entry: dict[str, Any] = {"load_before": load()}
         try:
