@@ -7,13 +7,7 @@ test-artifacts/screenshots/. These tests are few on purpose: each one starts a b
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import re
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,88 +16,11 @@ from accounts.access import System
 from core.errors import ErrorCode
 from replication.models import Document, JournalEntry
 from replication.services.documents import document_put
+from tests.support.console_browser import WAIT_MS, ReplicaThread, log_in, shot
 from tests.support.console_builders import connect_replica, record_error
-from tests.support.external_services import CHROMIUM_ARGS, require_chromium
-from tests.support.wire_replica import FEED_ACK, WebsocketsTransport, WireReplica
+from tests.support.wire_replica import FEED_ACK
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
-WAIT_MS = 30_000
-
-
-@pytest.fixture
-def browser(daphne: Any) -> Iterator[Any]:
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls are
-    # plain synchronous code between browser steps.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-            try:
-                yield chromium
-            finally:
-                chromium.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
-def log_in(browser: Any, daphne: Any, username: str) -> Any:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(WAIT_MS)
-    page.goto(f"{daphne.http_url}/")
-    assert "/console/login/" in page.url
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"pw-{username}")
-    page.click("button[type=submit]")
-    page.wait_for_selector(".sections")
-    return page
-
-
-def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-class ReplicaThread:
-    """A live replica (tests/support/wire_replica.py over a real socket) on its own event loop
-    thread, so the test can drive the browser and the replica side by side."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.replica: WireReplica | None = None
-
-    def call(self, coroutine: Any, timeout: float = WAIT_MS / 1000) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def start(self, *, url: str, token: str, origin: str) -> WireReplica:
-        async def open_and_sync() -> WireReplica:
-            transport = await WebsocketsTransport.open(url)
-            replica = WireReplica(
-                transport=transport, token=token, tenant="acme", collection="notes", origin=origin
-            )
-            await replica.sync()
-            return replica
-
-        self.replica = self.call(open_and_sync())
-        return self.replica
-
-    def stop(self) -> None:
-        if self.replica is not None:
-            with contextlib.suppress(Exception):
-                self.call(self.replica.transport.close(), timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 def lag_is(page: Any, origin: str, lag: str) -> None:

@@ -17,14 +17,12 @@ from accounts.access import System
 from accounts.models import AuditEntry
 from replication.models import Collection
 from replication.services.documents import document_put
-from tests.console.test_console_browser import WAIT_MS, ReplicaThread, browser, log_in, shot
+from tests.support.console_browser import WAIT_MS, ReplicaThread, log_in, shot
 from tests.support.wire_replica import WebsocketsTransport, WireReplica
 from topics.models import Message
 from topics.services import topic_create
 
 pytestmark = pytest.mark.e2e
-
-__all__ = ["browser"]  # the fixture, shared with tests/console/test_console_browser.py
 
 
 def start_replica(side: ReplicaThread, *, url: str, token: str, origin: str) -> WireReplica:

@@ -20,8 +20,8 @@ from django.test import Client
 
 from core.shutdown import DRAINING
 from datagate_site import site_views
-from tests.replication.test_replica_e2e import wait_for
 from tests.support.server_processes import DaphneServer
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,15 +14,12 @@ import pytest
 from channels.db import database_sync_to_async
 
 from replication.models import Replica
-from tests.replication.test_replication_conversations import (  # noqa: F401 - fixtures
-    Opener,
-    fast_passwords,
-    fresh_channel_layer,
-    open_replica,
-    world,
-)
+from tests.support.sync_conversation import Opener
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fresh_channel_layer", "fast_passwords"),
+]
 
 
 async def acked_seq(origin: str) -> int:
@@ -41,7 +38,7 @@ async def wait_for_acked(origin: str, seq: int, seconds: float = 20) -> int:
 
 
 async def test_the_last_live_ack_is_recorded_when_the_replica_disconnects(
-    open_replica: Opener,  # noqa: F811
+    open_replica: Opener,
 ) -> None:
     alice, bob = await open_replica(), await open_replica()
     await alice.sync()
@@ -56,7 +53,7 @@ async def test_the_last_live_ack_is_recorded_when_the_replica_disconnects(
 
 
 async def test_a_held_back_live_ack_is_recorded_while_the_replica_stays_connected(
-    open_replica: Opener,  # noqa: F811
+    open_replica: Opener,
 ) -> None:
     alice, bob = await open_replica(), await open_replica()
     await alice.sync()

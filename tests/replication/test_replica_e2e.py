@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,22 +26,11 @@ from accounts.access import System
 from replication.selectors import collection_state
 from replication.services.engine import batch_apply, collection_get_or_create
 from tests.support.server_processes import DaphneServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 CLI = Path(sys.executable).with_name("datagate-replica")
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
-    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

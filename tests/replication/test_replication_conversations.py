@@ -9,17 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 
 from accounts.access import System
 from replication.models import Collection, Document, ErrorEvent, Replica, Tombstone
-from replication.routing import websocket_urlpatterns
+from tests.support.sync_conversation import Opener
 from tests.support.wire_replica import (
     BATCH_ACK,
     BATCH_END,
@@ -29,76 +26,13 @@ from tests.support.wire_replica import (
     ERROR,
     FEED,
     Closed,
-    CommunicatorTransport,
     WireReplica,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-APP = URLRouter(websocket_urlpatterns)
-
-
-@pytest.fixture(autouse=True)
-def fresh_channel_layer() -> None:
-    """The in-memory layer binds queues to an event loop: give each test its own."""
-    from channels.layers import channel_layers
-
-    channel_layers.backends = {}
-
-
-@pytest.fixture(autouse=True)
-def fast_passwords(settings: Any) -> None:
-    """Users here log in with tokens: hashing their passwords slowly only slows the tests."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def world(tenant: Any, collection: Any, member: Any, issue_token: Any) -> dict[str, Any]:
-    writer = member("wendy", "writer")
-    reader = member("rita", "reader")
-    return {
-        "tenant": tenant,
-        "collection": collection,
-        "writer": writer,
-        "reader": reader,
-        "token": issue_token(writer, "read write"),
-        "token_b": issue_token(writer, "read write"),
-        "reader_token": issue_token(reader, "read write"),
-        "read_scope_token": issue_token(writer, "read"),
-    }
-
-
-Opener = Callable[..., Any]
-
-
-@pytest.fixture
-async def open_replica(world: dict[str, Any]) -> AsyncIterator[Opener]:
-    opened: list[WebsocketCommunicator] = []
-
-    async def open_(
-        token: str | None = None,
-        *,
-        path: str = "/ws/datagate/acme/notes/",
-        collection: str = "notes",
-        capabilities: list[str] | None = None,
-        timeout: float = 10.0,
-    ) -> WireReplica:
-        communicator = WebsocketCommunicator(APP, path)
-        connected, _ = await communicator.connect(timeout=timeout)
-        assert connected
-        opened.append(communicator)
-        return WireReplica(
-            transport=CommunicatorTransport(communicator),
-            token=token or world["token"],
-            tenant="acme",
-            collection=collection,
-            capabilities=["live"] if capabilities is None else capabilities,
-            timeout=timeout,
-        )
-
-    yield open_
-    for communicator in opened:
-        await communicator.disconnect()
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fresh_channel_layer", "fast_passwords"),
+]
 
 
 async def error_codes() -> list[str]:

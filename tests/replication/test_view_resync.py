@@ -19,7 +19,7 @@ from replication import data_views
 from replication.models import DataView, Document
 from replication.protocol import mango
 from replication.selectors import change_page
-from tests.replication.test_mango import EXAMPLES, bodies, selectors
+from tests.support.mango_strategies import EXAMPLES, bodies, selectors
 
 SYSTEM = System("test")
 

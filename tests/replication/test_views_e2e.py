@@ -25,7 +25,7 @@ from replication import data_views
 from replication.protocol import mango
 from replication.services.documents import document_put
 from replication.services.engine import collection_get_or_create
-from tests.replication.test_replica_e2e import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
