@@ -18,24 +18,10 @@ from accounts.models import AuditEntry
 from replication.models import Collection
 from replication.services.documents import document_put
 from tests.support.console_browser import WAIT_MS, ReplicaThread, log_in, shot
-from tests.support.wire_replica import WebsocketsTransport, WireReplica
 from topics.models import Message
 from topics.services import topic_create
 
 pytestmark = pytest.mark.e2e
-
-
-def start_replica(side: ReplicaThread, *, url: str, token: str, origin: str) -> WireReplica:
-    async def open_and_sync() -> WireReplica:
-        transport = await WebsocketsTransport.open(url)
-        replica = WireReplica(
-            transport=transport, token=token, tenant="acme", collection="events", origin=origin
-        )
-        await replica.sync()
-        return replica
-
-    side.replica = side.call(open_and_sync())
-    return side.replica
 
 
 def submit(page: Any, form: str) -> None:
@@ -98,8 +84,11 @@ def test_an_operator_runs_a_member_from_the_console_alone(
     page.evaluate("window.__noReload = true")
     side = ReplicaThread()
     try:
-        start_replica(
-            side, url=f"{daphne.ws_url}/ws/datagate/acme/events/", token=token, origin="rita-1"
+        side.start(
+            url=f"{daphne.ws_url}/ws/datagate/acme/events/",
+            token=token,
+            origin="rita-1",
+            collection="events",
         )
         row = page.locator('#replicas-table tr[data-replica="rita-1"]')
         row.wait_for(timeout=WAIT_MS)

@@ -47,11 +47,15 @@ class ReplicaThread:
     def call(self, coroutine: Any, timeout: float = WAIT_MS / 1000) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
-    def start(self, *, url: str, token: str, origin: str) -> WireReplica:
+    def start(self, *, url: str, token: str, origin: str, collection: str = "notes") -> WireReplica:
         async def open_and_sync() -> WireReplica:
             transport = await WebsocketsTransport.open(url)
             replica = WireReplica(
-                transport=transport, token=token, tenant="acme", collection="notes", origin=origin
+                transport=transport,
+                token=token,
+                tenant="acme",
+                collection=collection,
+                origin=origin,
             )
             await replica.sync()
             return replica
