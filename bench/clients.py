@@ -5,6 +5,10 @@ DataGate live replicas (`kind: datagate`: connect, pull, then ack every feed) or
 receivers of a bare baseline (`kind: bare`). For every document that arrives in a feed it
 records the latency from the writer's stamp `t` (wall-clock microseconds, same machine).
 
+`DATAGATE_BENCH_ACK_DELAY_MS=N` (an experiment of issue 21, "fewer frames"): a DataGate
+receiver acks lazily, at most one feed.ack per N ms, for the last feed it holds and every
+earlier one (docs/protocol.md section 3.4), its receipt the union of theirs.
+
 It talks to its parent in JSON lines on stdout (`ready`, `count`, `result`) and takes words on
 stdin: `count` (report progress), `stop` (report and exit). Everything is bounded by the
 config's `deadline` seconds.
@@ -40,6 +44,8 @@ class Receivers:
         self.sockets: list[Any] = []
         self.readers: list[asyncio.Task[None]] = []
         self.record = bool(config.get("record", True))
+        self.acks = 0
+        self.pending: set[asyncio.Task[None]] = set()  # lazy acks waiting their turn
 
     async def open_one(self, index: int, gate: asyncio.Semaphore) -> None:
         async with gate:
@@ -69,6 +75,23 @@ class Receivers:
 
     async def read(self, socket: Any, session: Session | None) -> None:
         record = self.record
+        delay = float(os.environ.get("DATAGATE_BENCH_ACK_DELAY_MS", "0")) / 1000
+        held: dict[str, Any] = {}  # lazy acks: the last feed's id and the receipts not yet sent
+
+        async def ack_later() -> None:
+            await asyncio.sleep(delay)
+            if session is None or not held:
+                return
+            last, receipt = held["id"], held["receipt"]
+            held.clear()
+            self.acks += 1
+            await socket.send(
+                json.dumps(
+                    session.message("no2.sync.feed.ack", last, receipt=receipt),
+                    separators=(",", ":"),
+                )
+            )
+
         try:
             async for frame in socket:
                 now_us = time.time_ns() // 1000
@@ -85,7 +108,19 @@ class Receivers:
                 if not self.first_arrival_us:
                     self.first_arrival_us = now_us
                 self.last_arrival_us = now_us
-                if session is not None:
+                if session is not None and delay > 0:
+                    receipt = receipt_for(message["feed"])
+                    if not held:
+                        held["receipt"] = receipt
+                        task = asyncio.create_task(ack_later())
+                        self.pending.add(task)
+                        task.add_done_callback(self.pending.discard)
+                    else:
+                        for key in ("added", "removed"):
+                            held["receipt"][key].extend(receipt[key])
+                    held["id"] = message["header"]["id"]
+                elif session is not None:
+                    self.acks += 1
                     await socket.send(
                         json.dumps(
                             session.message(
@@ -116,6 +151,7 @@ class Receivers:
             "first_arrival_us": self.first_arrival_us,
             "last_arrival_us": self.last_arrival_us,
             "latencies_us": self.latencies_us,
+            "acks": self.acks,
         }
 
 

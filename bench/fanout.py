@@ -253,6 +253,7 @@ async def _one_run(
         "expected_deliveries": expected,
         "deliveries": docs,
         "frames": frames,
+        "acks": sum(r.get("acks", 0) for r in results),
         "closed_during_run": sum(r["closed"] for r in results),
         "window_seconds": round(window, 3) if window else None,
         "deliveries_per_s": round(docs / window) if window else 0,
