@@ -36,7 +36,6 @@ from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
 from replication import data_views
-from replication.changes import body_of
 from replication.models import Collection, Document, Tombstone
 from replication.protocol import mango
 from replication.protocol.conflicts import DELETE, WRITE, incoming_wins, version_key
@@ -748,14 +747,14 @@ def changes_read(
             if view.deleted:
                 row["deleted"] = True
             if include_docs:
-                row["doc"] = doc_render(change.doc_id, view, body_of(change.version))
+                row["doc"] = doc_render(change.doc_id, view, change.version.body)
             elif prefetch:
                 cache.remember(
                     grant.collection_id,
                     change.doc_id,
                     change.version.modified,
                     view,
-                    body_of(change.version),
+                    change.version.body,
                 )
             results.append(row)
         position = page.covered
@@ -768,7 +767,7 @@ def selector_passes(selector: Any, change: Any) -> bool:
     """`filter=_selector` and `filter=_view`: a change passes when its document matches the
     (bound) Mango selector. Deletes always pass, so a filtered replica drops what was deleted
     (CouchDB's own `_selector` loses them: a tombstone's body matches nothing)."""
-    return selector is None or change.deleted or selector.matches(body_of(change.version) or {})
+    return selector is None or change.deleted or selector.matches(change.version.body or {})
 
 
 def changes_selector(*, grant: DatabaseGrant, raw: Any = None, view: str | None = None) -> Any:
@@ -812,7 +811,7 @@ def changes_from_blocks(
             continue
         if block.start > position or block.epoch != epoch:
             return None
-        for change in block.changes:
+        for change in block.with_values():
             if change.seq <= position:
                 continue
             if (
@@ -834,7 +833,7 @@ def changes_from_blocks(
             if view.deleted:
                 row["deleted"] = True
             if include_docs:
-                row["doc"] = doc_render(change.doc_id, view, body_of(change.version))
+                row["doc"] = doc_render(change.doc_id, view, change.version.body)
             results.append(row)
         position = block.end
     if limit is not None and len(results) > limit:

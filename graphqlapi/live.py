@@ -89,7 +89,7 @@ async def document_changes(
                 offered = block.start
                 session.inbox.put_nowait(block)  # after the gap, on the next turn
                 continue
-            for change in block.changes:
+            for change in block.with_values():
                 if change.seq <= position:
                     continue
                 visible = scope.visible(change)

@@ -26,7 +26,6 @@ from core import metrics
 from core.errors import DataGateError, ErrorCode
 from graphqlapi import live, selectors
 from graphqlapi.errors import DataGateErrors
-from replication.changes import body_of
 from replication.models import Collection as CollectionModel
 from replication.protocol.markers import Markers as WireMarkers
 from replication.selectors import Change, collection_for_reader, collections_visible
@@ -139,7 +138,7 @@ class Document:
             modified=version.modified,
             origin=version.origin,
             deleted=change.deleted,
-            body=None if change.deleted else body_of(version),
+            body=None if change.deleted else version.body,
             seq=change.seq,
         )
 

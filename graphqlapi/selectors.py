@@ -17,7 +17,7 @@ from django.conf import settings
 
 from core.errors import DataGateError, ErrorCode
 from replication import data_views
-from replication.changes import Version, body_of
+from replication.changes import Version
 from replication.models import Collection, Document
 from replication.protocol import mango
 from replication.protocol.conflicts import DELETE, WRITE
@@ -54,18 +54,13 @@ class Scope:
         version = change.version
         if change.deleted or self.selector is None:
             return change
-        body = body_of(version) or {}  # a live block's bodies are read as text
-        if not self.selector.matches(body):
+        if not self.selector.matches(version.body or {}):
             removal = Version(version.doc_id, DELETE, version.modified, version.revision, "", None)
             return Change(change.seq, removal)
         if self.fields:
+            body = mango.project(version.body or {}, self.fields)
             version = Version(
-                version.doc_id,
-                WRITE,
-                version.modified,
-                version.revision,
-                version.origin,
-                mango.project(body, self.fields),
+                version.doc_id, WRITE, version.modified, version.revision, version.origin, body
             )
             return Change(change.seq, version)
         return change

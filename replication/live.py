@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 from channels.db import database_sync_to_async
@@ -38,6 +38,7 @@ from django.conf import settings
 
 from core.hub import Hub, process_hub
 from replication import selectors
+from replication.changes import body_of
 from replication.data_views import ViewSession, view_feed
 from replication.doorbell import (
     COLLECTION_CHANGED,
@@ -89,13 +90,29 @@ class FeedBlock:
     # The block as seen through each data view binding, classified and encoded once for all
     # the sessions of that binding (`view_body`).
     view_bodies: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    # `changes` read their bodies as JSON text, to splice them; `with_values` decodes them once
+    # here for every reader that needs the values (views, CouchDB feeds, GraphQL subscriptions).
+    _with_values: list[list[Change]] = field(default_factory=list, repr=False)
+
+    def with_values(self) -> list[Change]:
+        """The block's changes with their bodies' values (and their text, still spliced)."""
+        if not self._with_values:
+            self._with_values.append(
+                [
+                    change
+                    if change.version.body is not None or change.version.text is None
+                    else Change(change.seq, replace(change.version, body=body_of(change.version)))
+                    for change in self.changes
+                ]
+            )
+        return self._with_values[0]
 
     def view_body(self, view: ViewSession) -> str:
         """The feed body of this block through `view`: each change is evaluated once per
         (view, binding) in this process, however many replicas sync through it."""
         body = self.view_bodies.get(view.key)
         if body is None:
-            feed = view_feed(self.changes, selector=view.selector)
+            feed = view_feed(self.with_values(), selector=view.selector)
             body, _ = encode_served(
                 {
                     "feed": feed,
