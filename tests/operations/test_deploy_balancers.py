@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from replication.models import Document
-from tests.support.external_services import IN_CI
+from tests.support.external_services import unavailable
 from tests.support.server_processes import DaphneServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -36,11 +36,7 @@ def require_binary(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
     if found:
         return found
-    message = f"{name} is not installed (make loadbalancers installs it as root)"
-    if IN_CI:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    unavailable(f"{name} is not installed (make loadbalancers installs it as root)")
 
 
 @pytest.fixture

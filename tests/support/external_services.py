@@ -1,4 +1,5 @@
-"""Where the external services (PostgreSQL, Redis) are, and the rule for when they are missing.
+"""Where the external services (PostgreSQL, Redis) are, and the rule for when a service or tool
+a test needs is missing (`unavailable`).
 
 In CI (`CI=true`) a missing service is a failure; elsewhere the tests that need it skip with a
 clear reason.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import pytest
@@ -28,15 +30,19 @@ def reachable(url: str, default_port: int) -> bool:
         return False
 
 
+def unavailable(message: str) -> NoReturn:
+    """A service or tool a test needs is missing: a failure in CI (`CI=true`), where nothing may
+    be skipped for want of it, and a skip with the reason elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+    pytest.skip(message)
+
+
 def require_service(name: str, url: str, default_port: int) -> str:
     """Return the URL, or fail (CI) / skip (elsewhere) when the service is not reachable."""
     if reachable(url, default_port):
         return url
-    message = f"{name} is not reachable at {url}"
-    if IN_CI:
-        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
-    pytest.skip(f"{message} (required only in CI)")
-    raise AssertionError("unreachable")
+    unavailable(f"{name} is not reachable at {url}")
 
 
 def require_postgres() -> str:
@@ -65,7 +71,4 @@ def require_chromium() -> str:
     if os.access(CHROMIUM, os.X_OK):
         return CHROMIUM
     message = f"Chromium is not installed at {CHROMIUM} (make chromium installs it as root)"
-    if IN_CI:
-        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    unavailable(message)
