@@ -19,6 +19,7 @@ Needs Node and `npm ci` in bench/pouchdb (`make bench-couchdb` does it); skipped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import TENANT, PassContext, daphne, load, ratio, running
+from bench.harness import TENANT, PassContext, daphne, load, profiled, ratio, running
 from tests.support.server_processes import free_port
 
 NAME = "couchdb"
@@ -35,6 +36,8 @@ HERE = Path(__file__).resolve().parent / "pouchdb"
 WORKLOAD = HERE / "workload.js"
 POUCHDB_SERVER = HERE / "node_modules" / ".bin" / "pouchdb-server"
 STUB = HERE / "stub.js"
+# With --profile, how long py-spy samples DataGate in each part (the catch-up's includes its seed).
+PROFILE_SECONDS = {"push": 13.0, "catchup": 26.0, "live": 12.0}
 
 
 def _missing() -> str | None:
@@ -148,7 +151,13 @@ def run(ctx: PassContext) -> dict[str, Any]:
                 ("client_floor", f"{stub.http_url}/couch{part}", None),
             ):
                 entry[f"{label}_load_before"] = load()
-                entry[label] = _workload(part, {**options, "url": url, "token": token}, timeout)
+                seconds = PROFILE_SECONDS[part] if label == "datagate" else 0.0
+                with (
+                    profiled(ctx, server.process.pid, f"couchdb-{part}", seconds)
+                    if seconds
+                    else contextlib.nullcontext()
+                ):
+                    entry[label] = _workload(part, {**options, "url": url, "token": token}, timeout)
             result[key] = entry
     push, catch_up, live = result["push"], result["catch_up"], result["live"]
     push["ratio"] = ratio(

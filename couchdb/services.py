@@ -14,8 +14,7 @@ calls each in one `database_sync_to_async` step.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -40,9 +39,9 @@ from replication.models import Collection, Document, Tombstone
 from replication.protocol import mango
 from replication.protocol.conflicts import DELETE, WRITE, incoming_wins, version_key
 from replication.protocol.markers import Markers, PullStart, pull_start
+from replication.rows import collection_row, json_value, rows_by_ids
 from replication.selectors import change_page
 from replication.services.engine import (
-    LOOKUP_BATCH,
     batch_apply,
     collection_get_or_create,
     now_ms,
@@ -257,10 +256,8 @@ def seq_decode(raw: object) -> Markers:
 
 def since_resolve(*, grant: DatabaseGrant, raw: object) -> int:
     """The seq a feed starts after; DG-9001 when the client must start over."""
-    last_seq, purge_seq, epoch = (
-        Collection.objects.filter(pk=grant.collection_id)
-        .values_list("last_seq", "purge_seq", "epoch")
-        .get()
+    last_seq, purge_seq, epoch = collection_row(
+        grant.collection_id, ("last_seq", "purge_seq", "epoch")
     )
     if raw == "now":
         return int(last_seq)
@@ -274,44 +271,6 @@ def since_resolve(*, grant: DatabaseGrant, raw: object) -> int:
 # --- revision histories ------------------------------------------------------------------
 
 
-def _batches(ids: Sequence[str], size: int = LOOKUP_BATCH) -> Iterable[Sequence[str]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
-def _column(model: Any, field: str) -> str:
-    return connection.ops.quote_name(model._meta.get_field(field).column)
-
-
-def _json_value(raw: Any) -> Any:
-    """A JSON column as a raw cursor returns it: text (SQLite; Django's PostgreSQL loaders
-    hand jsonb over as text too), else already decoded."""
-    return json.loads(raw) if isinstance(raw, (str, bytes, bytearray)) else raw
-
-
-def _rows_by_ids(
-    model: Any, fields: Sequence[str], collection_id: int, ids: Sequence[str]
-) -> list[tuple[Any, ...]]:
-    """`fields` of the model's rows of one collection whose `doc_id` is among `ids`, as
-    plain tuples. The hot reads of every PouchDB batch (`_changes`, `_bulk_get`,
-    `_revs_diff`, `_bulk_docs`) ask this with 100 ids at a time; one parameterised statement
-    instead of a queryset saves compiling the IN list for every page (bench/RESULTS.md)."""
-    table = connection.ops.quote_name(model._meta.db_table)
-    columns = ", ".join(_column(model, f) for f in fields)
-    where = f"{_column(model, 'collection')} = %s AND {_column(model, 'doc_id')} IN"
-    rows: list[tuple[Any, ...]] = []
-    with connection.cursor() as cursor:
-        for batch in _batches(ids):
-            marks = ", ".join(["%s"] * len(batch))
-            # Only quoted names of the model's own table and columns go into the text.
-            cursor.execute(
-                f"SELECT {columns} FROM {table} WHERE {where} ({marks})",  # noqa: S608
-                [collection_id, *batch],
-            )
-            rows.extend(cursor.fetchall())
-    return rows
-
-
 def _stored_versions(
     collection_id: int, ids: Sequence[str], *, bodies: bool = False
 ) -> tuple[dict[str, StoredVersion], dict[str, dict[str, Any]]]:
@@ -320,12 +279,12 @@ def _stored_versions(
     if not ids:
         return stored, found_bodies
     doc_fields = ["doc_id", "revision", "modified", "origin", "seq", *(["body"] if bodies else [])]
-    for row in _rows_by_ids(Document, doc_fields, collection_id, ids):
+    for row in rows_by_ids(Document, doc_fields, collection_id, ids):
         stored[row[0]] = StoredVersion(row[0], False, row[1], row[2], row[3], row[4])
         if bodies:
-            found_bodies[row[0]] = _json_value(row[5])
+            found_bodies[row[0]] = json_value(row[5])
     tomb_fields = ["doc_id", "revision", "deleted_at", "origin", "seq"]
-    for doc_id, revision, deleted_at, origin, seq in _rows_by_ids(
+    for doc_id, revision, deleted_at, origin, seq in rows_by_ids(
         Tombstone, tomb_fields, collection_id, ids
     ):
         stored[doc_id] = StoredVersion(doc_id, True, revision, deleted_at, origin, seq)
@@ -337,10 +296,8 @@ def _histories(collection_id: int, ids: Sequence[str]) -> dict[str, History]:
     if not ids:
         return found
     fields = ["doc_id", "seq", "revs", "closed"]
-    for doc_id, seq, path, closed in _rows_by_ids(RevisionHistory, fields, collection_id, ids):
-        found[doc_id] = History(
-            seq, list(_json_value(path)), [list(b) for b in _json_value(closed)]
-        )
+    for doc_id, seq, path, closed in rows_by_ids(RevisionHistory, fields, collection_id, ids):
+        found[doc_id] = History(seq, list(json_value(path)), [list(b) for b in json_value(closed)])
     return found
 
 
@@ -464,7 +421,7 @@ def docs_apply(
     with transaction.atomic():
         # The collection's row lock first (batch_apply_many takes it again): nothing changes
         # these ids between reading their versions and writing.
-        Collection.objects.select_for_update().only("id").get(pk=grant.collection_id)
+        collection_row(grant.collection_id, ("id",), for_update=True)
         stored, bodies = _stored_versions(grant.collection_id, ids, bodies=True)
         views = views_read(collection_id=grant.collection_id, ids=ids, stored=stored)
         pending: dict[str, _Pending] = {}

@@ -14,9 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import TextField
-from django.db.models.functions import Cast
-
 from accounts import access
 from accounts.access import DocumentPredicate
 from accounts.models import Tenant
@@ -25,6 +22,7 @@ from replication.changes import Version, wire_document
 from replication.models import Collection, Document, Tombstone
 from replication.protocol.conflicts import DELETE, WRITE
 from replication.protocol.g3 import Held
+from replication.rows import BODY_NONE, BODY_TEXT, BODY_VALUE, collection_row, seq_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,41 +61,38 @@ def changes_since(
     With `as_text=True` each body is read as the JSON text the database holds (`Version.text`,
     body None) and never decoded: the pull and live feeds splice it into their frames
     (`changes.wire_document`). Decoding 100,000 bodies only to encode them again was most of
-    a catch-up's time (bench/RESULTS.md, "Issue 21: catch-up").
+    a catch-up's time (bench/RESULTS.md, "Issue 21: catch-up"). The rows are read with
+    plain statements (`replication.rows.seq_range`), not querysets compiled on every page.
     """
-    docs = Document.objects.filter(collection_id=collection_id, seq__gt=after_seq)
-    tombs = Tombstone.objects.filter(collection_id=collection_id, seq__gt=after_seq)
-    if up_to_seq is not None:
-        docs = docs.filter(seq__lte=up_to_seq)
-        tombs = tombs.filter(seq__lte=up_to_seq)
+
+    def window(model: type[Document] | type[Tombstone], body: str = BODY_NONE) -> list[Any]:
+        return seq_range(
+            model,
+            collection_id=collection_id,
+            after_seq=after_seq,
+            up_to_seq=up_to_seq,
+            limit=limit,
+            body=body,
+        )
+
     tomb_changes = [
         Change(seq, Version(doc_id, DELETE, deleted_at, revision, origin, None))
-        for seq, doc_id, deleted_at, revision, origin in tombs.order_by("seq").values_list(
-            "seq", "doc_id", "deleted_at", "revision", "origin"
-        )[:limit]
+        for seq, doc_id, deleted_at, revision, origin in window(Tombstone)
     ]
-    fields = ["seq", "doc_id", "modified", "revision", "origin"]
     if not bodies:
-        rows = docs.order_by("seq").values_list(*fields)[:limit]
         doc_changes = [
             Change(seq, Version(doc_id, WRITE, modified, revision, origin, None))
-            for seq, doc_id, modified, revision, origin in rows
+            for seq, doc_id, modified, revision, origin in window(Document)
         ]
     elif as_text:
-        rows = (
-            docs.annotate(body_text=Cast("body", TextField()))
-            .order_by("seq")
-            .values_list(*fields, "body_text")[:limit]
-        )
         doc_changes = [
             Change(seq, Version(doc_id, WRITE, modified, revision, origin, None, text))
-            for seq, doc_id, modified, revision, origin, text in rows
+            for seq, doc_id, modified, revision, origin, text in window(Document, BODY_TEXT)
         ]
     else:
-        rows = docs.order_by("seq").values_list(*fields, "body")[:limit]
         doc_changes = [
             Change(seq, Version(doc_id, WRITE, modified, revision, origin, body))
-            for seq, doc_id, modified, revision, origin, body in rows
+            for seq, doc_id, modified, revision, origin, body in window(Document, BODY_VALUE)
         ]
     if not tomb_changes:  # a first catch-up has none: no merge
         return doc_changes
@@ -115,8 +110,8 @@ def feed_from_changes(changes: list[Change]) -> dict[str, Any]:
 
 def collection_position(*, collection_id: int) -> tuple[int, int]:
     """(last_seq, purge_seq) of a collection."""
-    row = Collection.objects.filter(pk=collection_id).values_list("last_seq", "purge_seq").get()
-    return int(row[0]), int(row[1])
+    last_seq, purge_seq = collection_row(collection_id, ("last_seq", "purge_seq"))
+    return int(last_seq), int(purge_seq)
 
 
 def collection_state(*, collection_id: int) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from replication.models import (
 from replication.protocol.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
 from replication.protocol.ranges import STORED_SHIFT, VERSION_TAIL
 from replication.ranges import Deltas, bucket_deltas_apply
+from replication.rows import collection_last_seq_set, collection_row
 
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
 LOOKUP_BATCH = 500
@@ -495,12 +496,9 @@ def batch_apply_many(
 
     with transaction.atomic():
         # The row lock serialises writers of one collection, so seqs commit in order.
-        collection = (
-            Collection.objects.select_for_update()
-            .only("id", "last_seq", "purge_horizon_ms")
-            .get(pk=collection_id)
+        seq, horizon = collection_row(
+            collection_id, ("last_seq", "purge_horizon_ms"), for_update=True
         )
-        horizon = collection.purge_horizon_ms
         documents, tombstones = _stored_state(collection_id, ids)
         stored_bodies: dict[str, tuple[int, int, Any]] = {}
         if same_version_is_noop:
@@ -520,7 +518,6 @@ def batch_apply_many(
         }
         final: dict[str, tuple[Version, int, int]] = {}  # id -> (version, revision, seq)
         journal: list[tuple[Any, ...]] = []
-        seq = collection.last_seq
         created_at = connection.ops.adapt_datetimefield_value(timezone.now())
         for chunk in prepared:
             first = seq + 1
@@ -572,7 +569,7 @@ def batch_apply_many(
         _final_write(collection_id, final, documents, tombstones)
         bucket_deltas_apply(collection_id, _range_deltas(final, documents, tombstones))
         _rows_insert(JournalEntry, JOURNAL_COLUMNS, journal)
-        Collection.objects.filter(pk=collection_id).update(last_seq=seq)
+        collection_last_seq_set(collection_id, seq)
         ring_on_commit(collection_id=collection_id, seq=seq)
     return results
 

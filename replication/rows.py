@@ -1,0 +1,164 @@
+"""Plain-row statements of the hot paths: parameterised SQL over the models' own tables.
+
+Every push batch, pull page and CouchDB request reads or locks its collection's row, and
+every pull page reads a range of documents and tombstones. Through the ORM each of these
+compiled a queryset on every call: 10-20% of a pushing or pulling server's CPU (py-spy,
+bench/RESULTS.md, "Issue 21/18: plain-row statements"). Here each statement's text is built
+once per shape (table and column names quoted by the connection, never user input) and
+executed with parameters. The values are the same as the ORM's: integers, strings, and JSON
+bodies either decoded (`json_value`) or left as the text the database holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model
+
+from replication.models import Collection, Document, Tombstone
+
+
+def json_value(raw: Any) -> Any:
+    """A JSON column as a raw cursor returns it: text (SQLite; Django's PostgreSQL loaders
+    hand jsonb over as text too), else already decoded."""
+    return json.loads(raw) if isinstance(raw, (str, bytes, bytearray)) else raw
+
+
+def column(model: type[Model], field: str) -> str:
+    """The quoted column of a model's field (`collection` -> "collection_id")."""
+    name = model._meta.get_field(field).column  # type: ignore[union-attr]
+    assert isinstance(name, str)
+    return connection.ops.quote_name(name)
+
+
+def table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+@functools.lru_cache(maxsize=32)
+def _collection_select(vendor: str, fields: tuple[str, ...], for_update: bool) -> str:
+    columns = ", ".join(column(Collection, f) for f in fields)
+    lock = " FOR UPDATE" if for_update and connection.features.has_select_for_update else ""
+    return f"SELECT {columns} FROM {table(Collection)} WHERE {column(Collection, 'id')} = %s{lock}"  # noqa: S608
+
+
+def collection_row(
+    collection_id: int, fields: Sequence[str], *, for_update: bool = False
+) -> tuple[Any, ...]:
+    """`fields` of one collection's row; with `for_update` the row is locked for the
+    transaction (PostgreSQL's FOR UPDATE; SQLite's IMMEDIATE transaction already holds the
+    database's write lock). Collection.DoesNotExist when there is no such collection."""
+    sql = _collection_select(connection.vendor, tuple(fields), for_update)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [collection_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Collection.DoesNotExist(f"collection {collection_id}")
+    return tuple(row)
+
+
+@functools.lru_cache(maxsize=8)
+def _last_seq_update(vendor: str) -> str:
+    return (
+        f"UPDATE {table(Collection)} SET {column(Collection, 'last_seq')} = %s "  # noqa: S608
+        f"WHERE {column(Collection, 'id')} = %s"
+    )
+
+
+def collection_last_seq_set(collection_id: int, seq: int) -> None:
+    """Record a collection's newest seq (inside the writer's transaction, under its lock)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_last_seq_update(connection.vendor), [seq, collection_id])
+
+
+# Each body is read in one of three ways: not at all, decoded, or as the JSON text stored.
+BODY_NONE, BODY_VALUE, BODY_TEXT = "none", "value", "text"
+
+
+@functools.lru_cache(maxsize=32)
+def _range_select(vendor: str, model: type[Model], body: str, bounded: bool) -> str:
+    fields = ["seq", "doc_id", "modified" if model is Document else "deleted_at", "revision"]
+    columns = [column(model, f) for f in (*fields, "origin")]
+    if model is Document and body != BODY_NONE:
+        body_column = column(Document, "body")
+        # SQLite stores JSON as text already; PostgreSQL's jsonb is asked for its text.
+        columns.append(f"{body_column}::text" if vendor == "postgresql" else body_column)
+    seq = column(model, "seq")
+    upper = f" AND {seq} <= %s" if bounded else ""
+    return (
+        f"SELECT {', '.join(columns)} FROM {table(model)} "  # noqa: S608
+        f"WHERE {column(model, 'collection')} = %s AND {seq} > %s{upper} "
+        f"ORDER BY {seq} LIMIT %s"
+    )
+
+
+def seq_range(
+    model: type[Document] | type[Tombstone],
+    *,
+    collection_id: int,
+    after_seq: int,
+    up_to_seq: int | None,
+    limit: int,
+    body: str = BODY_NONE,
+) -> list[tuple[Any, ...]]:
+    """The rows of `model` with `after_seq < seq <= up_to_seq` in seq order, at most `limit`:
+    (seq, doc_id, stamp, revision, origin[, body]), the body as `body` says (documents only;
+    as text it is the database's JSON text, never decoded)."""
+    sql = _range_select(connection.vendor, model, body, up_to_seq is not None)
+    params: list[Any] = [collection_id, after_seq]
+    if up_to_seq is not None:
+        params.append(up_to_seq)
+    params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if model is Document and body == BODY_VALUE:
+        return [(*row[:5], json_value(row[5])) for row in rows]
+    if model is Document and body == BODY_TEXT and rows and not isinstance(rows[0][5], str):
+        return [(*row[:5], _text(row[5])) for row in rows]
+    return rows
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, (bytes, bytearray)):
+        return raw.decode()
+    return raw if isinstance(raw, str) else json.dumps(raw)
+
+
+# Ids per statement: under SQLite's default limit of 999 parameters with room to spare.
+IDS_PER_STATEMENT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _ids_select(vendor: str, model: type[Model], fields: tuple[str, ...], count: int) -> str:
+    columns = ", ".join(column(model, f) for f in fields)
+    # PostgreSQL: one array parameter (psycopg re-parses a statement of more than 50
+    # parameters on every call).
+    match = "= ANY(%s)" if vendor == "postgresql" else f"IN ({', '.join(['%s'] * count)})"
+    return (
+        f"SELECT {columns} FROM {table(model)} "  # noqa: S608
+        f"WHERE {column(model, 'collection')} = %s AND {column(model, 'doc_id')} {match}"
+    )
+
+
+def rows_by_ids(
+    model: type[Model], fields: Sequence[str], collection_id: int, ids: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """`fields` of the model's rows of one collection whose `doc_id` is among `ids`, as
+    plain tuples (JSON columns as `json_value` takes them)."""
+    found: list[tuple[Any, ...]] = []
+    vendor = connection.vendor
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), IDS_PER_STATEMENT):
+            batch = list(ids[start : start + IDS_PER_STATEMENT])
+            sql = _ids_select(vendor, model, tuple(fields), len(batch))
+            params: list[Any] = (
+                [collection_id, batch] if vendor == "postgresql" else [collection_id, *batch]
+            )
+            cursor.execute(sql, params)
+            found.extend(cursor.fetchall())
+    return found
