@@ -27,7 +27,7 @@ from django.http import QueryDict
 from accounts.models import Tenant
 from console.access import tenant_readable
 from console.dashboard import dashboard_fragments, replicas_fragments
-from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
+from core.daphne_websocket import OVERSIZED, install_close_handling
 from replication.doorbell import collection_group
 from replication.models import Collection
 
@@ -38,7 +38,7 @@ MIN_GAP_SECONDS = 1.0
 CLOSE_FORBIDDEN = 4403
 CLOSE_FRAME_TOO_LARGE = 1009
 
-allow_protocol_close_codes()  # 1009 for a message over the frame limit
+install_close_handling()  # 1009 for a message over the frame limit
 
 
 def _authorize(

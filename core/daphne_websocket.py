@@ -1,11 +1,19 @@
-"""Let daphne send the RFC 6455 close codes the protocol needs: 1001 and 1009.
+"""How daphne closes websockets, made to fit the protocol.
 
-Daphne closes a websocket through autobahn's `sendClose`, which only accepts 1000 and
-3000-4999 from an application. PROTOCOL.md needs 1001 (server going away, on shutdown) and
-1009 (frame too large), both codes RFC 6455 lets an endpoint send. This widens daphne's
-`serverClose` to send those codes with autobahn's lower-level `sendCloseFrame` (which sends the
-frame and moves the protocol to CLOSING exactly like `sendClose`). Other codes go through
-daphne unchanged. Without daphne installed this does nothing.
+1. The close codes the protocol needs: 1001 and 1009. Daphne closes a websocket through
+   autobahn's `sendClose`, which only accepts 1000 and 3000-4999 from an application.
+   PROTOCOL.md needs 1001 (server going away, on shutdown) and 1009 (frame too large), both
+   codes RFC 6455 lets an endpoint send. This widens daphne's `serverClose` to send those codes
+   with autobahn's lower-level `sendCloseFrame` (which sends the frame and moves the protocol to
+   CLOSING exactly like `sendClose`). Other codes go through daphne unchanged.
+2. A simultaneous close ends cleanly. When the server has sent its Close (a Disconnect
+   answered, a refusal) and the client's own Close crosses it, autobahn, as a server, aborts
+   the TCP connection (RST) at once. Twisted then discards what it had not written yet, the
+   server's Close frame among it, and the client sees 1006 instead of the code it was sent
+   (seen with the SDK's topics client under load: it sends Disconnect and closes). Here the
+   connection is closed after the write buffer is flushed, as in every other clean close.
+
+Without daphne installed this does nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from django.conf import settings
 RFC_CLOSE_CODES = frozenset({1001, 1009, 1011})
 
 
-def allow_protocol_close_codes() -> None:
+def install_close_handling() -> None:
     # Not at module top: daphne pulls in Twisted and autobahn, which importers of core need not.
     try:
         from daphne.ws_protocol import WebSocketProtocol
@@ -37,6 +45,26 @@ def allow_protocol_close_codes() -> None:
         original(self, code)
 
     WebSocketProtocol.serverClose = server_close
+
+    original_on_close_frame = WebSocketProtocol.onCloseFrame
+    original_drop = WebSocketProtocol.dropConnection
+
+    def on_close_frame(self: Any, code: int, reason_raw: bytes) -> Any:
+        # The peer's Close answers (or crossed) ours: the handshake is complete, and the TCP
+        # connection is to be closed after what we queued, our Close frame, is written.
+        self._datagate_flush_on_drop = self.state == self.STATE_CLOSING
+        try:
+            return original_on_close_frame(self, code, reason_raw)
+        finally:
+            self._datagate_flush_on_drop = False
+
+    def drop_connection(self: Any, abort: bool = False) -> None:
+        if abort and getattr(self, "_datagate_flush_on_drop", False):
+            abort = False
+        original_drop(self, abort)
+
+    WebSocketProtocol.onCloseFrame = on_close_frame
+    WebSocketProtocol.dropConnection = drop_connection
     WebSocketProtocol._datagate_close_codes = True
 
 

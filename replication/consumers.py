@@ -22,7 +22,7 @@ from django.conf import settings
 
 from core import metrics
 from core.consumer_dispatch import DirectDispatchMixin
-from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
+from core.daphne_websocket import OVERSIZED, install_close_handling
 from core.errors import DataGateError, ErrorCode
 from core.hub import Hub, process_hub
 from replication import data_views, ranges, selectors
@@ -43,7 +43,7 @@ from replication.services.sessions import (
 
 logger = logging.getLogger(__name__)
 
-allow_protocol_close_codes()
+install_close_handling()
 
 # Not a configured alias: Channels then gives the consumer no layer channel of its own. Live
 # sessions hear about changes through the process hub (core.hub), which listens once per process.

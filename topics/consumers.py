@@ -24,7 +24,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core.consumer_dispatch import DirectDispatchMixin
-from core.daphne_websocket import OVERSIZED, allow_protocol_close_codes
+from core.daphne_websocket import OVERSIZED, install_close_handling
 from core.errors import CloseCode, DataGateError, ErrorCode, fatal_close_code
 from core.hub import process_hub
 from topics import protocol
@@ -47,7 +47,7 @@ from topics.services import Publication
 
 logger = logging.getLogger(__name__)
 
-allow_protocol_close_codes()  # 1009 for a frame too large
+install_close_handling()  # 1009 for a frame too large
 
 # Not a configured alias: Channels then gives the consumer no layer channel of its own (no
 # Redis receive loop per socket). Subscribers hear about topics through the process's hub.

@@ -18,6 +18,8 @@ from tests.support.server_processes import DaphneServer
 
 pytestmark = [pytest.mark.e2e]
 
+CLOSES = 20
+
 
 @pytest.fixture(autouse=True)
 def fast_passwords(settings: Any) -> None:
@@ -87,16 +89,22 @@ def test_a_topics_socket_closes_normally_without_an_error(
 ) -> None:
     token = str(issue_token(member("alice", "writer"), "topics"))
 
-    async def talk() -> int | None:
-        client = TopicsClient(daphne.ws_url, tenant="acme", token=token, device="d1")
-        await client.connect()
-        socket = client._socket
-        assert socket is not None
-        await client.close()  # sends Disconnect; the server closes 1000
-        await socket.wait_closed()
-        return socket.close_code
+    async def talk() -> list[int | None]:
+        codes: list[int | None] = []
+        # Several times: the client's Close crosses the server's (the SDK sends Disconnect and
+        # closes at once), and autobahn's abort on that path lost the server's Close frame
+        # now and then, more often under load (close 1006; core/daphne_websocket.py).
+        for _ in range(CLOSES):
+            client = TopicsClient(daphne.ws_url, tenant="acme", token=token, device="d1")
+            await client.connect()
+            socket = client._socket
+            assert socket is not None
+            await client.close()  # sends Disconnect; the server closes 1000
+            await socket.wait_closed()
+            codes.append(socket.close_code)
+        return codes
 
-    assert asyncio.run(talk()) == 1000
+    assert asyncio.run(talk()) == [1000] * CLOSES
     internal = ErrorEvent.objects.filter(code="DG-5003")
     assert not internal.exists(), list(internal.values_list("text", flat=True))
     log = daphne.log()
