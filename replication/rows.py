@@ -19,7 +19,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Model
 
-from replication.models import Collection, Document, Tombstone
+from replication.models import Collection, Document, Replica, Tombstone
 
 
 def json_value(raw: Any) -> Any:
@@ -162,3 +162,24 @@ def rows_by_ids(
             cursor.execute(sql, params)
             found.extend(cursor.fetchall())
     return found
+
+
+@functools.lru_cache(maxsize=8)
+def _replica_ack_update(vendor: str) -> str:
+    acked, pulled = column(Replica, "last_acked_seq"), column(Replica, "pulled_count")
+    return (
+        f"UPDATE {table(Replica)} SET "  # noqa: S608
+        f"{acked} = CASE WHEN {acked} < %s THEN %s ELSE {acked} END, "
+        f"{pulled} = {pulled} + %s, {column(Replica, 'last_seen')} = %s "
+        f"WHERE {column(Replica, 'id')} = %s"
+    )
+
+
+def replica_ack_record(replica_pk: int, *, seq: int, pulled: int, seen: Any) -> None:
+    """One statement for a replica's ack: its acknowledged seq (never backwards), the count of
+    documents it pulled, and when it was last seen (an aware datetime)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _replica_ack_update(connection.vendor),
+            [seq, seq, pulled, connection.ops.adapt_datetimefield_value(seen), replica_pk],
+        )

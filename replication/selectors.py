@@ -150,9 +150,7 @@ def change_page(
     The collection's counter is read first: every change at or below it has committed, so the
     page covers (after_seq, covered] without a gap (docs/decisions/0002).
     """
-    last_seq, epoch = (
-        Collection.objects.filter(pk=collection_id).values_list("last_seq", "epoch").get()
-    )
+    last_seq, epoch = collection_row(collection_id, ("last_seq", "epoch"))
     bound = last_seq if up_to_seq is None else min(up_to_seq, last_seq)
     if bound <= after_seq:
         return ChangePage([], after_seq, int(last_seq), int(epoch))
@@ -170,12 +168,8 @@ def change_page(
 
 def collection_head(*, collection_id: int) -> tuple[int, int, int]:
     """(last_seq, purge_seq, epoch) of a collection: where a pull starts and ends."""
-    row = (
-        Collection.objects.filter(pk=collection_id)
-        .values_list("last_seq", "purge_seq", "epoch")
-        .get()
-    )
-    return int(row[0]), int(row[1]), int(row[2])
+    last_seq, purge_seq, epoch = collection_row(collection_id, ("last_seq", "purge_seq", "epoch"))
+    return int(last_seq), int(purge_seq), int(epoch)
 
 
 def document_stamps(*, collection_id: int) -> list[tuple[str, int]]:
