@@ -391,6 +391,9 @@ def profiled(ctx: PassContext, pid: int, name: str, seconds: float) -> Iterator[
             "raw",
             "--rate",
             "200",
+            # BENCH_PROFILE_GIL=1: only the thread holding the GIL, so that two busy threads
+            # (the event loop and the database thread) are not both counted while one waits.
+            *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
             "--output",
             str(out),
         ],

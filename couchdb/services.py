@@ -14,10 +14,12 @@ calls each in one `database_sync_to_async` step.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from json.encoder import encode_basestring
 from typing import Any
 
 from django.conf import settings
@@ -35,6 +37,7 @@ from couchdb import cache, revs
 from couchdb.models import LocalDocument, RevisionHistory
 from couchdb.revs import BadRevision, History, StoredVersion
 from replication import data_views
+from replication.changes import splice_fields
 from replication.models import Collection, Document, Tombstone
 from replication.protocol import mango
 from replication.protocol.conflicts import DELETE, WRITE, incoming_wins, version_key
@@ -675,8 +678,10 @@ def changes_read(
             collection_id=grant.collection_id,
             after_seq=position,
             limit=want,
-            # A selector reads the bodies it matches; a prefetch keeps them for _bulk_get.
+            # A selector reads the bodies it matches; a prefetch keeps them for _bulk_get, as
+            # the JSON text stored, which `_bulk_get` splices into its answer undecoded.
             bodies=include_docs or prefetch or selector is not None,
+            as_text=prefetch and not include_docs and selector is None,
         )
         head, epoch = page.head, page.epoch
         changes = [
@@ -711,7 +716,7 @@ def changes_read(
                     change.doc_id,
                     change.version.modified,
                     view,
-                    change.version.body,
+                    change.version.body if change.version.text is None else change.version.text,
                 )
             results.append(row)
         position = page.covered
@@ -853,16 +858,37 @@ def docs_get(
     return answer
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedResult:
+    """One `_bulk_get` result already encoded: its body was spliced from the stored text."""
+
+    text: str
+
+
+def _spliced_result(
+    doc_id: str, rev: str, path: list[str], text: str, with_revs: bool
+) -> str | None:
+    fields = f'"_id":{encode_basestring(doc_id)},"_rev":{encode_basestring(rev)}'
+    if with_revs:
+        fields += ',"_revisions":' + json.dumps(revs.revisions_of(path), separators=(",", ":"))
+    doc = splice_fields(text, fields)
+    if doc is None:
+        return None
+    return f'{{"id":{encode_basestring(doc_id)},"docs":[{{"ok":{doc}}}]}}'
+
+
 def docs_get_cached(
     *, grant: DatabaseGrant, asked: Sequence[tuple[str, str | None]], with_revs: bool
-) -> list[dict[str, Any]] | None:
+) -> list[dict[str, Any] | EncodedResult] | None:
     """`_bulk_get` from the leaf cache when every asked revision is there, else None.
 
     A live PouchDB asks for the leaves `_changes` just listed, which the write that made them
     (or an earlier read) put in the cache. An asked leaf is answered as it is even with
     `latest=true` when a newer one exists: revisions never change, and the replica fetches
-    the newer leaf with the next change."""
-    answer: list[dict[str, Any]] = []
+    the newer leaf with the next change. A leaf a replicator's `_changes` page cached holds
+    its body as the stored JSON text: it is spliced into the answer (`EncodedResult`), not
+    decoded and encoded again, unless the splice screen (`changes.splice_fields`) says no."""
+    answer: list[dict[str, Any] | EncodedResult] = []
     for doc_id, rev in asked:
         if not grant.may_read(doc_id):
             answer.append({"id": doc_id, "docs": [_not_found(doc_id, rev)]})
@@ -872,7 +898,13 @@ def docs_get_cached(
         found = cache.leaves.get((grant.collection_id, doc_id, rev))
         if found is None:
             return None
-        path, deleted, body = found
+        path, deleted, held = found
+        if isinstance(held, str) and not deleted:
+            spliced = _spliced_result(doc_id, rev, path, held, with_revs)
+            if spliced is not None:
+                answer.append(EncodedResult(spliced))
+                continue
+        body = json.loads(held) if isinstance(held, str) else held
         doc: dict[str, Any] = {"_id": doc_id, "_rev": rev}
         if deleted:
             doc["_deleted"] = True

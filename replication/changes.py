@@ -217,6 +217,28 @@ _DECODE_FIRST = re.compile(r'NaN|Infinity|\\u[dD][89a-fA-F]|"_')
 _SPLICE_MAX_BRACKETS = 256
 
 
+def _splice_head(text: str | None) -> str | None:
+    """A stored body's text without its closing brace, ready for more fields to follow (a
+    comma added unless it is empty), if the screen above lets it be spliced; else None."""
+    if (
+        text is None
+        or not text.startswith("{")
+        or not text.endswith("}")
+        or _DECODE_FIRST.search(text) is not None
+        or text.count("{") + text.count("[") > _SPLICE_MAX_BRACKETS
+    ):
+        return None
+    head = text[:-1].rstrip()
+    return head if head == "{" else head + ","
+
+
+def splice_fields(text: str | None, fields: str) -> str | None:
+    """The stored body `text` with `fields` (JSON `"name":value` pairs, comma-separated)
+    after its own, without decoding it; None when the screen says to decode it instead."""
+    head = _splice_head(text)
+    return None if head is None else f"{head}{fields}}}"
+
+
 def wire_document(version: Version) -> dict[str, Any] | EncodedDocument:
     """A write version as a wire document: spliced from its body text when it has one that
     passes the screen above (the body is not decoded), else as `version_to_wire` makes it.
@@ -226,13 +248,8 @@ def wire_document(version: Version) -> dict[str, Any] | EncodedDocument:
     sorts keys) and its spaces after `:` and `,` (valid JSON, a few bytes more).
     """
     text = version.text
-    if (
-        text is None
-        or not text.startswith("{")
-        or not text.endswith("}")
-        or _DECODE_FIRST.search(text) is not None
-        or text.count("{") + text.count("[") > _SPLICE_MAX_BRACKETS
-    ):
+    head = _splice_head(text)
+    if head is None:
         if version.body is None and text is not None:
             version = Version(
                 version.doc_id,
@@ -243,9 +260,8 @@ def wire_document(version: Version) -> dict[str, Any] | EncodedDocument:
                 json.loads(text),
             )
         return version_to_wire(version)
-    head = text[:-1].rstrip()
     meta = (
-        f'{head}{"," if head != "{" else ""}"_id":{encode_basestring(version.doc_id)},'
+        f'{head}"_id":{encode_basestring(version.doc_id)},'
         f'"_revision":{version.revision},"_modified":{version.modified}'
     )
     return EncodedDocument(

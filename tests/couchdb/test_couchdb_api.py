@@ -495,3 +495,86 @@ async def test_concurrent_writes_are_applied_together_in_order(people: dict[str,
     assert sorted([answers[0][0], answers[12][0]]) == [201, 409]
     _, changes = await couch("GET", f"{DB}/_changes", token)
     assert sorted(r["id"] for r in changes["results"]) == sorted(f"c{i}" for i in range(12))
+
+
+# What the door stores: no NUL, no lone surrogate (those are refused, DG-4010).
+storable_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
+json_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | storable_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(storable_text, inner, max_size=3),
+    max_leaves=10,
+)
+body_strategy = st.dictionaries(
+    storable_text.filter(lambda k: k != "" and not k.startswith("_")), json_value, max_size=4
+)
+_written = iter(range(10**9))
+
+
+@given(body=body_strategy, with_revs=st.booleans())
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_bulk_get_after_a_replicators_changes_page_gives_back_the_stored_body(
+    ann_grant: Any, body: dict[str, Any], with_revs: bool
+) -> None:
+    """A replicator's `_changes` page caches each leaf with its body as the stored JSON text,
+    and `_bulk_get` splices it into the answer (or decodes it, when the splice screen says
+    so): either way the document that comes back is the one stored."""
+    import json
+
+    from couchdb.asgi import bulk_get_body
+    from couchdb.services import changes_read, docs_get_cached
+    from replication.services.engine import batch_apply
+
+    doc_id = f"spliced-{next(_written)}"
+    result = batch_apply(
+        actor=SYSTEM,
+        collection_id=ann_grant.collection_id,
+        feed={"changeSet": [{"_id": doc_id, "_revision": 1, "_modified": 1, **body}]},
+        origin="other-door",
+    )
+    assert not result.rejected
+    page = changes_read(grant=ann_grant, since=0, limit=None, all_docs=True, prefetch=True)
+    row = next(r for r in page.results if r["id"] == doc_id)
+    rev = row["changes"][0]["rev"]
+    answer = docs_get_cached(grant=ann_grant, asked=[(doc_id, rev)], with_revs=with_revs)
+    assert answer is not None
+    (got,) = json.loads(bulk_get_body(answer))["results"]
+    doc = got["docs"][0]["ok"]
+    assert doc.pop("_id") == doc_id
+    assert doc.pop("_rev") == rev
+    if with_revs:
+        assert doc.pop("_revisions")["start"] == 1
+    # PostgreSQL's jsonb writes an integral float as an integer (the same JSON number).
+    assert _numbers_as_decimals(doc) == _numbers_as_decimals(body)
+
+
+def _numbers_as_decimals(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return Decimal(repr(value))
+    if isinstance(value, list):
+        return [_numbers_as_decimals(v) for v in value]
+    return {k: _numbers_as_decimals(v) for k, v in value.items()}
+
+
+def test_a_plain_body_is_spliced_not_decoded(ann_grant: Any) -> None:
+    from couchdb.services import EncodedResult, changes_read, docs_get_cached
+    from replication.services.engine import batch_apply
+
+    batch_apply(
+        actor=SYSTEM,
+        collection_id=ann_grant.collection_id,
+        feed={"changeSet": [{"_id": "plain", "_revision": 1, "_modified": 1, "title": "A"}]},
+        origin="other-door",
+    )
+    page = changes_read(grant=ann_grant, since=0, limit=None, all_docs=True, prefetch=True)
+    rev = next(r for r in page.results if r["id"] == "plain")["changes"][0]["rev"]
+    answer = docs_get_cached(grant=ann_grant, asked=[("plain", rev)], with_revs=True)
+    assert answer is not None
+    assert isinstance(answer[0], EncodedResult)

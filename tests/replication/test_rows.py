@@ -23,7 +23,7 @@ from replication.services.engine import batch_apply
 pytestmark = [pytest.mark.storage, pytest.mark.django_db]
 
 T0 = 1_700_000_000_000
-BODIES = [
+BODIES: list[dict[str, Any]] = [
     {"n": 1},
     {},
     {"text": "ünïcode ✓", "nested": {"list": [1, 2.5, None, True]}},
@@ -48,7 +48,12 @@ def collection(tenant: Any) -> Collection:
 
 
 def test_a_seq_range_reads_what_the_orm_reads(collection: Collection) -> None:
-    window = {"collection_id": collection.pk, "after_seq": 0, "up_to_seq": None, "limit": 100}
+    window: dict[str, Any] = {
+        "collection_id": collection.pk,
+        "after_seq": 0,
+        "up_to_seq": None,
+        "limit": 100,
+    }
     expected = [
         (d.seq, d.doc_id, d.modified, d.revision, d.origin, d.body)
         for d in Document.objects.filter(collection=collection).order_by("seq")
