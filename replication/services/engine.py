@@ -54,7 +54,7 @@ from replication.models import (
 from replication.protocol.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
 from replication.protocol.ranges import STORED_SHIFT, VERSION_TAIL
 from replication.ranges import Deltas, bucket_deltas_apply
-from replication.rows import collection_last_seq_set, collection_row
+from replication.rows import collection_last_seq_set, collection_row, rows_by_ids
 
 # An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
 LOOKUP_BATCH = 500
@@ -199,32 +199,18 @@ def _stored_state(
 ) -> tuple[dict[str, _Stored], dict[str, _Stored]]:
     """The stored versions of `ids` (documents, tombstones), read as plain rows: no model
     instances, no JSON bodies, which the conflict rule never looks at."""
-    quote = connection.ops.quote_name
-    documents: dict[str, _Stored] = {}
-    tombstones: dict[str, _Stored] = {}
-    queries = (
-        (Document._meta.db_table, "modified", documents),
-        (Tombstone._meta.db_table, "deleted_at", tombstones),
-    )
-    with connection.cursor() as cursor:
-        for batch in _in_batches(ids):
-            params: list[Any]
-            if connection.vendor == "postgresql":
-                # One array parameter: psycopg re-parses any statement with more than 50
-                # parameters on every call, which was 10% of batch_apply's client CPU there.
-                match, params = "= ANY(%s)", [collection_id, batch]
-            else:
-                match, params = f"IN ({', '.join(['%s'] * len(batch))})", [collection_id, *batch]
-            for table, stamp, found in queries:
-                # Only quoted names of our own tables and columns go into the text.
-                cursor.execute(
-                    f"SELECT {quote('doc_id')}, {quote('revision')}, {quote(stamp)}, "  # noqa: S608
-                    f"{quote('origin')} FROM {quote(table)} "
-                    f"WHERE {quote('collection_id')} = %s AND {quote('doc_id')} {match}",
-                    params,
-                )
-                for doc_id, revision, stamp_value, origin in cursor.fetchall():
-                    found[doc_id] = _Stored(revision, stamp_value, origin)
+    documents = {
+        doc_id: _Stored(revision, modified, origin)
+        for doc_id, revision, modified, origin in rows_by_ids(
+            Document, ("doc_id", "revision", "modified", "origin"), collection_id, ids
+        )
+    }
+    tombstones = {
+        doc_id: _Stored(revision, deleted_at, origin)
+        for doc_id, revision, deleted_at, origin in rows_by_ids(
+            Tombstone, ("doc_id", "revision", "deleted_at", "origin"), collection_id, ids
+        )
+    }
     return documents, tombstones
 
 
