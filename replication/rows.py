@@ -183,3 +183,16 @@ def replica_ack_record(replica_pk: int, *, seq: int, pulled: int, seen: Any) -> 
             _replica_ack_update(connection.vendor),
             [seq, seq, pulled, connection.ops.adapt_datetimefield_value(seen), replica_pk],
         )
+
+
+def statistics_refresh(models: Sequence[type[Model]]) -> None:
+    """PostgreSQL: ANALYZE the models' tables now (a no-op elsewhere).
+
+    After a bulk load (an import), PostgreSQL plans with the statistics of the table as it was
+    until autovacuum analyses it: a table it believed nearly empty got every pull page planned
+    as a bitmap scan and a sort of all the rows after the marker, which costs more with every
+    row (20-35 ms a page at 100,000, bench/RESULTS.md "Issue 21: plain-row statements")."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {', '.join(table(model) for model in models)}")

@@ -40,6 +40,7 @@ from replication.protocol.conflicts import WRITE
 from replication.protocol.markers import new_epoch
 from replication.protocol.ranges import Header
 from replication.ranges import ranges_replace_from
+from replication.rows import statistics_refresh
 from replication.services.engine import collection_get_or_create
 
 FORMAT = "datagate-collection"
@@ -269,6 +270,11 @@ def _import_allowed(*, actor: Any, tenant: Tenant, name: str) -> None:
         raise DataGateError(ErrorCode.READ_ONLY, user=actor.get_username())
 
 
+# An import at least this large refreshes PostgreSQL's planner statistics when it commits
+# (`rows.statistics_refresh`): the first catch-ups need not wait for autovacuum.
+ANALYZE_AFTER_ROWS = 10_000
+
+
 def collection_import(*, actor: Any, tenant: Tenant, name: str, source: IO[str]) -> ImportReport:
     """Restore a collection from an export (see the module docstring for what moves where).
 
@@ -348,6 +354,8 @@ def collection_import(*, actor: Any, tenant: Tenant, name: str, source: IO[str])
             tombstone_ttl_days=header.get("tombstone_ttl_days"),
         )
         ring_on_commit(collection_id=collection.pk, seq=seq)
+    if len(rows) >= ANALYZE_AFTER_ROWS:
+        statistics_refresh([Document, Tombstone, JournalEntry])
     return ImportReport(
         collection=str(collection),
         documents=len(documents),
