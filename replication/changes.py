@@ -212,6 +212,19 @@ def body_of(version: Version) -> dict[str, Any] | None:
 # fields would be there twice). The screen also matches harmless text (a value "NaN", a string
 # starting with `_`): such a document is only served the slower way.
 _DECODE_FIRST = re.compile(r'NaN|Infinity|\\u[dD][89a-fA-F]|"_')
+
+
+def _decode_first(text: str) -> bool:
+    """`_DECODE_FIRST.search(text)`, with plain substring tests first: they scan a body in
+    half the regex's time, and the regex runs only when an escape is there to tell apart."""
+    return (
+        "NaN" in text
+        or "Infinity" in text
+        or '"_' in text
+        or ("\\u" in text and _DECODE_FIRST.search(text) is not None)
+    )
+
+
 # More brackets than this and the body is decoded first: the encoder's recursion limit decides
 # whether very deep nesting goes out, as before (docs/decisions/0013).
 _SPLICE_MAX_BRACKETS = 256
@@ -224,7 +237,7 @@ def _splice_head(text: str | None) -> str | None:
         text is None
         or not text.startswith("{")
         or not text.endswith("}")
-        or _DECODE_FIRST.search(text) is not None
+        or _decode_first(text)
         or text.count("{") + text.count("[") > _SPLICE_MAX_BRACKETS
     ):
         return None

@@ -229,3 +229,14 @@ def test_planted_rows_are_served_or_left_out_the_same_way_spliced(collection: An
     assert served == set(ids) - left_out
     reserved = next(d for d in new["feed"]["changeSet"] if d["_id"] == "reserved")
     assert reserved["_revision"] == 1
+
+
+@given(
+    text=st.text(alphabet=st.sampled_from(list('NaInfity"_\\udD89aFx{}[]: ,')), max_size=40)
+    | st.text(max_size=40)
+)
+@settings(max_examples=300, deadline=None)
+def test_the_splice_screens_substring_tests_say_what_its_regex_says(text: str) -> None:
+    from replication.changes import _DECODE_FIRST, _decode_first
+
+    assert _decode_first(text) == (_DECODE_FIRST.search(text) is not None)
