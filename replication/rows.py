@@ -3,7 +3,7 @@
 Every push batch, pull page and CouchDB request reads or locks its collection's row, and
 every pull page reads a range of documents and tombstones. Through the ORM each of these
 compiled a queryset on every call: 10-20% of a pushing or pulling server's CPU (py-spy,
-bench/RESULTS.md, "Issue 21/18: plain-row statements"). Here each statement's text is built
+bench/RESULTS.md, "Issue 21: plain-row statements"). Here each statement's text is built
 once per shape (table and column names quoted by the connection, never user input) and
 executed with parameters. The values are the same as the ORM's: integers, strings, and JSON
 bodies either decoded (`json_value`) or left as the text the database holds.
