@@ -118,15 +118,7 @@ def seq_range(
         rows = cursor.fetchall()
     if model is Document and body == BODY_VALUE:
         return [(*row[:5], json_value(row[5])) for row in rows]
-    if model is Document and body == BODY_TEXT and rows and not isinstance(rows[0][5], str):
-        return [(*row[:5], _text(row[5])) for row in rows]
     return rows
-
-
-def _text(raw: Any) -> str:
-    if isinstance(raw, (bytes, bytearray)):
-        return raw.decode()
-    return raw if isinstance(raw, str) else json.dumps(raw)
 
 
 # Ids per statement: under SQLite's default limit of 999 parameters with room to spare.

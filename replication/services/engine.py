@@ -54,10 +54,17 @@ from replication.models import (
 from replication.protocol.conflicts import DELETE, WRITE, VersionKey, incoming_wins, version_key
 from replication.protocol.ranges import STORED_SHIFT, VERSION_TAIL
 from replication.ranges import Deltas, bucket_deltas_apply
-from replication.rows import collection_last_seq_set, collection_row, rows_by_ids
+from replication.rows import (
+    IDS_PER_STATEMENT,
+    collection_last_seq_set,
+    collection_row,
+    json_value,
+    rows_by_ids,
+)
 
-# An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits.
-LOOKUP_BATCH = 500
+# An IN (...) list per query: well below SQLite's and PostgreSQL's parameter limits (the
+# plain-row reads of `replication.rows` use the same size).
+LOOKUP_BATCH = IDS_PER_STATEMENT
 
 # What another app keeps in step with every write, inside its transaction (the search index):
 # called with collection_id, upserts as (doc_id, body) pairs and deletes as ids. Registered by
@@ -581,14 +588,12 @@ def _same_stamps(version: Version, stored: _Stored | None) -> bool:
 
 def _stored_documents(collection_id: int, ids: list[str]) -> dict[str, tuple[int, int, Any]]:
     """(revision, modified, body) of the stored documents among `ids`."""
-    found: dict[str, tuple[int, int, Any]] = {}
-    for batch in _in_batches(list(dict.fromkeys(ids))):
-        rows = Document.objects.filter(collection_id=collection_id, doc_id__in=batch)
-        for doc_id, revision, modified, body in rows.values_list(
-            "doc_id", "revision", "modified", "body"
-        ):
-            found[doc_id] = (revision, modified, body)
-    return found
+    return {
+        doc_id: (revision, modified, json_value(body))
+        for doc_id, revision, modified, body in rows_by_ids(
+            Document, ("doc_id", "revision", "modified", "body"), collection_id, ids
+        )
+    }
 
 
 def _echoes_processed(collection_id: int, prepared: Sequence[_Prepared]) -> None:
