@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +49,14 @@ from bench.wire import FEED, FEED_ACK, Session, live_session, open_socket, recei
 
 NAME = "fanout"
 KINDS = ("datagate", "bare_channels", "bare_websockets")
+
+
+def kinds() -> tuple[str, ...]:
+    """The servers this run measures: all of `KINDS`, or those `BENCH_FANOUT_KINDS` names
+    (comma-separated), e.g. `datagate,bare_websockets` for an A/B run without bare Channels."""
+    wanted = os.environ.get("BENCH_FANOUT_KINDS", "")
+    chosen = tuple(kind for kind in KINDS if kind in wanted.split(","))
+    return chosen or KINDS
 
 
 class BareWebsocketsServer:
@@ -292,7 +301,7 @@ def run(ctx: PassContext) -> dict[str, Any]:
     headline = []
     for replicas in ctx.sizes.fanout_replicas:
         entry: dict[str, Any] = {}
-        for kind in KINDS:
+        for kind in kinds():
             if kind == "datagate" and missing:
                 entry[kind] = {"skipped": missing}
                 continue
@@ -316,7 +325,7 @@ def run(ctx: PassContext) -> dict[str, Any]:
         }
         runs[str(replicas)] = entry
         parts = []
-        for kind in KINDS:
+        for kind in kinds():
             lat = entry[kind].get("latency", {})
             if lat.get("count"):
                 parts.append(f"{kind} p99 {lat['p99_ms']} ms {entry[kind]['deliveries_per_s']}/s")

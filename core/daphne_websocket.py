@@ -12,6 +12,8 @@
    server's Close frame among it, and the client sees 1006 instead of the code it was sent
    (seen with the SDK's topics client under load: it sends Disconnect and closes). Here the
    connection is closed after the write buffer is flushed, as in every other clean close.
+3. Frames go out at once, and small ones come in without a native masker each
+   (`install_direct_writes`): see its docstring.
 
 Without daphne installed this does nothing.
 """
@@ -160,3 +162,123 @@ def install_frame_limit(limit: int | None = None) -> None:
     WebSocketProtocol.onMessageFrameBegin = on_message_frame_begin
     WebSocketProtocol._max_message_size_exceeded = max_size_exceeded
     WebSocketProtocol._datagate_frame_limit_installed = True
+
+
+# --- frames to the socket at once ---------------------------------------------------------
+
+
+def install_direct_writes() -> None:
+    """Write each websocket frame to its socket at once, not on the reactor's next turn.
+
+    Twisted buffers every `transport.write` and registers the socket with the event loop as a
+    writer (an `epoll_ctl`), then writes on the loop's next turn and unregisters it (another).
+    For a live feed fanned out to 200 sockets that is 400 `epoll_ctl` calls and 200 extra
+    callbacks per feed, 10-12% of the server's busy time (bench/RESULTS.md, "Issue 21: frames
+    to the socket at once"). Here a frame is handed to `socket.send` at once when nothing is
+    waiting in the transport's buffer; what the kernel does not take (a slow reader, a full
+    buffer) and every error go to Twisted's own `write`, which keeps order and handles them as
+    before. A TLS transport, autobahn's chopped or synchronous writes and its octet logging
+    keep their own path.
+
+    autobahn's `sendData` and `dataReceived` also build the arguments of a debug log line (a
+    qualified name, coloured) on every call, logged or not: 3.4% of the busy time. These two
+    methods skip that line here; autobahn's frame-level logging (`logFrames`) is untouched.
+
+    Every frame a client sends is masked; autobahn unmasks each with a native masker made for
+    it through cffi (an import, two allocations and a finaliser per frame: 3.8% of the busy
+    time, for acks of 100 bytes). A frame under `SMALL_FRAME` bytes is unmasked by `IntMasker`
+    instead, with one XOR of two Python integers.
+    Without daphne installed this does nothing.
+    """
+    # Not at module top: daphne pulls in Twisted and autobahn, which importers of core need not.
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+        from twisted.internet import tcp
+    except ImportError:  # pragma: no cover - daphne is a dependency
+        return
+    if getattr(WebSocketProtocol, "_datagate_direct_writes", False):
+        return
+    original_send_data = WebSocketProtocol.sendData
+    state_open = WebSocketProtocol.STATE_OPEN
+    preopen = (WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING)
+
+    def send_data(self: Any, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize or self.send_queue or self.logOctets:
+            original_send_data(self, data, sync, chopsize)
+            return
+        write_now(self.transport, data, tcp.Connection)
+        if self.state == state_open:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state in preopen:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+
+    def data_received(self: Any, data: bytes) -> None:
+        self._dataReceived(data)
+
+    WebSocketProtocol.sendData = send_data
+    WebSocketProtocol.dataReceived = data_received
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    native_masker = autobahn_protocol.create_xor_masker
+
+    def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
+        if length is not None and length < SMALL_FRAME:
+            return IntMasker(mask)
+        return native_masker(mask, length)
+
+    autobahn_protocol.create_xor_masker = create_xor_masker
+    WebSocketProtocol._datagate_direct_writes = True
+
+
+def write_now(transport: Any, data: bytes, plain: Any) -> None:
+    """`transport.write(data)`, sending at once what the socket takes when nothing is queued.
+
+    `plain` is Twisted's `tcp.Connection`: only a plain (not TLS) TCP or Unix connection, open,
+    not closing, with an empty buffer, is written directly; anything else is Twisted's write.
+    """
+    if (
+        isinstance(transport, plain)
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and not transport.dataBuffer
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent >= 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+        # A lost connection (an exception returned, not raised): Twisted's own write buffers
+        # the frame and finds the loss on its next attempt, as it always did.
+    transport.write(data)
+
+
+# Client frames under this many bytes are unmasked by `IntMasker`, larger ones natively.
+SMALL_FRAME = 4096
+
+
+class IntMasker:
+    """Unmasks (XORs with the 4-byte mask, RFC 6455 section 5.3) a frame's payload as it comes,
+    piece by piece, with autobahn's masker interface (`pointer`, `reset`, `process`)."""
+
+    __slots__ = ("_mask", "_pointer")
+
+    def __init__(self, mask: bytes) -> None:
+        self._mask = bytes(mask)
+        self._pointer = 0
+
+    def pointer(self) -> int:
+        return self._pointer
+
+    def reset(self) -> None:
+        self._pointer = 0
+
+    def process(self, data: bytes) -> bytes:
+        size = len(data)
+        offset = self._pointer & 3
+        key = (self._mask * ((size + offset) // 4 + 1))[offset : offset + size]
+        self._pointer += size
+        unmasked = int.from_bytes(data, "little") ^ int.from_bytes(key, "little")
+        return unmasked.to_bytes(size, "little")

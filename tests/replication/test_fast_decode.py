@@ -63,8 +63,12 @@ def _same_value(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
+def _refuse(text: str | bytes) -> Any:
+    raise ValueError("the old path: json.loads and the full envelope check")
+
+
 def _old_decode(text: str | bytes) -> tuple[str, Any]:
-    with mock.patch.object(envelope, "_frame_loads", json.loads):
+    with mock.patch.object(envelope, "_fast_loads", _refuse):
         return _outcome(lambda: envelope.decode_frame(text))
 
 
@@ -112,6 +116,24 @@ def test_frames_msgspec_refuses_fall_back_to_the_old_decoding() -> None:
         "[" * 100_000 + "]" * 100_000,
     ):
         assert _outcome(lambda t=text: envelope.decode_frame(t)) == _old_decode(text)
+
+
+def test_a_plain_ack_skips_the_envelope_check_and_the_rest_still_get_it() -> None:
+    ack = '{"header":{"id":"a","messageType":"feed.ack"},"receipt":{"endMarkers":{"seq":4}}}'
+    with mock.patch.object(envelope, "_envelope_check") as check:
+        envelope.decode_frame(ack)
+        envelope.decode_frame(ack.encode())
+    assert check.call_count == 0
+    for frame in (
+        '{"header":{"id":"a\\u0000","messageType":"t"}}',  # NUL in the header: DG-2004
+        '{"header":{"id":"a","messageType":"t","x":' + "[" * 70 + "]" * 70 + "}}",
+    ):
+        with mock.patch.object(envelope, "_envelope_check") as check:
+            envelope.decode_frame(frame)
+        assert check.call_count == 1
+        assert _outcome(lambda f=frame: envelope.decode_frame(f)) == _old_decode(frame)
+    nul = '{"header":{"id":"a\\u0000","messageType":"t"}}'
+    assert _outcome(lambda: envelope.decode_frame(nul))[0] == "DG-2004"
 
 
 LIMITS = st.builds(
