@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import msgspec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -490,9 +491,21 @@ def encode_body(body: dict[str, Any]) -> str:
     return encode(body)
 
 
+_header_encode = msgspec.json.Encoder().encode
+
+
+def encode_header(header: dict[str, Any]) -> str:
+    """`encode(header)`, the fast way: msgspec writes a header (strings, integers, None) about
+    five times as fast as `json.dumps`. What it refuses (a lone surrogate) `encode` writes."""
+    try:
+        return _header_encode(header).decode()
+    except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError among them
+        return encode(header)
+
+
 def splice(header: dict[str, Any], encoded_body: str) -> str:
     """A frame from a header and a body `encode_body` made: the body's bytes are reused."""
-    head = '{"header":' + encode(header)
+    head = '{"header":' + encode_header(header)
     if encoded_body == "{}":
         return head + "}"
     return head + "," + encoded_body[1:]
