@@ -19,6 +19,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Model
 
+from accounts.models import Tenant
 from replication.models import Collection, Document, Replica, Tombstone
 
 
@@ -59,6 +60,53 @@ def collection_row(
     if row is None:
         raise Collection.DoesNotExist(f"collection {collection_id}")
     return tuple(row)
+
+
+@functools.lru_cache(maxsize=8)
+def _collection_and_tenant_select(vendor: str) -> str:
+    tenant_columns = ", ".join(f"t.{column(Tenant, f.name)}" for f in Tenant._meta.concrete_fields)
+    collection_columns = ", ".join(
+        f"c.{column(Collection, f.name)}" for f in Collection._meta.concrete_fields
+    )
+    return (
+        f"SELECT {tenant_columns}, {collection_columns} FROM {table(Tenant)} t "  # noqa: S608
+        f"LEFT JOIN {table(Collection)} c ON c.{column(Collection, 'tenant')} = "
+        f"t.{column(Tenant, 'id')} AND c.{column(Collection, 'name')} = %s "
+        f"WHERE t.{column(Tenant, 'slug')} = %s"
+    )
+
+
+def collection_and_tenant(tenant_slug: str, name: str) -> tuple[Collection | None, Tenant | None]:
+    """The collection `name` of the tenant `tenant_slug` (with its tenant cached on it) and
+    the tenant, in one statement: (None, tenant) when the tenant has no such collection,
+    (None, None) when there is no such tenant. A Connect asks this first; through the ORM
+    (`select_related`) composing it was a sixth of a connecting server's busy time
+    (bench/RESULTS.md, "Issue 21: the connect path, profiled")."""
+    with connection.cursor() as cursor:
+        cursor.execute(_collection_and_tenant_select(connection.vendor), [name, tenant_slug])
+        row = cursor.fetchone()
+    if row is None:
+        return None, None
+    split = len(Tenant._meta.concrete_fields)
+    tenant = _instance(Tenant, row[:split])
+    if row[split] is None:
+        return None, tenant
+    collection = _instance(Collection, row[split:])
+    collection.tenant = tenant
+    return collection, tenant
+
+
+def _instance(model: type[Any], values: Sequence[Any]) -> Any:
+    """A model instance from its concrete fields' raw column values, converted as the ORM
+    converts them (the backend's converters, then the field's: SQLite's datetime text)."""
+    fields = model._meta.concrete_fields
+    converted = []
+    for field, value in zip(fields, values, strict=True):
+        col = field.get_col(model._meta.db_table)
+        for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+            value = convert(value, col, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, [field.attname for field in fields], converted)
 
 
 @functools.lru_cache(maxsize=8)

@@ -66,7 +66,7 @@ from accounts.tokens import (
 from core.errors import DataGateError, ErrorCode
 from replication import selectors
 from replication.changes import Rejection
-from replication.models import Collection
+from replication.rows import collection_and_tenant
 from replication.services.engine import (
     ApplyResult,
     batch_apply_many,
@@ -129,17 +129,9 @@ def session_open(
     not_found = DataGateError(
         ErrorCode.COLLECTION_NOT_FOUND, fatal=True, tenant=tenant_slug, collection=collection_name
     )
-    # The collection with its tenant in one query; the tenant alone when the collection is new.
-    collection = (
-        Collection.objects.select_related("tenant")
-        .filter(tenant__slug=tenant_slug, name=collection_name)
-        .first()
-    )
-    tenant = (
-        collection.tenant
-        if collection is not None
-        else Tenant.objects.filter(slug=tenant_slug).first()
-    )
+    # The collection and its tenant in one plain statement (the tenant alone when the
+    # collection is new).
+    collection, tenant = collection_and_tenant(tenant_slug, collection_name)
     if tenant is None:
         raise not_found
     # Decided once: the policy's can_read and can_write are access_collection_read and

@@ -13,6 +13,7 @@ from replication.rows import (
     BODY_NONE,
     BODY_TEXT,
     BODY_VALUE,
+    collection_and_tenant,
     collection_last_seq_set,
     collection_row,
     rows_by_ids,
@@ -146,3 +147,34 @@ def test_a_large_import_refreshes_the_planner_statistics(
             )
             (tuples,) = cursor.fetchone()
         assert tuples >= len(BODIES)
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def test_the_collection_and_its_tenant_are_what_the_orm_reads(
+    collection: Collection, tenant: Any
+) -> None:
+    """One statement for a Connect's collection and tenant: every field as the ORM converts
+    it (created_at an aware datetime on both backends), the tenant cached on the collection,
+    the tenant alone for a name it has no collection of, nothing for an unknown tenant."""
+    expected = Collection.objects.select_related("tenant").get(pk=collection.pk)
+    found, found_tenant = collection_and_tenant(tenant.slug, "rows")
+    assert found is not None
+    assert found_tenant is not None
+    assert _fields(found) == _fields(expected)
+    assert _fields(found_tenant) == _fields(expected.tenant)
+    assert found.tenant is found_tenant
+    assert found.created_at.tzinfo is not None
+    assert found._state.adding is False
+    assert found._state.db == expected._state.db
+    missing, only_tenant = collection_and_tenant(tenant.slug, "ROWS")  # names are exact
+    assert missing is None
+    assert only_tenant is not None
+    assert _fields(only_tenant) == _fields(expected.tenant)
+    assert collection_and_tenant("no-such-tenant", "rows") == (None, None)
+    # An instance read this way saves like one the ORM read.
+    found.tombstone_ttl_days = 9
+    found.save(update_fields=["tombstone_ttl_days"])
+    assert Collection.objects.get(pk=collection.pk).tombstone_ttl_days == 9
