@@ -20,7 +20,7 @@ from django.db import connection
 from django.db.models import Model
 
 from accounts.models import Tenant
-from replication.models import Collection, Document, Replica, Tombstone
+from replication.models import Collection, Document, Replica, ReplicaSession, Tombstone
 
 
 def json_value(raw: Any) -> Any:
@@ -222,6 +222,32 @@ def replica_ack_record(replica_pk: int, *, seq: int, pulled: int, seen: Any) -> 
         cursor.execute(
             _replica_ack_update(connection.vendor),
             [seq, seq, pulled, connection.ops.adapt_datetimefield_value(seen), replica_pk],
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _replica_session_insert(vendor: str) -> str:
+    columns = ", ".join(
+        column(ReplicaSession, f)
+        for f in ("replica", "started_at", "ended_at", "address", "client_version")
+    )
+    return f"INSERT INTO {table(ReplicaSession)} ({columns}) VALUES (%s, %s, NULL, %s, %s)"  # noqa: S608
+
+
+def replica_session_insert(
+    replica_pk: int, *, started: Any, address: str, client_version: str
+) -> None:
+    """A replica's new session record (what `ReplicaSession.objects.create` wrote, without
+    composing the insert on every Connect): open, started at `started` (an aware datetime)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _replica_session_insert(connection.vendor),
+            [
+                replica_pk,
+                connection.ops.adapt_datetimefield_value(started),
+                address,
+                client_version,
+            ],
         )
 
 

@@ -17,7 +17,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from replication.models import FeedLatencyMinute, Replica, ReplicaSession
-from replication.rows import replica_ack_record
+from replication.rows import replica_ack_record, replica_session_insert
 from replication.services.engine import LOOKUP_BATCH
 
 # A polling replica's connects this close to its last session's end continue that session.
@@ -61,8 +61,8 @@ def replica_connected(
         ReplicaSession.objects.filter(replica=replica, ended_at__isnull=True).update(
             ended_at=_now()
         )
-    ReplicaSession.objects.create(
-        replica=replica, address=address[:100], client_version=client_version[:100]
+    replica_session_insert(
+        replica.pk, started=_now(), address=address[:100], client_version=client_version[:100]
     )
     return replica
 

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from accounts.access import System
-from replication.models import Collection, Document, Tombstone
+from replication.models import Collection, Document, Replica, ReplicaSession, Tombstone
 from replication.rows import (
     BODY_NONE,
     BODY_TEXT,
     BODY_VALUE,
     collection_and_tenant,
+    replica_session_insert,
     collection_last_seq_set,
     collection_row,
     rows_by_ids,
@@ -178,3 +179,19 @@ def test_the_collection_and_its_tenant_are_what_the_orm_reads(
     found.tombstone_ttl_days = 9
     found.save(update_fields=["tombstone_ttl_days"])
     assert Collection.objects.get(pk=collection.pk).tombstone_ttl_days == 9
+
+
+def test_a_session_record_is_what_the_orm_created(collection: Collection, make_user: Any) -> None:
+    replica = Replica.objects.create(
+        collection=collection, user=make_user("sam"), replica_id="r1", name="phone"
+    )
+    created = ReplicaSession.objects.create(replica=replica, address="1.2.3.4", client_version="v")
+    started = created.started_at
+    replica_session_insert(replica.pk, started=started, address="1.2.3.4", client_version="v")
+    older, newer = ReplicaSession.objects.filter(replica=replica).order_by("pk")
+    assert newer.pk != older.pk
+    assert {k: v for k, v in _fields(newer).items() if k != "id"} == {
+        k: v for k, v in _fields(older).items() if k != "id"
+    }
+    assert newer.ended_at is None
+    assert newer.started_at == started
