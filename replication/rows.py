@@ -251,6 +251,35 @@ def replica_session_insert(
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _replica_push_update(vendor: str) -> str:
+    pushed, rejected = column(Replica, "pushed_count"), column(Replica, "rejected_count")
+    last = column(Replica, "last_pushed_seq")
+    return (
+        f"UPDATE {table(Replica)} SET {pushed} = {pushed} + %s, "  # noqa: S608
+        f"{rejected} = {rejected} + %s, {column(Replica, 'last_seen')} = %s, "
+        f"{last} = COALESCE(%s, {last}) WHERE {column(Replica, 'id')} = %s"
+    )
+
+
+def replica_push_record(
+    replica_pk: int, *, applied: int, rejected: int, last_seq: int | None, seen: Any
+) -> None:
+    """One statement for a replica's push: its counters, when it was last seen (an aware
+    datetime) and, when the push committed changes, the seq of its last one."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _replica_push_update(connection.vendor),
+            [
+                applied,
+                rejected,
+                connection.ops.adapt_datetimefield_value(seen),
+                last_seq,
+                replica_pk,
+            ],
+        )
+
+
 def statistics_refresh(models: Sequence[type[Model]]) -> None:
     """PostgreSQL: ANALYZE the models' tables now (a no-op elsewhere).
 

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from django.db.models import F
+from django.utils import timezone
 
 from accounts.access import System
 from replication.models import Collection, Document, Replica, ReplicaSession, Tombstone
@@ -14,9 +16,10 @@ from replication.rows import (
     BODY_TEXT,
     BODY_VALUE,
     collection_and_tenant,
-    replica_session_insert,
     collection_last_seq_set,
     collection_row,
+    replica_push_record,
+    replica_session_insert,
     rows_by_ids,
     seq_range,
 )
@@ -195,3 +198,30 @@ def test_a_session_record_is_what_the_orm_created(collection: Collection, make_u
     }
     assert newer.ended_at is None
     assert newer.started_at == started
+
+
+def test_a_push_record_is_what_the_orm_update_wrote(collection: Collection, make_user: Any) -> None:
+    user = make_user("pia")
+    ours, theirs = (
+        Replica.objects.create(collection=collection, user=user, replica_id=name)
+        for name in ("ours", "theirs")
+    )
+    seen = timezone.now()
+    for applied, rejected, last_seq in ((3, 1, 40), (2, 0, None), (0, 5, 41)):
+        replica_push_record(
+            ours.pk, applied=applied, rejected=rejected, last_seq=last_seq, seen=seen
+        )
+        updates: dict[str, Any] = {
+            "pushed_count": F("pushed_count") + applied,
+            "rejected_count": F("rejected_count") + rejected,
+            "last_seen": seen,
+        }
+        if last_seq is not None:
+            updates["last_pushed_seq"] = last_seq
+        Replica.objects.filter(pk=theirs.pk).update(**updates)
+        ours.refresh_from_db()
+        theirs.refresh_from_db()
+        fields = ("pushed_count", "rejected_count", "last_seen", "last_pushed_seq")
+        assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    assert ours.last_pushed_seq == 41
+    assert ours.pushed_count == 5
