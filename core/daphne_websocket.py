@@ -27,13 +27,20 @@ from django.conf import settings
 RFC_CLOSE_CODES = frozenset({1001, 1009, 1011})
 
 
-def install_close_handling() -> None:
+def _protocol_to_patch(marker: str) -> Any | None:
+    """daphne's WebSocketProtocol, unless the patch named `marker` is already on it (or daphne
+    is not installed): then None."""
     # Not at module top: daphne pulls in Twisted and autobahn, which importers of core need not.
     try:
         from daphne.ws_protocol import WebSocketProtocol
     except ImportError:  # pragma: no cover - daphne is a dependency
-        return
-    if getattr(WebSocketProtocol, "_datagate_close_codes", False):
+        return None
+    return None if getattr(WebSocketProtocol, marker, False) else WebSocketProtocol
+
+
+def install_close_handling() -> None:
+    WebSocketProtocol = _protocol_to_patch("_datagate_close_codes")  # noqa: N806 - daphne's name
+    if WebSocketProtocol is None:
         return
     original = WebSocketProtocol.serverClose
 
@@ -192,14 +199,12 @@ def install_direct_writes() -> None:
     instead, with one XOR of two Python integers.
     Without daphne installed this does nothing.
     """
-    # Not at module top: daphne pulls in Twisted and autobahn, which importers of core need not.
-    try:
-        from daphne.ws_protocol import WebSocketProtocol
-        from twisted.internet import tcp
-    except ImportError:  # pragma: no cover - daphne is a dependency
+    WebSocketProtocol = _protocol_to_patch("_datagate_direct_writes")  # noqa: N806 - daphne's name
+    if WebSocketProtocol is None:
         return
-    if getattr(WebSocketProtocol, "_datagate_direct_writes", False):
-        return
+    from autobahn.websocket import protocol as autobahn_protocol
+    from twisted.internet import tcp
+
     original_send_data = WebSocketProtocol.sendData
     state_open = WebSocketProtocol.STATE_OPEN
     preopen = (WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING)
@@ -231,8 +236,6 @@ def install_direct_writes() -> None:
     WebSocketProtocol.sendData = send_data
     WebSocketProtocol.dataReceived = data_received
     WebSocketProtocol.onMessageEnd = on_message_end
-    from autobahn.websocket import protocol as autobahn_protocol
-
     native_masker = autobahn_protocol.create_xor_masker
 
     def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
