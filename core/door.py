@@ -189,10 +189,11 @@ def _fast_text(body: Any, limits: DoorLimits) -> str | None:
         data = _fast_encode(body)
     except (TypeError, ValueError, OverflowError, RecursionError):
         return None
-    if b"null" in data or len(data) > limits.max_bytes // 2:
+    if len(data) > limits.max_bytes // 2:
         return None
+    # The screens run on the text, not the bytes: `in` on bytes took twice as long (issue 21).
     text = data.decode("utf-8")
-    if "\\u0000" in text or text.count("{") + text.count("[") > limits.max_depth:
+    if "null" in text or "\\u0000" in text or text.count("{") + text.count("[") > limits.max_depth:
         return None
     return text
 

@@ -86,32 +86,46 @@ def parse_document(
     max_skew_ms: int,
     limits: DoorLimits = DEFAULT_LIMITS,
     json_values: bool = False,
+    origins_checked: set[str] | None = None,
 ) -> Version:
     """Validate one wire document through the door; raise DataGateError with its own code.
 
-    `json_values`: `raw` came out of a JSON decoder (see `core.door.document_text`)."""
+    `json_values`: `raw` came out of a JSON decoder (see `core.door.document_text`).
+    `origins_checked`: origins that already passed `id_check` (a feed's documents mostly name
+    the same one), added to as they pass.
+
+    Written for speed: it runs for every document of every push (bench/RESULTS.md, issue 21).
+    The checks and the order they run in are those of the plain version: the exact type
+    tests run only for what is not plainly an int or a plain dict."""
     if not isinstance(raw, Mapping):
         raise DataGateError(ErrorCode.DOCUMENT_NOT_OBJECT, index=index)
-    doc_id = id_check(raw.get("_id"))
-    revision = raw.get("_revision")
-    if not _is_int(revision) or not 1 <= revision <= MAX_INT:  # type: ignore[operator]
+    get = raw.get
+    doc_id = id_check(get("_id"))
+    revision = get("_revision")
+    if (type(revision) is not int and not _is_int(revision)) or not 1 <= revision <= MAX_INT:  # type: ignore[operator]
         raise DataGateError(ErrorCode.BAD_REVISION, doc_id=doc_id, value=revision)
-    modified = raw.get("_modified")
-    if not _is_int(modified) or not 0 <= modified <= MAX_INT:  # type: ignore[operator]
+    modified = get("_modified")
+    if (type(modified) is not int and not _is_int(modified)) or not 0 <= modified <= MAX_INT:  # type: ignore[operator]
         raise DataGateError(ErrorCode.BAD_MODIFIED, doc_id=doc_id, value=modified)
-    origin = raw.get("_origin", default_origin)
+    origin = get("_origin", default_origin)
     if origin is None:
         origin = default_origin
-    id_check(origin, origin=True, doc_id=doc_id)
-    body: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name in META_FIELDS:
-            continue
+    if origins_checked is None or origin not in origins_checked:
+        id_check(origin, origin=True, doc_id=doc_id)
+        if origins_checked is not None:
+            origins_checked.add(origin)
+    if type(raw) is dict:
+        body: dict[str, Any] = raw.copy()
+        for name in META_FIELDS:
+            body.pop(name, None)
+    else:
+        body = {name: value for name, value in raw.items() if name not in META_FIELDS}
+    for name in body:
         if not isinstance(name, str) or name.startswith("_"):
             raise DataGateError(ErrorCode.RESERVED_FIELD, doc_id=doc_id, field=name)
-        body[name] = value
     text = document_text(body, doc_id=doc_id, limits=limits, json_values=json_values)
-    _check_skew(doc_id, modified, now_ms, max_skew_ms)  # type: ignore[arg-type]
+    if modified - now_ms > max_skew_ms:  # type: ignore[operator]
+        _check_skew(doc_id, modified, now_ms, max_skew_ms)  # type: ignore[arg-type]
     return Version(doc_id, WRITE, modified, revision, origin, body, text)  # type: ignore[arg-type]
 
 
@@ -149,6 +163,7 @@ def parse_feed(
             ErrorCode.INVALID_MESSAGE, message_type="feed", detail="tombstoneMap must be an object"
         )
     parsed = ParsedFeed()
+    origins_checked: set[str] = set()
     for index, raw in enumerate(change_set):
         try:
             parsed.versions.append(
@@ -160,6 +175,7 @@ def parse_feed(
                     max_skew_ms=max_skew_ms,
                     limits=limits,
                     json_values=json_values,
+                    origins_checked=origins_checked,
                 )
             )
         except DataGateError as error:
