@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from django.db import connection
 from django.db.models import Model
 
@@ -173,12 +174,27 @@ def seq_range(
 IDS_PER_STATEMENT = 500
 
 
+_json_encode = msgspec.json.Encoder().encode
+
+
+def json_array_text(values: Sequence[Any]) -> str:
+    """`values` as the text of one JSON array, made by msgspec in C: how the plain-row
+    statements pass many values to PostgreSQL as one parameter (`msgspec.Raw` items go in as
+    the JSON they hold; datetimes as ISO 8601 text)."""
+    return _json_encode(values).decode("utf-8")
+
+
 @functools.lru_cache(maxsize=64)
 def _ids_select(vendor: str, model: type[Model], fields: tuple[str, ...], count: int) -> str:
     columns = ", ".join(column(model, f) for f in fields)
-    # PostgreSQL: one array parameter (psycopg re-parses a statement of more than 50
-    # parameters on every call).
-    match = "= ANY(%s)" if vendor == "postgresql" else f"IN ({', '.join(['%s'] * count)})"
+    # PostgreSQL: one parameter, the ids as a JSON array (psycopg re-parses a statement of
+    # more than 50 parameters on every call, and writes an array parameter element by
+    # element in Python, escaping each with a regular expression: issue 21).
+    match = (
+        "IN (SELECT json_array_elements_text(%s::json))"
+        if vendor == "postgresql"
+        else f"IN ({', '.join(['%s'] * count)})"
+    )
     return (
         f"SELECT {columns} FROM {table(model)} "  # noqa: S608
         f"WHERE {column(model, 'collection')} = %s AND {column(model, 'doc_id')} {match}"
@@ -197,7 +213,9 @@ def rows_by_ids(
             batch = list(ids[start : start + IDS_PER_STATEMENT])
             sql = _ids_select(vendor, model, tuple(fields), len(batch))
             params: list[Any] = (
-                [collection_id, batch] if vendor == "postgresql" else [collection_id, *batch]
+                [collection_id, json_array_text(batch)]
+                if vendor == "postgresql"
+                else [collection_id, *batch]
             )
             cursor.execute(sql, params)
             found.extend(cursor.fetchall())

@@ -6,6 +6,7 @@ Marked `storage`: `make test` runs these once on SQLite and again on PostgreSQL.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -176,7 +177,7 @@ AWKWARD = ["a,b", 'q"uote', "{brace}", "back\\slash", "NULL", "sp ace", "é☃",
 def test_ids_origins_and_bodies_with_awkward_characters_are_stored_as_sent(
     collection: Collection,
 ) -> None:
-    # On PostgreSQL the rows travel as arrays, whose text form quotes these characters.
+    # On PostgreSQL the rows travel as one JSON array, whose strings escape these.
     changes = [
         {**doc(name), "_origin": f"o-{name}", "v": name, "nested": {name: [name, None]}}
         for name in AWKWARD
@@ -199,6 +200,101 @@ def test_ids_origins_and_bodies_with_awkward_characters_are_stored_as_sent(
         *((name, f"o-{name}") for name in AWKWARD),
         ("empty", "replica-1"),
         ("NULL,x", "replica-1"),
+    ]
+
+
+# Printable text an id, an origin or a message id may hold (no controls, no surrogates).
+ID_TEXT = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\x7f"),
+    min_size=1,
+    max_size=20,
+).filter(lambda t: not any("\x80" <= c <= "\x9f" for c in t))
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=4
+            ),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=10,
+)
+
+
+def as_decimals(value: Any) -> Any:
+    """`value` with each number as the decimal its JSON text names: PostgreSQL's jsonb keeps
+    numbers as decimals, so `4.438569900407435e16` comes back as the integer it spells."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return Decimal(repr(value))
+    if isinstance(value, list):
+        return [as_decimals(item) for item in value]
+    return {key: as_decimals(item) for key, item in value.items()}
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ids=st.lists(ID_TEXT, min_size=1, max_size=6, unique=True),
+    origin=ID_TEXT,
+    message_id=ID_TEXT,
+    bodies=st.lists(
+        st.dictionaries(
+            st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True), JSON_VALUES, max_size=3
+        ),
+        min_size=6,
+        max_size=6,
+    ),
+    json_values=st.booleans(),
+)
+def test_whatever_text_and_values_a_write_carries_are_stored_exactly(
+    tenant: Any,
+    ids: list[str],
+    origin: str,
+    message_id: str,
+    bodies: list[dict[str, Any]],
+    json_values: bool,
+) -> None:
+    """The rows a write stores (on PostgreSQL one JSON array that the database expands) hold
+    exactly what was sent: ids, origins, message ids, stamps and bodies, generated."""
+    collection = Collection.objects.create(tenant=tenant, name=f"t{Collection.objects.count()}")
+    changes = [
+        {**doc(doc_id, revision=n + 1, modified=T0 + n), "_origin": origin, **body}
+        for n, (doc_id, body) in enumerate(zip(ids, bodies, strict=False))
+    ]
+    tombstone = f"{ids[0]}-gone"
+    [result] = batch_apply_many(
+        actor=System("test"),
+        collection_id=collection.pk,
+        chunks=[({"changeSet": changes, "tombstoneMap": {tombstone: T0}}, message_id)],
+        origin="sender",
+        json_values=json_values,
+    )
+    assert result.rejected == []
+    documents, tombstones = rows_of(collection)
+    assert sorted((row[0], as_decimals(row[1]), *row[2:]) for row in documents) == sorted(
+        (c["_id"], as_decimals(body), c["_revision"], c["_modified"], origin, n + 1)
+        for n, (c, body) in enumerate(zip(changes, bodies, strict=False))
+    )
+    assert tombstones == [(tombstone, T0, 1, "sender", len(changes) + 1)]
+    assert journal_of(collection) == [
+        *(
+            (n + 1, "put", c["_id"], c["_revision"], c["_modified"], origin, message_id[:64])
+            for n, c in enumerate(changes)
+        ),
+        (len(changes) + 1, "delete", tombstone, 1, T0, "sender", message_id[:64]),
     ]
 
 
