@@ -209,20 +209,18 @@ ID_TEXT = st.text(
     min_size=1,
     max_size=20,
 ).filter(lambda t: not any("\x80" <= c <= "\x9f" for c in t))
+# Any character a stored text may hold: no lone surrogate, no NUL (the door refuses both).
+TEXT_CHARACTERS = st.characters(codec="utf-8", blacklist_characters="\x00")
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
-    ),
+    | st.text(TEXT_CHARACTERS, max_size=12),
     lambda inner: (
         st.lists(inner, max_size=3)
         | st.dictionaries(
-            st.text(
-                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=4
-            ),
+            st.text(TEXT_CHARACTERS, max_size=4),
             inner,
             max_size=3,
         )
