@@ -14,6 +14,8 @@
    connection is closed after the write buffer is flushed, as in every other clean close.
 3. Frames go out at once, and small ones come in without a native masker each
    (`install_direct_writes`): see its docstring.
+4. A text message is checked for UTF-8 once, when it is decoded, and one that is not UTF-8
+   is closed with 1007 (`install_text_decoding`): see its docstring.
 
 Without daphne installed this does nothing.
 """
@@ -25,6 +27,9 @@ from typing import Any
 from django.conf import settings
 
 RFC_CLOSE_CODES = frozenset({1001, 1009, 1011})
+
+# RFC 6455 section 7.4.1: a text message that is not UTF-8.
+INVALID_PAYLOAD = 1007
 
 
 def _protocol_to_patch(marker: str) -> Any | None:
@@ -299,3 +304,45 @@ class IntMasker:
         self._pointer += size
         unmasked = int.from_bytes(data, "little") ^ int.from_bytes(key, "little")
         return unmasked.to_bytes(size, "little")
+
+
+# --- text messages decoded once -----------------------------------------------------------
+
+
+def install_text_decoding() -> None:
+    """Check a text message's UTF-8 once, as daphne decodes it, and close 1007 when it fails.
+
+    autobahn validated every incoming text frame's bytes as they arrived (a cffi call per
+    frame: 3% of a pushing server's busy time, bench/RESULTS.md), and daphne then decoded the
+    whole message again with `bytes.decode`. A message that was not UTF-8 made autobahn drop
+    the TCP connection (the client saw 1006, no reason). Now autobahn's check is off
+    (`utf8validateIncoming=False` on daphne's factory, whatever else daphne sets), daphne's
+    decode is the one check, and a message it refuses gets the close RFC 6455 asks for: 1007,
+    sent before the connection closes; nothing of it reaches the application. A valid message
+    is taken whatever its fragments split (the decode sees it whole).
+    Without daphne installed this does nothing.
+    """
+    WebSocketProtocol = _protocol_to_patch("_datagate_text_decoding")  # noqa: N806 - daphne's name
+    if WebSocketProtocol is None:
+        return
+    from daphne.ws_protocol import WebSocketFactory
+
+    set_options = WebSocketFactory.setProtocolOptions
+
+    def set_protocol_options(self: Any, *args: Any, **options: Any) -> None:
+        options["utf8validateIncoming"] = False
+        set_options(self, *args, **options)
+
+    on_message = WebSocketProtocol.onMessage
+
+    def on_text_or_binary(self: Any, payload: bytes, isBinary: bool) -> None:  # noqa: N803
+        try:
+            on_message(self, payload, isBinary)  # daphne decodes a text message here
+        except UnicodeDecodeError as error:
+            if self.state == self.STATE_OPEN:
+                reason = f"not UTF-8 at byte {error.start}".encode()
+                self.sendCloseFrame(code=INVALID_PAYLOAD, reasonUtf8=reason, isReply=False)
+
+    WebSocketFactory.setProtocolOptions = set_protocol_options
+    WebSocketProtocol.onMessage = on_text_or_binary
+    WebSocketProtocol._datagate_text_decoding = True

@@ -12,7 +12,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.websocket_origins import WebsocketOriginCheck  # noqa: E402
 from console.routing import websocket_urlpatterns as console_routes  # noqa: E402
-from core.daphne_websocket import install_direct_writes, install_frame_limit  # noqa: E402
+from core.daphne_websocket import (  # noqa: E402
+    install_direct_writes,
+    install_frame_limit,
+    install_text_decoding,
+)
 from couchdb.asgi import PREFIX as COUCHDB_PREFIX  # noqa: E402
 from couchdb.asgi import application as couchdb_app  # noqa: E402
 from datagate_site.websocket_refusal import NOT_FOUND_ROUTE  # noqa: E402
@@ -27,6 +31,8 @@ from topics.routing import websocket_urlpatterns as topics_routes  # noqa: E402
 install_frame_limit()
 # Frames go to the socket at once, not on the reactor's next turn (core/daphne_websocket.py).
 install_direct_writes()
+# A text message's UTF-8 is checked once, as daphne decodes it; 1007 when it is not.
+install_text_decoding()
 
 
 async def http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
