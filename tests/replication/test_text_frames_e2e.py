@@ -124,3 +124,32 @@ async def test_a_valid_message_split_mid_code_point_is_taken(
     await reader.sync()
     assert reader.documents["snow☃"]["t"] == "é☃𝄞"
     assert "Traceback" not in daphne.log()
+
+
+async def test_after_connect_a_message_that_is_not_utf_8_is_closed_with_1007(
+    daphne: DaphneServer, token: str
+) -> None:
+    url = f"{daphne.ws_url}/ws/datagate/acme/notes/"
+    ann = WireReplica(
+        transport=await WebsocketsTransport.open(url),
+        token=token,
+        tenant="acme",
+        collection="notes",
+        origin="ann",
+    )
+    ann.put("kept", v=1)
+    await ann.sync()
+    transport = ann.transport
+    assert isinstance(transport, WebsocketsTransport)
+    await transport.socket.send([b'{"header":{"messageType":"', b"\xc3\x28", b'"}}'], text=True)
+    assert await ann.expect_close() == 1007
+    reader = WireReplica(
+        transport=await WebsocketsTransport.open(url),
+        token=token,
+        tenant="acme",
+        collection="notes",
+        origin="reader",
+    )
+    await reader.sync()
+    assert set(reader.documents) == {"kept"}
+    assert "Traceback" not in daphne.log()
