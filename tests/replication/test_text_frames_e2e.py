@@ -33,6 +33,21 @@ def token(collection: Any, member: Any, issue_token: Any) -> str:
     return str(issue_token(member("ann", "writer"), "read write"))
 
 
+async def replica(
+    server: DaphneServer,
+    token: str,
+    origin: str,
+    transport: type[WebsocketsTransport] = WebsocketsTransport,
+) -> WireReplica:
+    return WireReplica(
+        transport=await transport.open(f"{server.ws_url}/ws/datagate/acme/notes/"),
+        token=token,
+        tenant="acme",
+        collection="notes",
+        origin=origin,
+    )
+
+
 async def close_code_after(server: DaphneServer, fragments: list[bytes]) -> int | None:
     """Send one text message in `fragments` (raw bytes, sent as text frames) and return the
     close code the server answers with (None if it answered and stayed open)."""
@@ -72,13 +87,7 @@ def test_a_text_message_that_is_not_utf_8_is_closed_with_1007_and_the_server_goe
         payload = b'{"header":"' + prefix + bad + b'"}'
         assert await close_code_after(daphne, split_bytes(payload, cuts)) == 1007
         # The server serves the next replica as before.
-        ann = WireReplica(
-            transport=await WebsocketsTransport.open(f"{daphne.ws_url}/ws/datagate/acme/notes/"),
-            token=token,
-            tenant="acme",
-            collection="notes",
-            origin="after",
-        )
+        ann = await replica(daphne, token, "after")
         ann.put("é☃", v="ü")
         await ann.sync()
         assert not ann.journal
@@ -103,24 +112,11 @@ class SplitTransport(WebsocketsTransport):
 async def test_a_valid_message_split_mid_code_point_is_taken(
     daphne: DaphneServer, token: str
 ) -> None:
-    url = f"{daphne.ws_url}/ws/datagate/acme/notes/"
-    writer = WireReplica(
-        transport=await SplitTransport.open(url),
-        token=token,
-        tenant="acme",
-        collection="notes",
-        origin="split",
-    )
+    writer = await replica(daphne, token, "split", SplitTransport)
     writer.put("snow☃", t="é☃𝄞")
     await writer.sync()
     assert not writer.journal
-    reader = WireReplica(
-        transport=await WebsocketsTransport.open(url),
-        token=token,
-        tenant="acme",
-        collection="notes",
-        origin="reader",
-    )
+    reader = await replica(daphne, token, "reader")
     await reader.sync()
     assert reader.documents["snow☃"]["t"] == "é☃𝄞"
     assert "Traceback" not in daphne.log()
@@ -129,27 +125,14 @@ async def test_a_valid_message_split_mid_code_point_is_taken(
 async def test_after_connect_a_message_that_is_not_utf_8_is_closed_with_1007(
     daphne: DaphneServer, token: str
 ) -> None:
-    url = f"{daphne.ws_url}/ws/datagate/acme/notes/"
-    ann = WireReplica(
-        transport=await WebsocketsTransport.open(url),
-        token=token,
-        tenant="acme",
-        collection="notes",
-        origin="ann",
-    )
+    ann = await replica(daphne, token, "ann")
     ann.put("kept", v=1)
     await ann.sync()
     transport = ann.transport
     assert isinstance(transport, WebsocketsTransport)
     await transport.socket.send([b'{"header":{"messageType":"', b"\xc3\x28", b'"}}'], text=True)
     assert await ann.expect_close() == 1007
-    reader = WireReplica(
-        transport=await WebsocketsTransport.open(url),
-        token=token,
-        tenant="acme",
-        collection="notes",
-        origin="reader",
-    )
+    reader = await replica(daphne, token, "reader")
     await reader.sync()
     assert set(reader.documents) == {"kept"}
     assert "Traceback" not in daphne.log()
