@@ -79,7 +79,10 @@ class Collection(models.Model):
 class Document(models.Model):
     """The current version of a live document. `body` holds the user's fields only."""
 
-    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
+    # No index of its own: the unique index that starts with the collection serves it.
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="documents", db_index=False
+    )
     doc_id = models.CharField(max_length=ID_MAX_LENGTH)
     body = models.JSONField(default=dict)
     revision = models.PositiveIntegerField()
@@ -100,7 +103,10 @@ class Document(models.Model):
 class Tombstone(models.Model):
     """A deleted document: kept so a late, older write cannot bring it back."""
 
-    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="tombstones")
+    # No index of its own: the unique index that starts with the collection serves it.
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="tombstones", db_index=False
+    )
     doc_id = models.CharField(max_length=ID_MAX_LENGTH)
     deleted_at = models.BigIntegerField(help_text="delete time, epoch milliseconds")
     revision = models.PositiveIntegerField()
@@ -179,7 +185,10 @@ class Operation(models.TextChoices):
 class JournalEntry(models.Model):
     """The append-only change journal: one row per applied change, in seq order."""
 
-    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="journal")
+    # No index of its own: the unique index that starts with the collection serves it.
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="journal", db_index=False
+    )
     seq = models.BigIntegerField()
     operation = models.CharField(max_length=8, choices=Operation.choices)
     doc_id = models.CharField(max_length=ID_MAX_LENGTH)

@@ -186,18 +186,27 @@ def json_array_text(values: Sequence[Any]) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _ids_select(vendor: str, model: type[Model], fields: tuple[str, ...], count: int) -> str:
+    if vendor == "postgresql":
+        # One probe of the unique (collection, doc_id) index per id, whatever the planner's
+        # statistics say. `WHERE collection = %s AND doc_id = ANY(%s)` was planned from the
+        # statistics: on a collection that grew faster than ANALYZE ran (a bulk push, an
+        # import), PostgreSQL took it for a few rows and scanned all of them for every lookup
+        # (a CouchDB push of 50,000 documents slowed quadratically; bench/RESULTS.md). The
+        # LATERAL subquery with LIMIT 1 is not flattened, so the ids drive the lookups. The
+        # ids come as one JSON text (`json_array_text`): no array for psycopg to write.
+        columns = ", ".join(f"found.{column(model, f)}" for f in fields)
+        inner = ", ".join(column(model, f) for f in fields)
+        return (
+            f"SELECT {columns} FROM json_array_elements_text(%s::json) AS wanted(doc_id) "  # noqa: S608
+            f"CROSS JOIN LATERAL (SELECT {inner} FROM {table(model)} "
+            f"WHERE {column(model, 'collection')} = %s "
+            f"AND {column(model, 'doc_id')} = wanted.doc_id LIMIT 1) AS found"
+        )
     columns = ", ".join(column(model, f) for f in fields)
-    # PostgreSQL: one parameter, the ids as a JSON array (psycopg re-parses a statement of
-    # more than 50 parameters on every call, and writes an array parameter element by
-    # element in Python, escaping each with a regular expression: issue 21).
-    match = (
-        "IN (SELECT json_array_elements_text(%s::json))"
-        if vendor == "postgresql"
-        else f"IN ({', '.join(['%s'] * count)})"
-    )
     return (
         f"SELECT {columns} FROM {table(model)} "  # noqa: S608
-        f"WHERE {column(model, 'collection')} = %s AND {column(model, 'doc_id')} {match}"
+        f"WHERE {column(model, 'collection')} = %s "
+        f"AND {column(model, 'doc_id')} IN ({', '.join(['%s'] * count)})"
     )
 
 
@@ -205,7 +214,9 @@ def rows_by_ids(
     model: type[Model], fields: Sequence[str], collection_id: int, ids: Sequence[str]
 ) -> list[tuple[Any, ...]]:
     """`fields` of the model's rows of one collection whose `doc_id` is among `ids`, as
-    plain tuples (JSON columns as `json_value` takes them)."""
+    plain tuples (JSON columns as `json_value` takes them). Each row once, however often
+    `ids` names it."""
+    ids = list(dict.fromkeys(ids))
     found: list[tuple[Any, ...]] = []
     vendor = connection.vendor
     with connection.cursor() as cursor:
@@ -213,7 +224,7 @@ def rows_by_ids(
             batch = list(ids[start : start + IDS_PER_STATEMENT])
             sql = _ids_select(vendor, model, tuple(fields), len(batch))
             params: list[Any] = (
-                [collection_id, json_array_text(batch)]
+                [json_array_text(batch), collection_id]
                 if vendor == "postgresql"
                 else [collection_id, *batch]
             )

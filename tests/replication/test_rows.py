@@ -225,3 +225,15 @@ def test_a_push_record_is_what_the_orm_update_wrote(collection: Collection, make
         assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
     assert ours.last_pushed_seq == 41
     assert ours.pushed_count == 5
+
+
+def test_no_table_keeps_a_lone_collection_index_beside_its_unique_one() -> None:
+    """Migration 0012: the unique (collection, ...) indexes serve lookups by collection; a
+    lone `collection_id` index only cost writes and misled PostgreSQL's planner."""
+    from importlib import import_module
+
+    from django.db import connection
+
+    migration = import_module("replication.migrations.0012_no_lone_collection_indexes")
+    for table in migration.TABLES:
+        assert migration.lone_collection_indexes(connection, table) == [], table
