@@ -296,52 +296,53 @@ def _rows_insert(
         upsert = f" ON CONFLICT ({', '.join(quote(c) for c in conflict)}) DO UPDATE SET " + (
             ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in update)
         )
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # All rows as one JSON array, which PostgreSQL expands and casts itself. executemany
-            # was one INSERT per row (PostgreSQL's own CPU doubled); a multi-row VALUES list has
-            # thousands of parameters; one array per column (`unnest`) had psycopg write an
-            # array literal element by element in Python, escaping each with a regular
-            # expression: a third of a PostgreSQL batch's time (issue 21). The JSON text is
-            # msgspec's, in C; bodies go in as the door's text (`msgspec.Raw`), not re-encoded.
-            types = [model._meta.get_field(c).db_type(connection) for c in columns]
-            values = ", ".join(
-                f"(r.value->{i})::jsonb" if t == "jsonb" else f"(r.value->>{i})::{t}"
-                for i, t in enumerate(types)
+    if connection.vendor == "postgresql":
+        # All rows as one JSON array, which PostgreSQL expands and casts itself. executemany
+        # was one INSERT per row (PostgreSQL's own CPU doubled); a multi-row VALUES list has
+        # thousands of parameters; one array per column (`unnest`) had psycopg write an
+        # array literal element by element in Python, escaping each with a regular
+        # expression: a third of a PostgreSQL batch's time (issue 21). The JSON text is
+        # msgspec's, in C; bodies go in as the door's text (`msgspec.Raw`), not re-encoded.
+        types = [model._meta.get_field(c).db_type(connection) for c in columns]
+        values = ", ".join(
+            f"(r.value->{i})::jsonb" if t == "jsonb" else f"(r.value->>{i})::{t}"
+            for i, t in enumerate(types)
+        )
+        # The text as a server-side bound parameter: Django's cursors bind on the client,
+        # which quoted and escaped all of it into the statement. Never prepared: a pooler
+        # in transaction mode (PgBouncer) may hand the next statement another connection.
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as bound:
+            bound.execute(
+                f"{insert} SELECT {values} FROM json_array_elements(%s::json) AS r{upsert}",  # noqa: S608
+                [json_array_text(rows)],
+                prepare=False,
             )
-            # The text as a server-side bound parameter: Django's cursors bind on the client,
-            # which quoted and escaped all of it into the statement. Never prepared: a pooler
-            # in transaction mode (PgBouncer) may hand the next statement another connection.
-            with psycopg.Cursor(connection.connection) as bound:
-                bound.execute(
-                    f"{insert} SELECT {values} FROM json_array_elements(%s::json) AS r{upsert}",  # noqa: S608
-                    [json_array_text(rows)],
-                    prepare=False,
-                )
-        else:
-            # Multi-row VALUES lists, not executemany. This runs while the transaction holds
-            # SQLite's one write lock (BEGIN IMMEDIATE), and the sqlite3 module lets go of the
-            # GIL around every step and reset: executemany did so twice per row. Each time,
-            # another thread of the process that runs Python and drops the GIL often (an ORM
-            # reader, the event loop) can take it back first, and on a busy machine this
-            # thread then waits its turn for a CPU too: one chunk held the lock for seconds,
-            # and writers queued in BEGIN IMMEDIATE gave up after their 20 s busy timeout
-            # ("database is locked", tests/replication/test_concurrency.py on a loaded 2-core
-            # machine).
-            #
-            # The statement goes to the sqlite3 cursor itself, in its own `?` style: Django's
-            # wrapper rewrote every `%s` of it with a regular expression on every call (9% of
-            # a pushing server's CPU, bench/RESULTS.md, issue 21). As many rows per statement
-            # as SQLite's own parameter limit allows (Django assumes SQLite's old 999).
-            per_statement = max(1, _sqlite_max_params() // len(columns))
-            raw = cursor.cursor
-            for start in range(0, len(rows), per_statement):
-                batch = rows[start : start + per_statement]
-                sqlite3.Cursor.execute(
-                    raw,
-                    _sqlite_statement(insert, upsert, len(columns), len(batch)),
-                    [value for row in batch for value in row],
-                )
+        return
+    with connection.cursor() as cursor:
+        # Multi-row VALUES lists, not executemany. This runs while the transaction holds
+        # SQLite's one write lock (BEGIN IMMEDIATE), and the sqlite3 module lets go of the
+        # GIL around every step and reset: executemany did so twice per row. Each time,
+        # another thread of the process that runs Python and drops the GIL often (an ORM
+        # reader, the event loop) can take it back first, and on a busy machine this
+        # thread then waits its turn for a CPU too: one chunk held the lock for seconds,
+        # and writers queued in BEGIN IMMEDIATE gave up after their 20 s busy timeout
+        # ("database is locked", tests/replication/test_concurrency.py on a loaded 2-core
+        # machine).
+        #
+        # The statement goes to the sqlite3 cursor itself, in its own `?` style: Django's
+        # wrapper rewrote every `%s` of it with a regular expression on every call (9% of
+        # a pushing server's CPU, bench/RESULTS.md, issue 21). As many rows per statement
+        # as SQLite's own parameter limit allows (Django assumes SQLite's old 999).
+        per_statement = max(1, _sqlite_max_params() // len(columns))
+        raw = cursor.cursor
+        for start in range(0, len(rows), per_statement):
+            batch = rows[start : start + per_statement]
+            sqlite3.Cursor.execute(
+                raw,
+                _sqlite_statement(insert, upsert, len(columns), len(batch)),
+                [value for row in batch for value in row],
+            )
 
 
 # SQLite 3.32+ allows 32,766 parameters per statement (the build here: 250,000); a chunk of
@@ -534,7 +535,7 @@ def batch_apply_many(
             first = seq + 1
             for doc_id, version in chunk.winners.items():
                 held = current.get(doc_id)
-                if held is None and horizon and _behind_purge_horizon(version, horizon):
+                if held is None and _behind_purge_horizon(version, horizon):
                     _refuse_purged(chunk.result, version, horizon)
                     continue
                 if held is not None and not incoming_wins(version.key(), _held_key(*held)):
